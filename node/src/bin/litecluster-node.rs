@@ -1,0 +1,54 @@
+//! `litecluster-node`: parses flags, sets up logging, runs the member until SIGTERM/SIGINT.
+
+use anyhow::Context;
+use clap::Parser;
+use litecluster_node::config::{Cli, Cmd};
+use litecluster_node::node::Node;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(&cli.node.log_format);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command.unwrap_or(Cmd::Serve) {
+        Cmd::Serve => serve(cli.node).await,
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(config: litecluster_node::config::NodeConfig) -> anyhow::Result<()> {
+    let node = Node::start(config).await.context("starting node")?;
+    tracing::info!(id = %node.info.name, api = %node.info.api_addr, raft = %node.info.raft_addr, "node started");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(litecluster_node::http::serve(node.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    tokio::select! {
+        res = server => return res.context("http server task")?,
+        _ = shutdown_signal() => {}
+    }
+    tracing::info!("shutting down");
+    // Hand over leadership while the API still answers, then stop serving.
+    node.shutdown().await;
+    let _ = stop_tx.send(());
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

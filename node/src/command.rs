@@ -1,0 +1,125 @@
+//! What goes into the Raft log (statements to apply) and what applying them returns.
+
+use serde::{Deserialize, Serialize};
+
+/// A parameter bound to a statement. JSON numbers keep their integer-ness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    /// A JSON array of byte values, bound as a BLOB.
+    Bytes(Vec<u8>),
+}
+
+/// Parameters of one statement: positional (`?`) or named (`:name`, `@name`, `$name`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub enum Params {
+    #[default]
+    None,
+    Positional(Vec<ParamValue>),
+    Named(Vec<(String, ParamValue)>),
+}
+
+/// One SQL statement with its parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Statement {
+    pub sql: String,
+    #[serde(default)]
+    pub params: Params,
+}
+
+impl Statement {
+    pub fn new(sql: impl Into<String>) -> Self {
+        Self { sql: sql.into(), params: Params::None }
+    }
+}
+
+/// How each statement of a request is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// `/db/execute`: run for effect, report rows affected and last insert id.
+    Execute,
+    /// `/db/query`: return rows.
+    Query,
+    /// `/db/request`: rows for read-only statements, effects for the rest.
+    Request,
+}
+
+/// A Raft log payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Statements from the HTTP API. Reads only enter the log at `level=strong`.
+    Statements { stmts: Vec<Statement>, transaction: bool, mode: Mode },
+    /// Replace the whole database with the given SQLite file image (`/db/load`).
+    Load { image: Vec<u8> },
+}
+
+/// A cell value as rqlite returns it; BLOBs are base64 strings in JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    /// An INTEGER in a column declared `boolean`.
+    Bool(bool),
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        match self {
+            Value::Null => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Integer(i) => s.serialize_i64(*i),
+            Value::Real(f) if f.is_finite() => s.serialize_f64(*f),
+            Value::Real(_) => s.serialize_unit(),
+            Value::Text(t) => s.serialize_str(t),
+            Value::Blob(b) => s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b)),
+        }
+    }
+}
+
+/// The result of one statement, in rqlite's shape (fields absent when not set).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StmtResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub types: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<Vec<Value>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_insert_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_affected: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Seconds spent on this statement (only reported with `timings`).
+    #[serde(skip)]
+    pub time: f64,
+}
+
+impl StmtResult {
+    pub fn error(msg: impl Into<String>) -> Self {
+        Self { error: Some(msg.into()), ..Self::default() }
+    }
+
+    pub fn is_query(&self) -> bool {
+        self.columns.is_some()
+    }
+}
+
+/// What applying one log entry produced, returned to the client that proposed it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CommandResponse {
+    #[serde(skip)]
+    pub results: Vec<StmtResult>,
+    /// Set when the entry could not be applied as a whole (e.g. an invalid load image).
+    pub error: Option<String>,
+}

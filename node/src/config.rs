@@ -1,0 +1,157 @@
+//! Command-line flags of `litecluster-node`; each can also be set as `LITECLUSTER_<FLAG>`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "litecluster-node", version, about = "One member of a Raft-replicated SQLite cluster (rqlite-compatible HTTP API)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+    #[command(flatten)]
+    pub node: NodeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the node (the default).
+    Serve,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NodeConfig {
+    /// This member's ID: a positive integer, or a StatefulSet pod name ending in `-<ordinal>`.
+    #[arg(long, env = "LITECLUSTER_NODE_ID", default_value = "1")]
+    pub node_id: String,
+    /// Directory for the database, Raft log and snapshots.
+    #[arg(long, env = "LITECLUSTER_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "LITECLUSTER_HTTP_ADDR", default_value = "127.0.0.1:4001")]
+    pub http_addr: String,
+    /// Address other members and clients use for the HTTP API (host:port), if not `--http-addr`.
+    #[arg(long, env = "LITECLUSTER_HTTP_ADVERTISE")]
+    pub http_advertise: Option<String>,
+    /// Address the Raft RPC listener binds.
+    #[arg(long, env = "LITECLUSTER_RAFT_ADDR", default_value = "127.0.0.1:4002")]
+    pub raft_addr: String,
+    /// Address other members use for Raft RPCs, if not `--raft-addr`.
+    #[arg(long, env = "LITECLUSTER_RAFT_ADVERTISE")]
+    pub raft_advertise: Option<String>,
+    /// Initialise a new single-member cluster when the data directory is empty.
+    #[arg(long, env = "LITECLUSTER_BOOTSTRAP")]
+    pub bootstrap: bool,
+    /// HTTP URLs of existing members to join through (comma-separated); retried until one answers.
+    #[arg(long, env = "LITECLUSTER_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Join as a read-only learner that never votes.
+    #[arg(long, env = "LITECLUSTER_NON_VOTER")]
+    pub non_voter: bool,
+    /// JSON file of users, passwords and permissions (rqlite's format) enabling basic auth.
+    #[arg(long, env = "LITECLUSTER_AUTH")]
+    pub auth: Option<PathBuf>,
+    /// PEM certificate chain for HTTPS on the API.
+    #[arg(long, env = "LITECLUSTER_HTTP_CERT", requires = "http_key")]
+    pub http_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS on the API.
+    #[arg(long, env = "LITECLUSTER_HTTP_KEY", requires = "http_cert")]
+    pub http_key: Option<PathBuf>,
+    /// PEM CA bundle to trust when this node calls other members over HTTPS.
+    #[arg(long, env = "LITECLUSTER_HTTP_CA_CERT")]
+    pub http_ca_cert: Option<PathBuf>,
+    /// Skip certificate verification when calling other members (testing only).
+    #[arg(long, env = "LITECLUSTER_HTTP_INSECURE")]
+    pub http_insecure: bool,
+    /// Take a snapshot after this many new log entries (rqlite's `-raft-snap`).
+    #[arg(long, env = "LITECLUSTER_SNAPSHOT_THRESHOLD", default_value_t = 8192)]
+    pub snapshot_threshold: u64,
+    /// Log entries kept after a snapshot so slightly-behind followers avoid a full transfer.
+    #[arg(long, env = "LITECLUSTER_SNAPSHOT_TRAILING_LOGS", default_value_t = 10240)]
+    pub snapshot_trailing_logs: u64,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "LITECLUSTER_MAX_BODY_BYTES", default_value_t = 64 << 20)]
+    pub max_body_bytes: usize,
+    /// Default time limit for a read statement (overridden per request by `db_timeout`).
+    #[arg(long, env = "LITECLUSTER_DB_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub db_timeout: Duration,
+    /// Raft election timeout (the minimum; the maximum is twice this).
+    #[arg(long, env = "LITECLUSTER_ELECTION_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub election_timeout: Duration,
+    /// Raft heartbeat interval.
+    #[arg(long, env = "LITECLUSTER_HEARTBEAT_INTERVAL", default_value = "200ms", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// How long SIGTERM waits to hand leadership over before shutting down anyway.
+    #[arg(long, env = "LITECLUSTER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LITECLUSTER_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+impl NodeConfig {
+    pub fn http_advertise(&self) -> String {
+        self.http_advertise.clone().unwrap_or_else(|| self.http_addr.clone())
+    }
+
+    pub fn raft_advertise(&self) -> String {
+        self.raft_advertise.clone().unwrap_or_else(|| self.raft_addr.clone())
+    }
+
+    pub fn tls(&self) -> bool {
+        self.http_cert.is_some()
+    }
+
+    /// The base URL other members and clients use for this node's API.
+    pub fn api_url(&self) -> String {
+        let scheme = if self.tls() { "https" } else { "http" };
+        format!("{scheme}://{}", self.http_advertise())
+    }
+}
+
+/// Parses Go-style durations as rqlite accepts them: `500ms`, `2s`, `1m30s`, `1h`, `250us`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let err = || format!("{s:?} is not a valid duration (examples: 500ms, 2s, 1m30s)");
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(err());
+    }
+    if rest == "0" {
+        return Ok(Duration::ZERO);
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
+        let value: f64 = rest[..num_len].parse().map_err(|_| err())?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(err()),
+        };
+        rest = &rest[unit_len..];
+        total += Duration::from_secs_f64(value * scale);
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

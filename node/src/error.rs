@@ -1,0 +1,55 @@
+//! The node's error type. Each variant says whether a client may retry.
+
+use crate::MemberInfo;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// This member is not the leader; the request must go to `leader`.
+    #[error("not leader")]
+    NotLeader { leader: Option<Box<MemberInfo>> },
+    #[error("leader not found")]
+    NoLeader,
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    #[error("node is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io { context: context.into(), source }
+    }
+
+    /// Whether retrying the same request later may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::NotLeader { .. } | Self::NoLeader | Self::ShuttingDown | Self::Raft(_))
+    }
+
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Io { .. } => "io",
+            Self::NotLeader { .. } => "not_leader",
+            Self::NoLeader => "no_leader",
+            Self::Raft(_) => "raft",
+            Self::BadRequest(_) => "bad_request",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal(_) => "internal",
+        }
+    }
+}

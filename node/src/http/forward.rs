@@ -1,0 +1,68 @@
+//! Sending a request on to the leader, or redirecting the client there (`?redirect`).
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+use super::render::Flags;
+use super::{FORWARDED, text_error};
+use crate::MemberInfo;
+use crate::node::Node;
+
+pub struct Original<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub body: Bytes,
+}
+
+/// Relays the request to `leader`, or answers 301 when the client asked for `redirect`.
+pub async fn to_leader(node: &Node, leader: Option<MemberInfo>, flags: &Flags, req: Original<'_>) -> Response {
+    let Some(leader) = leader.filter(|l| l.name != node.info.name) else {
+        return text_error(StatusCode::SERVICE_UNAVAILABLE, "leader not found");
+    };
+    if req.headers.contains_key(FORWARDED) {
+        // We were the leader when the sender looked; leadership moved. Let the client retry.
+        return text_error(StatusCode::SERVICE_UNAVAILABLE, "leader not found");
+    }
+    let path = req.uri.path_and_query().map_or(req.uri.path(), |p| p.as_str());
+    let target = format!("{}{}", leader.api_addr.trim_end_matches('/'), path);
+    if flags.redirect {
+        return (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, target)]).into_response();
+    }
+    node.metrics.forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut fwd = node
+        .client
+        .request(req.method.clone(), &target)
+        .timeout(flags.timeout.unwrap_or(std::time::Duration::from_secs(30)))
+        .header(FORWARDED, "1")
+        .body(req.body);
+    for h in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+        if let Some(v) = req.headers.get(&h) {
+            fwd = fwd.header(h, v);
+        }
+    }
+    match fwd.send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let ctype = resp.headers().get(header::CONTENT_TYPE).cloned();
+            match resp.bytes().await {
+                Ok(body) => {
+                    let mut out = (status, body).into_response();
+                    if let Some(c) = ctype {
+                        out.headers_mut().insert(header::CONTENT_TYPE, c);
+                    }
+                    if let Ok(v) = HeaderValue::from_str(&leader.api_addr) {
+                        out.headers_mut().insert("x-rqlite-served-by", v);
+                    }
+                    out
+                }
+                Err(e) => text_error(StatusCode::SERVICE_UNAVAILABLE, &format!("reading reply from leader {}: {e}", leader.api_addr)),
+            }
+        }
+        Err(e) => text_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("leader {} unreachable: {e}; retry, the cluster may be electing a new leader", leader.api_addr),
+        ),
+    }
+}

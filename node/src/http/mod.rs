@@ -1,0 +1,126 @@
+//! The rqlite-compatible HTTP API and our extensions (`/join`, `/metrics`, `/snapshot`).
+
+mod backup;
+mod cluster;
+mod forward;
+mod query;
+mod render;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+
+use crate::auth::Perm;
+use crate::node::Node;
+
+pub type AppState = Arc<Node>;
+
+/// Header set on requests a member forwards to the leader, so they are never forwarded twice.
+pub const FORWARDED: &str = "x-litecluster-forwarded";
+
+pub fn router(node: AppState) -> Router {
+    let limit = node.config.max_body_bytes;
+    Router::new()
+        .route("/db/execute", post(query::execute))
+        .route("/db/query", get(query::query).post(query::query))
+        .route("/db/request", post(query::request))
+        .route("/db/backup", get(backup::backup))
+        .route("/db/load", post(backup::load))
+        .route("/status", get(cluster::status))
+        .route("/nodes", get(cluster::nodes))
+        .route("/readyz", get(cluster::readyz))
+        .route("/leader", get(cluster::leader).post(cluster::step_down).delete(cluster::step_down))
+        .route("/remove", delete(cluster::remove))
+        .route("/join", post(cluster::join))
+        .route("/snapshot", post(cluster::snapshot))
+        .route("/metrics", get(cluster::metrics))
+        .route("/", get(|| async { axum::response::Redirect::to("/status") }))
+        .layer(middleware::from_fn_with_state(node.clone(), authorize))
+        .layer(middleware::from_fn_with_state(node.clone(), common_headers))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(node)
+}
+
+fn permission(path: &str) -> Option<&'static [Perm]> {
+    Some(match path {
+        "/db/execute" => &[Perm::Execute],
+        "/db/query" => &[Perm::Query],
+        "/db/request" => &[Perm::Execute, Perm::Query],
+        "/db/backup" => &[Perm::Backup],
+        "/db/load" => &[Perm::Load],
+        "/status" | "/nodes" | "/metrics" => &[Perm::Status],
+        "/readyz" => &[Perm::Ready],
+        "/leader" => &[Perm::LeaderOps],
+        "/remove" => &[Perm::Remove],
+        "/join" => &[Perm::Join],
+        "/snapshot" => &[Perm::Snapshot],
+        _ => return None,
+    })
+}
+
+/// Authentication runs before routing, as in rqlite: 401 with an empty body.
+async fn authorize(State(node): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(store) = &node.auth
+        && let Some(perms) = permission(req.uri().path())
+    {
+        let authz = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let ok = perms.iter().all(|p| store.allowed(authz, *p))
+            || (req.uri().path() == "/join" && store.allowed(authz, Perm::JoinReadOnly));
+        if !ok {
+            node.metrics.http_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn common_headers(State(node): State<AppState>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    if resp.status().is_client_error() || resp.status().is_server_error() {
+        node.metrics.http_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    resp.headers_mut().insert("x-rqlite-version", HeaderValue::from_static(concat!("litecluster-", env!("CARGO_PKG_VERSION"))));
+    resp
+}
+
+/// A plain-text error in Go's `http.Error` style, which rqlite clients expect.
+pub fn text_error(status: StatusCode, msg: &str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{msg}\n")).into_response()
+}
+
+pub fn json_response(body: Vec<u8>) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json; charset=utf-8")], body).into_response()
+}
+
+/// Serves the API on `listener` (TLS when configured) until `shutdown` resolves.
+pub async fn serve(node: AppState, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let app = router(node.clone());
+    let addr: std::net::SocketAddr = tokio::net::lookup_host(&node.config.http_addr)
+        .await
+        .with_context(|| format!("resolving --http-addr {}", node.config.http_addr))?
+        .next()
+        .with_context(|| format!("--http-addr {} resolves to nothing", node.config.http_addr))?;
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    let service = app.into_make_service();
+    match (&node.config.http_cert, &node.config.http_key) {
+        (Some(cert), Some(key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| format!("loading TLS certificate {} and key {}", cert.display(), key.display()))?;
+            axum_server::bind_rustls(addr, tls).handle(handle).serve(service).await
+        }
+        _ => axum_server::bind(addr).handle(handle).serve(service).await,
+    }
+    .with_context(|| format!("serving HTTP on {addr}"))
+}

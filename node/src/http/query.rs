@@ -1,0 +1,266 @@
+//! `/db/execute`, `/db/query` and `/db/request`.
+
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use serde_json::Value as Json;
+
+use super::forward::{Original, to_leader};
+use super::render::{self, Flags, Level};
+use super::{AppState, json_response, text_error};
+use crate::command::{Command, Mode, ParamValue, Params, Statement, StmtResult};
+use crate::node::Node;
+
+/// Parses an rqlite request body: a JSON array of SQL strings or `[sql, params...]` arrays.
+pub fn parse_body(body: &[u8]) -> Result<Vec<Statement>, &'static str> {
+    let v: Json = serde_json::from_slice(body).map_err(|_| "invalid JSON body")?;
+    let Json::Array(items) = v else { return Err("invalid request") };
+    if items.is_empty() {
+        return Err("no statements");
+    }
+    let mut stmts = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Json::String(sql) => stmts.push(Statement::new(sql)),
+            Json::Array(parts) => {
+                let mut parts = parts.into_iter();
+                let Some(Json::String(sql)) = parts.next() else { return Err("invalid request") };
+                let (mut positional, mut named) = (Vec::new(), Vec::new());
+                for p in parts {
+                    match p {
+                        Json::Object(map) => {
+                            for (k, v) in map {
+                                named.push((k, param(v)?));
+                            }
+                        }
+                        other => positional.push(param(other)?),
+                    }
+                }
+                let params = match (positional.is_empty(), named.is_empty()) {
+                    (true, true) => Params::None,
+                    (false, true) => Params::Positional(positional),
+                    (true, false) => Params::Named(named),
+                    (false, false) => return Err("mixing positional and named parameters in one statement is not supported"),
+                };
+                stmts.push(Statement { sql, params });
+            }
+            _ => return Err("invalid request"),
+        }
+    }
+    Ok(stmts)
+}
+
+fn param(v: Json) -> Result<ParamValue, &'static str> {
+    Ok(match v {
+        Json::Null => ParamValue::Null,
+        Json::Bool(b) => ParamValue::Bool(b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => ParamValue::Int(i),
+            None => ParamValue::Float(n.as_f64().ok_or("unsupported type")?),
+        },
+        Json::String(s) => ParamValue::Text(s),
+        // A byte array binds as a BLOB (rqlite has no JSON form for BLOB parameters).
+        Json::Array(a) => ParamValue::Bytes(
+            a.into_iter()
+                .map(|x| x.as_u64().and_then(|b| u8::try_from(b).ok()).ok_or("unsupported type"))
+                .collect::<Result<_, _>>()?,
+        ),
+        Json::Object(_) => return Err("unsupported type"),
+    })
+}
+
+fn is_read_only(sql: &str) -> bool {
+    let head = sql.trim_start();
+    let word = head.split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
+    word.eq_ignore_ascii_case("select") || word.eq_ignore_ascii_case("explain")
+}
+
+fn drop_empty(stmts: &mut Vec<Statement>) {
+    // rqlite skips empty statements and gives them no result.
+    stmts.retain(|s| !s.sql.trim().is_empty());
+}
+
+struct Ctx<'a> {
+    node: &'a Node,
+    flags: Flags,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    started: Instant,
+}
+
+impl Ctx<'_> {
+    async fn forward(self, leader: Option<crate::MemberInfo>) -> Response {
+        let original = Original { method: &self.method, uri: &self.uri, headers: &self.headers, body: self.body.clone() };
+        to_leader(self.node, leader, &self.flags, original).await
+    }
+
+    fn reply(&self, results: &[StmtResult], error: Option<&str>) -> Response {
+        let body = render::to_json(
+            &render::Response {
+                results,
+                error,
+                time: Some(self.started.elapsed().as_secs_f64()),
+                timings: self.flags.timings,
+                associative: self.flags.associative,
+            },
+            self.flags.pretty,
+        );
+        json_response(body)
+    }
+
+    /// Proposes statements through the Raft log (writes, and reads at `level=strong`).
+    async fn through_log(self, mut stmts: Vec<Statement>, mode: Mode) -> Response {
+        if !self.node.is_leader() {
+            let leader = self.node.leader().map(|(_, i)| i);
+            return self.forward(leader).await;
+        }
+        {
+            let now = Node::unix_now();
+            let mut rng = rand::thread_rng();
+            for s in &mut stmts {
+                if let std::borrow::Cow::Owned(new) = crate::sqlite::rewrite::rewrite(&s.sql, now, &mut rng) {
+                    s.sql = new;
+                }
+            }
+        }
+        let cmd = Command::Statements { stmts, transaction: self.flags.transaction, mode };
+        match self.node.raft.client_write(cmd).await {
+            Ok(resp) => {
+                self.node.metrics.executions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.reply(&resp.data.results, resp.data.error.as_deref())
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => self.forward(f.leader_node).await,
+            Err(e) => text_error(StatusCode::SERVICE_UNAVAILABLE, &format!("write not committed: {e}; retry")),
+        }
+    }
+
+    /// Reads at `none`, `weak` or `linearizable` from the local database.
+    async fn local_read(self, stmts: Vec<Statement>, mode: Mode) -> Response {
+        let node = self.node;
+        match self.flags.level {
+            Level::None => {
+                if let Some(fresh) = self.flags.freshness {
+                    let stale = node.since_leader_contact().is_none_or(|d| d > fresh);
+                    if stale {
+                        return self.reply(&[], Some("stale read"));
+                    }
+                }
+            }
+            Level::Weak => {
+                if !node.is_leader() {
+                    let leader = node.leader().map(|(_, i)| i);
+                    return self.forward(leader).await;
+                }
+            }
+            Level::Linearizable => match node.raft.ensure_linearizable().await {
+                Ok(_) => {}
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => return self.forward(f.leader_node).await,
+                Err(e) => return text_error(StatusCode::SERVICE_UNAVAILABLE, &format!("linearizable read failed: {e}; retry")),
+            },
+            Level::Strong => unreachable!("strong reads go through the log"),
+        }
+        let timeout = self.flags.db_timeout.or(Some(node.config.db_timeout)).filter(|d| !d.is_zero());
+        match node.reads.query(stmts, mode, timeout).await {
+            Ok(results) => {
+                node.metrics.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.reply(&results, None)
+            }
+            Err(e) => text_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("read failed: {e}")),
+        }
+    }
+}
+
+fn bad_request(msg: &str) -> Response {
+    text_error(StatusCode::BAD_REQUEST, msg)
+}
+
+macro_rules! ctx {
+    ($node:expr, $raw:expr, $method:expr, $uri:expr, $headers:expr, $body:expr) => {
+        match Flags::parse($raw.as_deref()) {
+            Ok(flags) => Ctx { node: &$node, flags, method: $method, uri: $uri, headers: $headers, body: $body, started: Instant::now() },
+            Err(e) => return bad_request(&e),
+        }
+    };
+}
+
+pub async fn execute(State(node): State<AppState>, RawQuery(raw): RawQuery, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let ctx = ctx!(node, raw, method, uri, headers, body);
+    let mut stmts = match parse_body(&ctx.body) {
+        Ok(s) => s,
+        Err(e) => return bad_request(e),
+    };
+    drop_empty(&mut stmts);
+    if stmts.is_empty() {
+        return ctx.reply(&[], None);
+    }
+    ctx.through_log(stmts, Mode::Execute).await
+}
+
+pub async fn query(State(node): State<AppState>, RawQuery(raw): RawQuery, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let mut ctx = ctx!(node, raw, method, uri, headers, body);
+    let mut stmts = if ctx.method == Method::GET {
+        match ctx.flags.q.take() {
+            Some(q) if !q.trim().is_empty() => vec![Statement::new(q)],
+            _ => return bad_request("query parameter not set"),
+        }
+    } else {
+        match parse_body(&ctx.body) {
+            Ok(s) => s,
+            Err(e) => return bad_request(e),
+        }
+    };
+    drop_empty(&mut stmts);
+    if ctx.flags.level == Level::Strong {
+        ctx.through_log(stmts, Mode::Query).await
+    } else {
+        ctx.local_read(stmts, Mode::Query).await
+    }
+}
+
+pub async fn request(State(node): State<AppState>, RawQuery(raw): RawQuery, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let ctx = ctx!(node, raw, method, uri, headers, body);
+    let mut stmts = match parse_body(&ctx.body) {
+        Ok(s) => s,
+        Err(e) => return bad_request(e),
+    };
+    drop_empty(&mut stmts);
+    let reads_only = stmts.iter().all(|s| is_read_only(&s.sql));
+    if reads_only && ctx.flags.level != Level::Strong {
+        ctx.local_read(stmts, Mode::Request).await
+    } else {
+        ctx.through_log(stmts, Mode::Request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies() {
+        let s = parse_body(br#"["CREATE TABLE t (x)", ["INSERT INTO t VALUES (?, ?)", 1, "a"], ["INSERT INTO t VALUES (:x)", {"x": 2.5}]]"#).unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[1].params, Params::Positional(vec![ParamValue::Int(1), ParamValue::Text("a".into())]));
+        assert_eq!(s[2].params, Params::Named(vec![("x".into(), ParamValue::Float(2.5))]));
+        assert_eq!(parse_body(b"[]"), Err("no statements"));
+        assert_eq!(parse_body(b"[\"x\""), Err("invalid JSON body"));
+        assert_eq!(parse_body(b""), Err("invalid JSON body"));
+        assert_eq!(parse_body(b"{}"), Err("invalid request"));
+        assert_eq!(parse_body(b"[1]"), Err("invalid request"));
+        assert_eq!(parse_body(b"[[1]]"), Err("invalid request"));
+        assert_eq!(parse_body(br#"[["x", {"a": {"b": 1}}]]"#), Err("unsupported type"));
+    }
+
+    #[test]
+    fn read_only_detection() {
+        assert!(is_read_only("  select 1"));
+        assert!(!is_read_only("INSERT INTO t VALUES (1)"));
+        assert!(!is_read_only("WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x"));
+    }
+}

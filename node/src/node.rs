@@ -1,0 +1,265 @@
+//! A running member: opens storage, starts Raft and its RPC listener, bootstraps or joins, and
+//! hands leadership over on shutdown.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use openraft::{Config, ServerState, SnapshotPolicy};
+
+use crate::auth::CredentialStore;
+use crate::config::NodeConfig;
+use crate::metrics::Metrics;
+use crate::raft::{log_store::LogStore, network::NetworkFactory, rpc, state_machine::StateMachine};
+use crate::sqlite::reader::ReadPool;
+use crate::{MemberInfo, NodeId, Raft};
+
+pub struct Node {
+    pub id: NodeId,
+    pub info: MemberInfo,
+    pub raft: Arc<Raft>,
+    pub reads: ReadPool,
+    pub metrics: Arc<Metrics>,
+    pub config: NodeConfig,
+    pub auth: Option<Arc<CredentialStore>>,
+    /// Client for calls to other members (forwarding, joins, /nodes).
+    pub client: reqwest::Client,
+    pub started: SystemTime,
+    pub started_at: Instant,
+    pub db_path: PathBuf,
+    /// Milliseconds since `started_at` when the leader last reached us (any Raft RPC).
+    pub leader_contact_ms: Arc<AtomicU64>,
+}
+
+impl Node {
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Arc<Self>> {
+        let name = config.node_id.clone();
+        let id = crate::raft_id_from_name(&name)
+            .with_context(|| format!("--node-id {name:?} must be a positive integer or a name ending in -<ordinal>"))?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let info = MemberInfo { name, raft_addr: config.raft_advertise(), api_addr: config.api_url() };
+        let auth = match &config.auth {
+            Some(p) => Some(Arc::new(CredentialStore::load(p)?)),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let db_path = config.data_dir.join("db.sqlite");
+        let reads = ReadPool::new(db_path.clone(), 8);
+        let log = LogStore::open(&config.data_dir.join("raft.db"), metrics.clone()).context("opening the raft log")?;
+        let sm = StateMachine::open(&db_path, config.data_dir.join("snapshots"), reads.clone(), metrics.clone())
+            .context("opening the database")?;
+
+        let election = config.election_timeout.as_millis() as u64;
+        let raft_config = Config {
+            cluster_name: "litecluster".into(),
+            heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: election,
+            election_timeout_max: election * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_threshold),
+            max_in_snapshot_log_to_keep: config.snapshot_trailing_logs,
+            install_snapshot_timeout: 30_000,
+            snapshot_max_chunk_size: 4 << 20,
+            max_payload_entries: 512,
+            ..Config::default()
+        }
+        .validate()
+        .context("invalid raft timing flags (the election timeout must exceed the heartbeat interval)")?;
+
+        let listener = tokio::net::TcpListener::bind(&config.raft_addr)
+            .await
+            .with_context(|| format!("binding raft address {}", config.raft_addr))?;
+        let raft = Arc::new(Raft::new(id, Arc::new(raft_config), NetworkFactory, log, sm).await.context("starting raft")?);
+        let started_at = Instant::now();
+        let leader_contact_ms = Arc::new(AtomicU64::new(0));
+        tokio::spawn(rpc::serve(listener, raft.clone(), started_at, leader_contact_ms.clone()));
+
+        let client = http_client(&config)?;
+        let node = Arc::new(Self {
+            id,
+            info,
+            raft,
+            reads,
+            metrics,
+            config,
+            auth,
+            client,
+            started: SystemTime::now(),
+            started_at,
+            db_path,
+            leader_contact_ms,
+        });
+        node.bootstrap_or_join().await?;
+        Ok(node)
+    }
+
+    async fn bootstrap_or_join(self: &Arc<Self>) -> anyhow::Result<()> {
+        let initialized = self.raft.is_initialized().await?;
+        if initialized {
+            tracing::info!(id = self.id, "resuming with existing state");
+        } else if self.config.bootstrap {
+            let members = BTreeMap::from([(self.id, self.info.clone())]);
+            self.raft.initialize(members).await.context("bootstrapping a new cluster")?;
+            tracing::info!(id = self.id, "bootstrapped a new single-member cluster");
+        }
+        if !self.config.join.is_empty() && !self.is_member() {
+            let node = self.clone();
+            tokio::spawn(async move { node.join_loop().await });
+        } else if !initialized && !self.config.bootstrap {
+            tracing::warn!("data dir is empty and neither --bootstrap nor --join was given: waiting to be added by a leader");
+        }
+        Ok(())
+    }
+
+    fn is_member(&self) -> bool {
+        self.raft.metrics().borrow().membership_config.membership().get_node(&self.id).is_some()
+    }
+
+    /// Asks the given members to add us until one of them (or the leader it forwards to) does.
+    async fn join_loop(&self) {
+        let body = serde_json::json!({
+            "id": self.info.name,
+            "raft_addr": self.info.raft_addr,
+            "api_addr": self.info.api_addr,
+            "voter": !self.config.non_voter,
+        });
+        let mut attempt = 0u32;
+        loop {
+            for base in &self.config.join {
+                let url = format!("{}/join", base.trim_end_matches('/'));
+                let mut req = self.client.post(&url).json(&body).timeout(Duration::from_secs(60));
+                if let Some(h) = self.join_credentials() {
+                    req = req.header(reqwest::header::AUTHORIZATION, h);
+                }
+                match req.send().await {
+                    Ok(r) if r.status().is_success() => {
+                        tracing::info!(via = %url, voter = !self.config.non_voter, "joined the cluster");
+                        return;
+                    }
+                    Ok(r) => {
+                        let status = r.status();
+                        let text = r.text().await.unwrap_or_default();
+                        tracing::warn!(via = %url, %status, body = %text.trim(), attempt, "join refused; retrying");
+                    }
+                    Err(e) => tracing::warn!(via = %url, error = %e, attempt, "join target unreachable; retrying"),
+                }
+            }
+            if self.is_member() {
+                tracing::info!("added to the cluster by the leader");
+                return;
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt.min(4)))).await;
+        }
+    }
+
+    /// Basic-auth header for joining, from `LITECLUSTER_JOIN_USER`/`LITECLUSTER_JOIN_PASSWORD`.
+    fn join_credentials(&self) -> Option<String> {
+        use base64::Engine;
+        let user = std::env::var("LITECLUSTER_JOIN_USER").ok()?;
+        let pass = std::env::var("LITECLUSTER_JOIN_PASSWORD").unwrap_or_default();
+        Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))))
+    }
+
+    /// The current leader, if known, with its address.
+    pub fn leader(&self) -> Option<(NodeId, MemberInfo)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let info = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, info))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Time since the leader last reached this member; zero on the leader itself.
+    pub fn since_leader_contact(&self) -> Option<Duration> {
+        if self.is_leader() {
+            return Some(Duration::ZERO);
+        }
+        let ms = self.leader_contact_ms.load(Ordering::Relaxed);
+        (ms > 0).then(|| self.started_at.elapsed().saturating_sub(Duration::from_millis(ms)))
+    }
+
+    pub fn unix_now() -> f64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    }
+
+    /// Hands leadership to the most caught-up voter: it is asked to start an election, which it
+    /// wins because its log is complete; we wait until someone else leads.
+    pub async fn transfer_leadership(&self, timeout: Duration) -> anyhow::Result<NodeId> {
+        let deadline = Instant::now() + timeout;
+        let target = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            if m.state != ServerState::Leader {
+                bail!("this member is not the leader");
+            }
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().filter(|v| *v != self.id).collect();
+            let matched = m.replication.clone().unwrap_or_default();
+            let best = voters.into_iter().max_by_key(|v| matched.get(v).copied().flatten().map(|l| l.index));
+            let Some(best) = best else { bail!("no other voter to hand leadership to") };
+            let info = m.membership_config.membership().get_node(&best).cloned().context("voter without address")?;
+            (best, info)
+        };
+        // Let the target receive everything we have before it campaigns.
+        let _ = self.raft.trigger().heartbeat().await;
+        while Instant::now() < deadline {
+            let _ = crate::raft::network::request_election(&target.1.raft_addr, Duration::from_secs(2)).await;
+            let mut rx = self.raft.metrics();
+            let changed = tokio::time::timeout(Duration::from_millis(1500), async {
+                loop {
+                    {
+                        let m = rx.borrow();
+                        if m.state != ServerState::Leader && m.current_leader.is_some_and(|l| l != self.id) {
+                            return m.current_leader;
+                        }
+                    }
+                    if rx.changed().await.is_err() {
+                        return None;
+                    }
+                }
+            })
+            .await;
+            if let Ok(Some(new_leader)) = changed {
+                return Ok(new_leader);
+            }
+        }
+        bail!("leadership did not move within {timeout:?}")
+    }
+
+    /// Stops serving: a leader first hands leadership over so writes pause only briefly.
+    pub async fn shutdown(&self) {
+        if self.is_leader() && self.raft.metrics().borrow().membership_config.membership().voter_ids().count() > 1 {
+            match self.transfer_leadership(self.config.shutdown_timeout).await {
+                Ok(to) => tracing::info!(new_leader = to, "leadership handed over before shutdown"),
+                Err(e) => tracing::warn!(error = %e, "could not hand leadership over; shutting down anyway"),
+            }
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+fn http_client(config: &NodeConfig) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(64)
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(ca) = &config.http_ca_cert {
+        let pem = std::fs::read(ca).with_context(|| format!("reading CA bundle {}", ca.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).context("parsing CA bundle")? {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    if config.http_insecure {
+        b = b.danger_accept_invalid_certs(true);
+    }
+    b.build().context("building the HTTP client")
+}

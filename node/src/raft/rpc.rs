@@ -1,0 +1,106 @@
+//! The Raft RPC wire format and its server: length-prefixed JSON frames over long-lived TCP
+//! connections, one request in flight per connection.
+//!
+//! Frame: `u32` big-endian length, then (requests) one kind byte and the JSON body, or
+//! (responses) the JSON of `Result<Response, RaftError>`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::Raft;
+
+pub const KIND_APPEND: u8 = 1;
+pub const KIND_VOTE: u8 = 2;
+pub const KIND_SNAPSHOT: u8 = 3;
+/// Ask the receiver to start an election now: the leader uses it to hand over leadership.
+pub const KIND_ELECT: u8 = 4;
+
+/// Frames above this size are refused; snapshot chunks and append batches stay far below it.
+pub const MAX_FRAME: usize = 256 << 20;
+
+pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let len = r.read_u32().await? as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("raft frame of {len} bytes exceeds the limit")));
+    }
+    buf.resize(len, 0);
+    r.read_exact(buf).await?;
+    Ok(())
+}
+
+pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, kind: Option<u8>, body: &[u8]) -> std::io::Result<()> {
+    let len = body.len() + usize::from(kind.is_some());
+    w.write_u32(len as u32).await?;
+    if let Some(k) = kind {
+        w.write_u8(k).await?;
+    }
+    w.write_all(body).await?;
+    w.flush().await
+}
+
+/// Serves Raft RPCs on `listener` until the task is dropped.
+/// `contact` records when an RPC from a leader last arrived (ms since `epoch`), for freshness.
+pub async fn serve(listener: TcpListener, raft: Arc<Raft>, epoch: Instant, contact: Arc<AtomicU64>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "raft listener accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (raft, contact) = (raft.clone(), contact.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_conn(stream, &raft, epoch, &contact).await
+                && e.kind() != std::io::ErrorKind::UnexpectedEof
+            {
+                tracing::debug!(%peer, error = %e, "raft connection closed");
+            }
+        });
+    }
+}
+
+async fn serve_conn(stream: TcpStream, raft: &Raft, epoch: Instant, contact: &AtomicU64) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (r, w) = stream.into_split();
+    let (mut r, mut w) = (BufReader::new(r), BufWriter::new(w));
+    let mut buf = Vec::new();
+    loop {
+        read_frame(&mut r, &mut buf).await?;
+        let Some((&kind, body)) = buf.split_first() else {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "empty raft frame"));
+        };
+        if kind == KIND_APPEND || kind == KIND_SNAPSHOT {
+            contact.store(epoch.elapsed().as_millis().max(1) as u64, Ordering::Relaxed);
+        }
+        let reply = match kind {
+            KIND_APPEND => respond(body, |req| raft.append_entries(req)).await,
+            KIND_VOTE => respond(body, |req| raft.vote(req)).await,
+            KIND_SNAPSHOT => respond(body, |req| raft.install_snapshot(req)).await,
+            KIND_ELECT => {
+                let res = raft.trigger().elect().await.map_err(|e| e.to_string());
+                serde_json::to_vec(&res)
+            }
+            other => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unknown raft rpc kind {other}"))),
+        }
+        .map_err(std::io::Error::other)?;
+        write_frame(&mut w, None, &reply).await?;
+    }
+}
+
+async fn respond<Req, Resp, E, F, Fut>(body: &[u8], f: F) -> serde_json::Result<Vec<u8>>
+where
+    Req: serde::de::DeserializeOwned,
+    Resp: serde::Serialize,
+    E: serde::Serialize,
+    F: FnOnce(Req) -> Fut,
+    Fut: std::future::Future<Output = Result<Resp, E>>,
+{
+    let req: Req = serde_json::from_slice(body)?;
+    serde_json::to_vec(&f(req).await)
+}
