@@ -180,12 +180,14 @@ fn text_affinity(decl: &str) -> bool {
             .any(|p| decl.starts_with(p))
 }
 
-/// Rows affected come from the change counter's delta, so DDL after an INSERT reports none;
-/// the last insert id is the connection's, as in rqlite. rqlite omits zero values.
+/// Rows affected come from the change counter's delta, so DDL after an INSERT reports none.
+/// The last insert id is only reported for a statement that changed rows: the writer
+/// connection's rowid would otherwise show the node's own bookkeeping. Zeros are omitted.
 fn execute_result(conn: &Connection, changes_before: u64) -> StmtResult {
+    let affected = conn.total_changes() - changes_before;
     StmtResult {
-        last_insert_id: Some(conn.last_insert_rowid()).filter(|&v| v != 0),
-        rows_affected: Some(conn.total_changes() - changes_before).filter(|&v| v != 0),
+        last_insert_id: Some(conn.last_insert_rowid()).filter(|&v| v != 0 && affected > 0),
+        rows_affected: Some(affected).filter(|&v| v != 0),
         ..StmtResult::default()
     }
 }
@@ -317,5 +319,24 @@ mod tests {
         assert!(forbidden("PRAGMA journal_mode=DELETE").is_some());
         assert!(forbidden("INSERT INTO t VALUES ('begin')").is_none());
         assert!(forbidden("BEGINNING").is_none());
+    }
+}
+
+#[cfg(test)]
+mod meta_tests {
+    use super::*;
+
+    #[test]
+    fn bookkeeping_writes_do_not_leak_into_results() {
+        let dir = std::env::temp_dir().join(format!("lc-exec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = crate::sqlite::open_writer(&dir.join("db")).unwrap();
+        c.execute_batch("BEGIN").unwrap();
+        crate::sqlite::write_meta(&c, "applied", "1").unwrap();
+        crate::sqlite::write_meta(&c, "membership", "2").unwrap();
+        c.execute_batch("COMMIT; BEGIN").unwrap();
+        let r = run(&c, &[Statement::new("CREATE TABLE foo (id INTEGER PRIMARY KEY, name TEXT)")], 0, false, Mode::Execute, true).unwrap();
+        assert_eq!(r[0], StmtResult { time: r[0].time, ..StmtResult::default() });
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,0 +1,197 @@
+//! Multi-member behaviour with real processes: replication, leader failure, restarts, learners,
+//! snapshots, graceful hand-over.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_on_any_member_are_readable_on_all() {
+    let c = Cluster::start("any-member", 3, &[]).await;
+    c.execute(1, create_table()).await.unwrap();
+    for i in 0..3 {
+        let r = c.execute(i, json!([["INSERT INTO t(v) VALUES(?)", format!("from-{i}")]])).await.unwrap();
+        assert_eq!(r["results"][0]["rows_affected"], 1, "write via member {i}: {r}");
+    }
+    for i in 0..3 {
+        c.wait_caught_up(i).await;
+        let mut got: Vec<String> = c.column(i, "SELECT v FROM t").await.into_iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+        got.sort();
+        assert_eq!(got, ["from-0", "from-1", "from-2"], "member {i}");
+    }
+    // Each consistency level answers on a follower (weak/linearizable/strong via the leader).
+    let follower = (c.leader().await + 1) % 3;
+    for level in ["none", "weak", "linearizable", "strong"] {
+        let r = c.query(follower, "SELECT count(*) FROM t", level).await;
+        assert_eq!(r["results"][0]["values"][0][0], 3, "level {level}: {r}");
+    }
+    // `redirect` answers 301 with the leader's URL instead of forwarding.
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}/db/execute?redirect", c.url(follower)))
+        .body(r#"["INSERT INTO t(v) VALUES('x')"]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 301);
+    let leader = c.leader().await;
+    assert!(r.headers()["location"].to_str().unwrap().starts_with(&c.url(leader)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_loses_no_acknowledged_write() {
+    let mut c = Cluster::start("leader-kill", 3, &[]).await;
+    c.execute(0, create_table()).await.unwrap();
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let urls: Vec<String> = (0..3).map(|i| c.url(i)).collect();
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let (acked, stop, urls, http) = (acked.clone(), stop.clone(), urls.clone(), client());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = w * 1_000_000 + n;
+                let url = &urls[(n as usize + w as usize) % urls.len()];
+                let body = json!([["INSERT INTO t(id, v) VALUES(?, ?)", id, "x"]]);
+                let res = http.post(format!("{url}/db/execute")).json(&body).timeout(Duration::from_secs(5)).send().await;
+                if let Ok(r) = res
+                    && r.status().is_success()
+                    && let Ok(v) = r.json::<serde_json::Value>().await
+                    && v["results"][0]["rows_affected"] == 1
+                {
+                    acked.lock().unwrap().insert(id);
+                    n += 1;
+                } else {
+                    // Not acknowledged: the write may or may not exist; retry with a new id.
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let old = c.leader().await;
+    let before_kill = acked.lock().unwrap().len();
+    c.members[old].kill();
+    let killed_at = Instant::now();
+    // A new leader among the survivors.
+    let new = c.leader().await;
+    let failover = killed_at.elapsed();
+    assert_ne!(new, old);
+    // Writes resume through the new leader.
+    let resumed_from = acked.lock().unwrap().len();
+    common::wait_for("writes after failover", Duration::from_secs(20), || {
+        let acked = acked.clone();
+        async move { acked.lock().unwrap().len() > resumed_from + 50 }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    eprintln!("acknowledged {} writes ({before_kill} before the kill); new leader elected in {failover:?}", acked.len());
+    for i in (0..3).filter(|&i| i != old) {
+        c.wait_caught_up(i).await;
+        let have: BTreeSet<u64> = c.column(i, "SELECT id FROM t").await.into_iter().map(|v| v.as_u64().unwrap()).collect();
+        let missing: Vec<_> = acked.difference(&have).take(10).collect();
+        assert!(missing.is_empty(), "member {i} lost acknowledged writes, e.g. {missing:?}");
+    }
+    // The old leader comes back as a follower with everything.
+    c.members[old].start(&[]);
+    c.wait_caught_up(old).await;
+    let have: BTreeSet<u64> = c.column(old, "SELECT id FROM t").await.into_iter().map(|v| v.as_u64().unwrap()).collect();
+    assert!(acked.is_subset(&have), "restarted old leader is missing acknowledged writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_member_catches_up_from_log_and_snapshot() {
+    // A low snapshot threshold makes the leader purge its log, so the restarted member needs
+    // the full database (InstallSnapshot), not just the log tail.
+    let mut c = Cluster::start("restart", 3, &["--snapshot-threshold", "50", "--snapshot-trailing-logs", "10"]).await;
+    c.execute(0, create_table()).await.unwrap();
+    let leader = c.leader().await;
+    let victim = (leader + 1) % 3;
+    c.members[victim].kill();
+    for batch in 0..100 {
+        let stmts: Vec<_> = (0..3).map(|k| json!(["INSERT INTO t(v) VALUES(?)", format!("{batch}-{k}")])).collect();
+        c.execute(leader, json!(stmts)).await.unwrap();
+    }
+    common::wait_for("a snapshot on the leader", Duration::from_secs(20), || async {
+        c.status(leader).await["store"]["raft"]["purged_index"].as_u64().unwrap_or(0) > 20
+    })
+    .await;
+    c.members[victim].start(&[]);
+    c.wait_caught_up(victim).await;
+    assert_eq!(c.column(victim, "SELECT count(*) FROM t").await[0], 300);
+    let metrics = c.get(victim, "/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("litecluster_snapshots_installed_total ") && !l.ends_with(" 0")),
+        "the far-behind member should have installed a snapshot:\n{metrics}"
+    );
+    // And a restart of a caught-up member resumes from its own data.
+    c.members[victim].kill();
+    c.execute(leader, json!([["INSERT INTO t(v) VALUES('after')"]])).await.unwrap();
+    c.members[victim].start(&[]);
+    c.wait_caught_up(victim).await;
+    assert_eq!(c.column(victim, "SELECT count(*) FROM t").await[0], 301);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn learner_serves_local_reads_and_never_votes() {
+    let mut c = Cluster::start("learner", 3, &[]).await;
+    c.execute(0, create_table()).await.unwrap();
+    c.execute(0, json!(["INSERT INTO t(v) VALUES('a')"])).await.unwrap();
+    let l = c.add("4", &[]);
+    let join = c.url(0);
+    c.members[l].start(&["--join".into(), join, "--non-voter".into()]);
+    c.wait_ready(l).await;
+    c.wait_caught_up(l).await;
+    let s = c.status(l).await;
+    assert_eq!(s["store"]["raft"]["state"], "Learner");
+    assert_eq!(s["store"]["raft"]["voter"], false);
+    assert_eq!(c.column(l, "SELECT v FROM t").await, [json!("a")]);
+    let nodes: serde_json::Value = c.get(0, "/nodes?nonvoters").await.unwrap().json().await.unwrap();
+    assert_eq!(nodes["4"]["voter"], false);
+    let voters_only: serde_json::Value = c.get(0, "/nodes").await.unwrap().json().await.unwrap();
+    assert!(voters_only.get("4").is_none(), "learners are listed only with ?nonvoters");
+    // Kill the leader: an election happens among voters; the learner never campaigns.
+    let old = c.leader().await;
+    c.members[old].kill();
+    let new = c.leader().await;
+    assert_ne!(new, l, "a learner must never lead");
+    let s = c.status(l).await;
+    assert_eq!(s["store"]["raft"]["state"], "Learner");
+    // Writes sent to the learner are forwarded to the leader.
+    c.execute(l, json!(["INSERT INTO t(v) VALUES('via-learner')"])).await.unwrap();
+    c.wait_caught_up(l).await;
+    assert_eq!(c.column(l, "SELECT count(*) FROM t").await[0], 2);
+    // Removing the learner takes it out of the membership.
+    let r = c.http.delete(format!("{}/remove", c.url(new))).json(&json!({"id": "4"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let nodes: serde_json::Value = c.get(new, "/nodes?nonvoters").await.unwrap().json().await.unwrap();
+    assert!(nodes.get("4").is_none(), "{nodes}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_on_the_leader_hands_leadership_over() {
+    let mut c = Cluster::start("handover", 3, &[]).await;
+    c.execute(0, create_table()).await.unwrap();
+    let old = c.leader().await;
+    let started = Instant::now();
+    let status = c.members[old].terminate();
+    assert!(status.success(), "leader exited with {status}");
+    let new = c.leader().await;
+    eprintln!("leadership moved from {old} to {new}; old leader exited after {:?}", started.elapsed());
+    let log = std::fs::read_to_string(&c.members[old].log).unwrap();
+    assert!(log.contains("leadership handed over before shutdown"), "{log}");
+    c.execute(new, json!(["INSERT INTO t(v) VALUES('after-handover')"])).await.unwrap();
+}

@@ -1,0 +1,275 @@
+//! Test harness: real `litecluster-node` processes on loopback, each test on its own ports.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_litecluster-node");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).no_proxy().build().unwrap()
+}
+
+pub struct Member {
+    pub name: String,
+    pub http: u16,
+    pub raft: u16,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub extra: Vec<String>,
+    pub child: Option<Child>,
+}
+
+impl Member {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+
+    pub fn start(&mut self, args: &[String]) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(BIN)
+            .args(["--node-id", &self.name])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--http-addr", &format!("127.0.0.1:{}", self.http)])
+            .args(["--raft-addr", &format!("127.0.0.1:{}", self.raft)])
+            .args(["--election-timeout", "500ms", "--heartbeat-interval", "100ms"])
+            .args(args)
+            .args(&self.extra)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn litecluster-node");
+        self.child = Some(child);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("member running");
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("member {} did not exit within 20s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub members: Vec<Member>,
+    pub http: reqwest::Client,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for m in &self.members {
+                let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("---- log of member {} (last 40 lines) ----", m.name);
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+        for m in &mut self.members {
+            m.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Cluster {
+    /// An empty harness in a fresh temp dir.
+    pub fn empty(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lc-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { dir, members: Vec::new(), http: client() }
+    }
+
+    /// Adds a member (not started) with extra flags used on every start.
+    pub fn add(&mut self, name: &str, extra: &[&str]) -> usize {
+        let dir = self.dir.join(name);
+        let log = self.dir.join(format!("{name}.log"));
+        self.members.push(Member {
+            name: name.to_owned(),
+            http: free_port(),
+            raft: free_port(),
+            dir,
+            log,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        });
+        self.members.len() - 1
+    }
+
+    /// Starts `n` voters: the first bootstraps, the rest join it. Waits until all are members.
+    pub async fn start(test: &str, n: usize, extra: &[&str]) -> Self {
+        let mut c = Self::empty(test);
+        for i in 1..=n {
+            c.add(&i.to_string(), extra);
+        }
+        c.members[0].start(&["--bootstrap".into()]);
+        c.wait_ready(0).await;
+        let join = c.members[0].url();
+        for i in 1..n {
+            c.members[i].start(&["--join".into(), join.clone()]);
+        }
+        c.wait_voters(n).await;
+        for i in 0..n {
+            c.wait_ready(i).await;
+        }
+        c
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        self.members[i].url()
+    }
+
+    pub async fn get(&self, i: usize, path: &str) -> reqwest::Result<reqwest::Response> {
+        self.http.get(format!("{}{path}", self.url(i))).send().await
+    }
+
+    pub async fn status(&self, i: usize) -> Value {
+        self.get(i, "/status").await.unwrap().json().await.unwrap()
+    }
+
+    pub async fn wait_ready(&self, i: usize) {
+        wait_for(&format!("member {} ready", self.members[i].name), Duration::from_secs(30), || async {
+            self.get(i, "/readyz").await.is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+    }
+
+    /// Waits until the leader's membership has `n` voters.
+    pub async fn wait_voters(&self, n: usize) {
+        wait_for(&format!("{n} voters"), Duration::from_secs(30), || async {
+            for i in 0..self.members.len() {
+                if !self.members[i].running() {
+                    continue;
+                }
+                if let Ok(r) = self.get(i, "/status").await
+                    && let Ok(s) = r.json::<Value>().await
+                    && s["store"]["raft"]["state"] == "Leader"
+                {
+                    let voters = s["store"]["members"].as_array().map_or(0, |m| m.iter().filter(|x| x["voter"] == true).count());
+                    return voters == n;
+                }
+            }
+            false
+        })
+        .await;
+    }
+
+    /// Index of the running member that is leader (as the members agree).
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            for i in 0..self.members.len() {
+                if !self.members[i].running() {
+                    continue;
+                }
+                if let Ok(r) = self.get(i, "/status").await
+                    && let Ok(s) = r.json::<Value>().await
+                    && s["store"]["raft"]["state"] == "Leader"
+                {
+                    return i;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no leader within 30s");
+    }
+
+    pub async fn execute(&self, i: usize, body: Value) -> reqwest::Result<Value> {
+        self.http.post(format!("{}/db/execute", self.url(i))).json(&body).send().await?.error_for_status()?.json().await
+    }
+
+    pub async fn query(&self, i: usize, sql: &str, level: &str) -> Value {
+        let qs: String = form_urlencoded::Serializer::new(String::new()).append_pair("q", sql).append_pair("level", level).finish();
+        let r = self
+            .http
+            .get(format!("{}/db/query?{qs}", self.url(i)))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "query on member {i} failed: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// First column of every row of a local (`level=none`) query.
+    pub async fn column(&self, i: usize, sql: &str) -> Vec<Value> {
+        let v = self.query(i, sql, "none").await;
+        v["results"][0]["values"].as_array().cloned().unwrap_or_default().into_iter().map(|row| row[0].clone()).collect()
+    }
+
+    pub async fn applied(&self, i: usize) -> u64 {
+        self.status(i).await["store"]["raft"]["applied_index"].as_u64().unwrap_or(0)
+    }
+
+    /// Waits until member `i` has applied at least what the leader has.
+    pub async fn wait_caught_up(&self, i: usize) {
+        let leader = self.leader().await;
+        let target = self.applied(leader).await;
+        wait_for(&format!("member {i} applied >= {target}"), Duration::from_secs(60), || async {
+            self.get(i, "/status").await.is_ok() && self.applied(i).await >= target
+        })
+        .await;
+    }
+}
+
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub fn rows(v: &Value) -> usize {
+    v["results"][0]["values"].as_array().map_or(0, Vec::len)
+}
+
+pub fn create_table() -> Value {
+    json!(["CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT)"])
+}
+
+pub fn dir_exists(p: &Path) -> bool {
+    p.exists()
+}
