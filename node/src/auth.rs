@@ -64,18 +64,37 @@ pub struct CredentialStore {
 impl CredentialStore {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let raw = std::fs::read(path).with_context(|| format!("reading auth file {}", path.display()))?;
-        Self::parse(&raw).with_context(|| format!("parsing auth file {} (want a JSON list of {{username, password, perms}})", path.display()))
+        let raw =
+            std::fs::read(path).with_context(|| format!("reading auth file {}", path.display()))?;
+        Self::parse(&raw).with_context(|| {
+            format!(
+                "parsing auth file {} (want a JSON list of {{username, password, perms}})",
+                path.display()
+            )
+        })
     }
 
     pub fn parse(raw: &[u8]) -> serde_json::Result<Self> {
         let entries: Vec<UserEntry> = serde_json::from_slice(raw)?;
-        let users = entries.into_iter().map(|e| (e.username, User { password: e.password, perms: e.perms })).collect();
+        let users = entries
+            .into_iter()
+            .map(|e| {
+                (
+                    e.username,
+                    User {
+                        password: e.password,
+                        perms: e.perms,
+                    },
+                )
+            })
+            .collect();
         Ok(Self { users })
     }
 
     fn has(&self, user: &str, perm: Perm) -> bool {
-        self.users.get(user).is_some_and(|u| u.perms.iter().any(|p| p == "all" || p == perm.name()))
+        self.users
+            .get(user)
+            .is_some_and(|u| u.perms.iter().any(|p| p == "all" || p == perm.name()))
     }
 
     /// Checks an `Authorization` header value against `perm`.
@@ -83,15 +102,23 @@ impl CredentialStore {
         if self.has("*", perm) {
             return true;
         }
-        let Some((user, pass)) = authorization.and_then(decode_basic) else { return false };
-        let Some(u) = self.users.get(&user) else { return false };
+        let Some((user, pass)) = authorization.and_then(decode_basic) else {
+            return false;
+        };
+        let Some(u) = self.users.get(&user) else {
+            return false;
+        };
         constant_time_eq(u.password.as_bytes(), pass.as_bytes()) && self.has(&user, perm)
     }
 }
 
 fn decode_basic(header: &str) -> Option<(String, String)> {
-    let b64 = header.strip_prefix("Basic ").or_else(|| header.strip_prefix("basic "))?;
-    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let b64 = header
+        .strip_prefix("Basic ")
+        .or_else(|| header.strip_prefix("basic "))?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
     let s = String::from_utf8(raw).ok()?;
     let (u, p) = s.split_once(':')?;
     Some((u.to_owned(), p.to_owned()))
@@ -106,7 +133,10 @@ mod tests {
     use super::*;
 
     fn basic(u: &str, p: &str) -> String {
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")))
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+        )
     }
 
     #[test]

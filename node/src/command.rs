@@ -34,7 +34,10 @@ pub struct Statement {
 
 impl Statement {
     pub fn new(sql: impl Into<String>) -> Self {
-        Self { sql: sql.into(), params: Params::None }
+        Self {
+            sql: sql.into(),
+            params: Params::None,
+        }
     }
 }
 
@@ -53,7 +56,11 @@ pub enum Mode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Statements from the HTTP API. Reads only enter the log at `level=strong`.
-    Statements { stmts: Vec<Statement>, transaction: bool, mode: Mode },
+    Statements {
+        stmts: Vec<Statement>,
+        transaction: bool,
+        mode: Mode,
+    },
     /// Replace the whole database with the given SQLite file image (`/db/load`).
     Load { image: Vec<u8> },
 }
@@ -107,7 +114,10 @@ pub struct StmtResult {
 
 impl StmtResult {
     pub fn error(msg: impl Into<String>) -> Self {
-        Self { error: Some(msg.into()), ..Self::default() }
+        Self {
+            error: Some(msg.into()),
+            ..Self::default()
+        }
     }
 
     pub fn is_query(&self) -> bool {

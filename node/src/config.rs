@@ -6,7 +6,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "litecluster-node", version, about = "One member of a Raft-replicated SQLite cluster (rqlite-compatible HTTP API)")]
+#[command(
+    name = "litecluster-node",
+    version,
+    about = "One member of a Raft-replicated SQLite cluster (rqlite-compatible HTTP API)"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Cmd>,
@@ -68,7 +72,11 @@ pub struct NodeConfig {
     #[arg(long, env = "LITECLUSTER_SNAPSHOT_THRESHOLD", default_value_t = 8192)]
     pub snapshot_threshold: u64,
     /// Log entries kept after a snapshot so slightly-behind followers avoid a full transfer.
-    #[arg(long, env = "LITECLUSTER_SNAPSHOT_TRAILING_LOGS", default_value_t = 10240)]
+    #[arg(
+        long,
+        env = "LITECLUSTER_SNAPSHOT_TRAILING_LOGS",
+        default_value_t = 10240
+    )]
     pub snapshot_trailing_logs: u64,
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "LITECLUSTER_MAX_BODY_BYTES", default_value_t = 64 << 20)]
@@ -92,11 +100,15 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     pub fn http_advertise(&self) -> String {
-        self.http_advertise.clone().unwrap_or_else(|| self.http_addr.clone())
+        self.http_advertise
+            .clone()
+            .unwrap_or_else(|| self.http_addr.clone())
     }
 
     pub fn raft_advertise(&self) -> String {
-        self.raft_advertise.clone().unwrap_or_else(|| self.raft_addr.clone())
+        self.raft_advertise
+            .clone()
+            .unwrap_or_else(|| self.raft_addr.clone())
     }
 
     pub fn tls(&self) -> bool {
@@ -122,10 +134,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(err)?;
         let value: f64 = rest[..num_len].parse().map_err(|_| err())?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,

@@ -31,12 +31,18 @@ pub enum Error {
 
 impl Error {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { context: context.into(), source }
+        Self::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// Whether retrying the same request later may succeed.
     pub fn retryable(&self) -> bool {
-        matches!(self, Self::NotLeader { .. } | Self::NoLeader | Self::ShuttingDown | Self::Raft(_))
+        matches!(
+            self,
+            Self::NotLeader { .. } | Self::NoLeader | Self::ShuttingDown | Self::Raft(_)
+        )
     }
 
     /// A short label for metrics.

@@ -10,7 +10,6 @@ pub mod node;
 pub mod raft;
 pub mod sqlite;
 
-
 pub use command::{Command, CommandResponse};
 pub use error::{Error, Result};
 

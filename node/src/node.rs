@@ -37,11 +37,16 @@ pub struct Node {
 impl Node {
     pub async fn start(config: NodeConfig) -> anyhow::Result<Arc<Self>> {
         let name = config.node_id.clone();
-        let id = crate::raft_id_from_name(&name)
-            .with_context(|| format!("--node-id {name:?} must be a positive integer or a name ending in -<ordinal>"))?;
+        let id = crate::raft_id_from_name(&name).with_context(|| {
+            format!("--node-id {name:?} must be a positive integer or a name ending in -<ordinal>")
+        })?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-        let info = MemberInfo { name, raft_addr: config.raft_advertise(), api_addr: config.api_url() };
+        let info = MemberInfo {
+            name,
+            raft_addr: config.raft_advertise(),
+            api_addr: config.api_url(),
+        };
         let auth = match &config.auth {
             Some(p) => Some(Arc::new(CredentialStore::load(p)?)),
             None => None,
@@ -49,9 +54,15 @@ impl Node {
         let metrics = Arc::new(Metrics::default());
         let db_path = config.data_dir.join("db.sqlite");
         let reads = ReadPool::new(db_path.clone(), 8);
-        let log = LogStore::open(&config.data_dir.join("raft.db"), metrics.clone()).context("opening the raft log")?;
-        let sm = StateMachine::open(&db_path, config.data_dir.join("snapshots"), reads.clone(), metrics.clone())
-            .context("opening the database")?;
+        let log = LogStore::open(&config.data_dir.join("raft.db"), metrics.clone())
+            .context("opening the raft log")?;
+        let sm = StateMachine::open(
+            &db_path,
+            config.data_dir.join("snapshots"),
+            reads.clone(),
+            metrics.clone(),
+        )
+        .context("opening the database")?;
 
         let election = config.election_timeout.as_millis() as u64;
         let raft_config = Config {
@@ -67,15 +78,26 @@ impl Node {
             ..Config::default()
         }
         .validate()
-        .context("invalid raft timing flags (the election timeout must exceed the heartbeat interval)")?;
+        .context(
+            "invalid raft timing flags (the election timeout must exceed the heartbeat interval)",
+        )?;
 
         let listener = tokio::net::TcpListener::bind(&config.raft_addr)
             .await
             .with_context(|| format!("binding raft address {}", config.raft_addr))?;
-        let raft = Arc::new(Raft::new(id, Arc::new(raft_config), NetworkFactory, log, sm).await.context("starting raft")?);
+        let raft = Arc::new(
+            Raft::new(id, Arc::new(raft_config), NetworkFactory, log, sm)
+                .await
+                .context("starting raft")?,
+        );
         let started_at = Instant::now();
         let leader_contact_ms = Arc::new(AtomicU64::new(0));
-        tokio::spawn(rpc::serve(listener, raft.clone(), started_at, leader_contact_ms.clone()));
+        tokio::spawn(rpc::serve(
+            listener,
+            raft.clone(),
+            started_at,
+            leader_contact_ms.clone(),
+        ));
 
         let client = http_client(&config)?;
         let node = Arc::new(Self {
@@ -102,20 +124,31 @@ impl Node {
             tracing::info!(id = self.id, "resuming with existing state");
         } else if self.config.bootstrap {
             let members = BTreeMap::from([(self.id, self.info.clone())]);
-            self.raft.initialize(members).await.context("bootstrapping a new cluster")?;
+            self.raft
+                .initialize(members)
+                .await
+                .context("bootstrapping a new cluster")?;
             tracing::info!(id = self.id, "bootstrapped a new single-member cluster");
         }
         if !self.config.join.is_empty() && !self.is_member() {
             let node = self.clone();
             tokio::spawn(async move { node.join_loop().await });
         } else if !initialized && !self.config.bootstrap {
-            tracing::warn!("data dir is empty and neither --bootstrap nor --join was given: waiting to be added by a leader");
+            tracing::warn!(
+                "data dir is empty and neither --bootstrap nor --join was given: waiting to be added by a leader"
+            );
         }
         Ok(())
     }
 
     fn is_member(&self) -> bool {
-        self.raft.metrics().borrow().membership_config.membership().get_node(&self.id).is_some()
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&self.id)
+            .is_some()
     }
 
     /// Asks the given members to add us until one of them (or the leader it forwards to) does.
@@ -130,7 +163,11 @@ impl Node {
         loop {
             for base in &self.config.join {
                 let url = format!("{}/join", base.trim_end_matches('/'));
-                let mut req = self.client.post(&url).json(&body).timeout(Duration::from_secs(60));
+                let mut req = self
+                    .client
+                    .post(&url)
+                    .json(&body)
+                    .timeout(Duration::from_secs(60));
                 if let Some(h) = self.join_credentials() {
                     req = req.header(reqwest::header::AUTHORIZATION, h);
                 }
@@ -144,7 +181,9 @@ impl Node {
                         let text = r.text().await.unwrap_or_default();
                         tracing::warn!(via = %url, %status, body = %text.trim(), attempt, "join refused; retrying");
                     }
-                    Err(e) => tracing::warn!(via = %url, error = %e, attempt, "join target unreachable; retrying"),
+                    Err(e) => {
+                        tracing::warn!(via = %url, error = %e, attempt, "join target unreachable; retrying")
+                    }
                 }
             }
             if self.is_member() {
@@ -161,7 +200,10 @@ impl Node {
         use base64::Engine;
         let user = std::env::var("LITECLUSTER_JOIN_USER").ok()?;
         let pass = std::env::var("LITECLUSTER_JOIN_PASSWORD").unwrap_or_default();
-        Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))))
+        Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+        ))
     }
 
     /// The current leader, if known, with its address.
@@ -183,11 +225,17 @@ impl Node {
             return Some(Duration::ZERO);
         }
         let ms = self.leader_contact_ms.load(Ordering::Relaxed);
-        (ms > 0).then(|| self.started_at.elapsed().saturating_sub(Duration::from_millis(ms)))
+        (ms > 0).then(|| {
+            self.started_at
+                .elapsed()
+                .saturating_sub(Duration::from_millis(ms))
+        })
     }
 
     pub fn unix_now() -> f64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
     }
 
     /// Hands leadership to the most caught-up voter: it is asked to start an election, which it
@@ -200,23 +248,41 @@ impl Node {
             if m.state != ServerState::Leader {
                 bail!("this member is not the leader");
             }
-            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().filter(|v| *v != self.id).collect();
+            let voters: Vec<NodeId> = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .filter(|v| *v != self.id)
+                .collect();
             let matched = m.replication.clone().unwrap_or_default();
-            let best = voters.into_iter().max_by_key(|v| matched.get(v).copied().flatten().map(|l| l.index));
-            let Some(best) = best else { bail!("no other voter to hand leadership to") };
-            let info = m.membership_config.membership().get_node(&best).cloned().context("voter without address")?;
+            let best = voters
+                .into_iter()
+                .max_by_key(|v| matched.get(v).copied().flatten().map(|l| l.index));
+            let Some(best) = best else {
+                bail!("no other voter to hand leadership to")
+            };
+            let info = m
+                .membership_config
+                .membership()
+                .get_node(&best)
+                .cloned()
+                .context("voter without address")?;
             (best, info)
         };
         // Let the target receive everything we have before it campaigns.
         let _ = self.raft.trigger().heartbeat().await;
         while Instant::now() < deadline {
-            let _ = crate::raft::network::request_election(&target.1.raft_addr, Duration::from_secs(2)).await;
+            let _ =
+                crate::raft::network::request_election(&target.1.raft_addr, Duration::from_secs(2))
+                    .await;
             let mut rx = self.raft.metrics();
             let changed = tokio::time::timeout(Duration::from_millis(1500), async {
                 loop {
                     {
                         let m = rx.borrow();
-                        if m.state != ServerState::Leader && m.current_leader.is_some_and(|l| l != self.id) {
+                        if m.state != ServerState::Leader
+                            && m.current_leader.is_some_and(|l| l != self.id)
+                        {
                             return m.current_leader;
                         }
                     }
@@ -235,10 +301,22 @@ impl Node {
 
     /// Stops serving: a leader first hands leadership over so writes pause only briefly.
     pub async fn shutdown(&self) {
-        if self.is_leader() && self.raft.metrics().borrow().membership_config.membership().voter_ids().count() > 1 {
+        if self.is_leader()
+            && self
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .count()
+                > 1
+        {
             match self.transfer_leadership(self.config.shutdown_timeout).await {
                 Ok(to) => tracing::info!(new_leader = to, "leadership handed over before shutdown"),
-                Err(e) => tracing::warn!(error = %e, "could not hand leadership over; shutting down anyway"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not hand leadership over; shutting down anyway")
+                }
             }
         }
         if let Err(e) = self.raft.shutdown().await {
@@ -253,7 +331,8 @@ fn http_client(config: &NodeConfig) -> anyhow::Result<reqwest::Client> {
         .pool_max_idle_per_host(64)
         .redirect(reqwest::redirect::Policy::none());
     if let Some(ca) = &config.http_ca_cert {
-        let pem = std::fs::read(ca).with_context(|| format!("reading CA bundle {}", ca.display()))?;
+        let pem =
+            std::fs::read(ca).with_context(|| format!("reading CA bundle {}", ca.display()))?;
         for cert in reqwest::Certificate::from_pem_bundle(&pem).context("parsing CA bundle")? {
             b = b.add_root_certificate(cert);
         }

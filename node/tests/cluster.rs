@@ -15,12 +15,26 @@ async fn writes_on_any_member_are_readable_on_all() {
     let c = Cluster::start("any-member", 3, &[]).await;
     c.execute(1, create_table()).await.unwrap();
     for i in 0..3 {
-        let r = c.execute(i, json!([["INSERT INTO t(v) VALUES(?)", format!("from-{i}")]])).await.unwrap();
-        assert_eq!(r["results"][0]["rows_affected"], 1, "write via member {i}: {r}");
+        let r = c
+            .execute(
+                i,
+                json!([["INSERT INTO t(v) VALUES(?)", format!("from-{i}")]]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            r["results"][0]["rows_affected"], 1,
+            "write via member {i}: {r}"
+        );
     }
     for i in 0..3 {
         c.wait_caught_up(i).await;
-        let mut got: Vec<String> = c.column(i, "SELECT v FROM t").await.into_iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+        let mut got: Vec<String> = c
+            .column(i, "SELECT v FROM t")
+            .await
+            .into_iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
         got.sort();
         assert_eq!(got, ["from-0", "from-1", "from-2"], "member {i}");
     }
@@ -42,7 +56,12 @@ async fn writes_on_any_member_are_readable_on_all() {
         .unwrap();
     assert_eq!(r.status(), 301);
     let leader = c.leader().await;
-    assert!(r.headers()["location"].to_str().unwrap().starts_with(&c.url(leader)));
+    assert!(
+        r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with(&c.url(leader))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -61,7 +80,12 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
                 let id = w * 1_000_000 + n;
                 let url = &urls[(n as usize + w as usize) % urls.len()];
                 let body = json!([["INSERT INTO t(id, v) VALUES(?, ?)", id, "x"]]);
-                let res = http.post(format!("{url}/db/execute")).json(&body).timeout(Duration::from_secs(5)).send().await;
+                let res = http
+                    .post(format!("{url}/db/execute"))
+                    .json(&body)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
                 if let Ok(r) = res
                     && r.status().is_success()
                     && let Ok(v) = r.json::<serde_json::Value>().await
@@ -98,48 +122,96 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
         w.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    eprintln!("acknowledged {} writes ({before_kill} before the kill); new leader elected in {failover:?}", acked.len());
+    eprintln!(
+        "acknowledged {} writes ({before_kill} before the kill); new leader elected in {failover:?}",
+        acked.len()
+    );
     for i in (0..3).filter(|&i| i != old) {
         c.wait_caught_up(i).await;
-        let have: BTreeSet<u64> = c.column(i, "SELECT id FROM t").await.into_iter().map(|v| v.as_u64().unwrap()).collect();
+        let have: BTreeSet<u64> = c
+            .column(i, "SELECT id FROM t")
+            .await
+            .into_iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
         let missing: Vec<_> = acked.difference(&have).take(10).collect();
-        assert!(missing.is_empty(), "member {i} lost acknowledged writes, e.g. {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "member {i} lost acknowledged writes, e.g. {missing:?}"
+        );
     }
     // The old leader comes back as a follower with everything.
     c.members[old].start(&[]);
     c.wait_caught_up(old).await;
-    let have: BTreeSet<u64> = c.column(old, "SELECT id FROM t").await.into_iter().map(|v| v.as_u64().unwrap()).collect();
-    assert!(acked.is_subset(&have), "restarted old leader is missing acknowledged writes");
+    let have: BTreeSet<u64> = c
+        .column(old, "SELECT id FROM t")
+        .await
+        .into_iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(
+        acked.is_subset(&have),
+        "restarted old leader is missing acknowledged writes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restarted_member_catches_up_from_log_and_snapshot() {
     // A low snapshot threshold makes the leader purge its log, so the restarted member needs
     // the full database (InstallSnapshot), not just the log tail.
-    let mut c = Cluster::start("restart", 3, &["--snapshot-threshold", "50", "--snapshot-trailing-logs", "10"]).await;
+    let mut c = Cluster::start(
+        "restart",
+        3,
+        &[
+            "--snapshot-threshold",
+            "50",
+            "--snapshot-trailing-logs",
+            "10",
+        ],
+    )
+    .await;
     c.execute(0, create_table()).await.unwrap();
     let leader = c.leader().await;
     let victim = (leader + 1) % 3;
     c.members[victim].kill();
     for batch in 0..100 {
-        let stmts: Vec<_> = (0..3).map(|k| json!(["INSERT INTO t(v) VALUES(?)", format!("{batch}-{k}")])).collect();
+        let stmts: Vec<_> = (0..3)
+            .map(|k| json!(["INSERT INTO t(v) VALUES(?)", format!("{batch}-{k}")]))
+            .collect();
         c.execute(leader, json!(stmts)).await.unwrap();
     }
-    common::wait_for("a snapshot on the leader", Duration::from_secs(20), || async {
-        c.status(leader).await["store"]["raft"]["purged_index"].as_u64().unwrap_or(0) > 20
-    })
+    common::wait_for(
+        "a snapshot on the leader",
+        Duration::from_secs(20),
+        || async {
+            c.status(leader).await["store"]["raft"]["purged_index"]
+                .as_u64()
+                .unwrap_or(0)
+                > 20
+        },
+    )
     .await;
     c.members[victim].start(&[]);
     c.wait_caught_up(victim).await;
     assert_eq!(c.column(victim, "SELECT count(*) FROM t").await[0], 300);
-    let metrics = c.get(victim, "/metrics").await.unwrap().text().await.unwrap();
+    let metrics = c
+        .get(victim, "/metrics")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        metrics.lines().any(|l| l.starts_with("litecluster_snapshots_installed_total ") && !l.ends_with(" 0")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("litecluster_snapshots_installed_total ") && !l.ends_with(" 0")),
         "the far-behind member should have installed a snapshot:\n{metrics}"
     );
     // And a restart of a caught-up member resumes from its own data.
     c.members[victim].kill();
-    c.execute(leader, json!([["INSERT INTO t(v) VALUES('after')"]])).await.unwrap();
+    c.execute(leader, json!([["INSERT INTO t(v) VALUES('after')"]]))
+        .await
+        .unwrap();
     c.members[victim].start(&[]);
     c.wait_caught_up(victim).await;
     assert_eq!(c.column(victim, "SELECT count(*) FROM t").await[0], 301);
@@ -149,7 +221,9 @@ async fn restarted_member_catches_up_from_log_and_snapshot() {
 async fn learner_serves_local_reads_and_never_votes() {
     let mut c = Cluster::start("learner", 3, &[]).await;
     c.execute(0, create_table()).await.unwrap();
-    c.execute(0, json!(["INSERT INTO t(v) VALUES('a')"])).await.unwrap();
+    c.execute(0, json!(["INSERT INTO t(v) VALUES('a')"]))
+        .await
+        .unwrap();
     let l = c.add("4", &[]);
     let join = c.url(0);
     c.members[l].start(&["--join".into(), join, "--non-voter".into()]);
@@ -159,10 +233,19 @@ async fn learner_serves_local_reads_and_never_votes() {
     assert_eq!(s["store"]["raft"]["state"], "Learner");
     assert_eq!(s["store"]["raft"]["voter"], false);
     assert_eq!(c.column(l, "SELECT v FROM t").await, [json!("a")]);
-    let nodes: serde_json::Value = c.get(0, "/nodes?nonvoters").await.unwrap().json().await.unwrap();
+    let nodes: serde_json::Value = c
+        .get(0, "/nodes?nonvoters")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(nodes["4"]["voter"], false);
     let voters_only: serde_json::Value = c.get(0, "/nodes").await.unwrap().json().await.unwrap();
-    assert!(voters_only.get("4").is_none(), "learners are listed only with ?nonvoters");
+    assert!(
+        voters_only.get("4").is_none(),
+        "learners are listed only with ?nonvoters"
+    );
     // Kill the leader: an election happens among voters; the learner never campaigns.
     let old = c.leader().await;
     c.members[old].kill();
@@ -171,13 +254,27 @@ async fn learner_serves_local_reads_and_never_votes() {
     let s = c.status(l).await;
     assert_eq!(s["store"]["raft"]["state"], "Learner");
     // Writes sent to the learner are forwarded to the leader.
-    c.execute(l, json!(["INSERT INTO t(v) VALUES('via-learner')"])).await.unwrap();
+    c.execute(l, json!(["INSERT INTO t(v) VALUES('via-learner')"]))
+        .await
+        .unwrap();
     c.wait_caught_up(l).await;
     assert_eq!(c.column(l, "SELECT count(*) FROM t").await[0], 2);
     // Removing the learner takes it out of the membership.
-    let r = c.http.delete(format!("{}/remove", c.url(new))).json(&json!({"id": "4"})).send().await.unwrap();
+    let r = c
+        .http
+        .delete(format!("{}/remove", c.url(new)))
+        .json(&json!({"id": "4"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let nodes: serde_json::Value = c.get(new, "/nodes?nonvoters").await.unwrap().json().await.unwrap();
+    let nodes: serde_json::Value = c
+        .get(new, "/nodes?nonvoters")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(nodes.get("4").is_none(), "{nodes}");
 }
 
@@ -190,8 +287,16 @@ async fn sigterm_on_the_leader_hands_leadership_over() {
     let status = c.members[old].terminate();
     assert!(status.success(), "leader exited with {status}");
     let new = c.leader().await;
-    eprintln!("leadership moved from {old} to {new}; old leader exited after {:?}", started.elapsed());
+    eprintln!(
+        "leadership moved from {old} to {new}; old leader exited after {:?}",
+        started.elapsed()
+    );
     let log = std::fs::read_to_string(&c.members[old].log).unwrap();
-    assert!(log.contains("leadership handed over before shutdown"), "{log}");
-    c.execute(new, json!(["INSERT INTO t(v) VALUES('after-handover')"])).await.unwrap();
+    assert!(
+        log.contains("leadership handed over before shutdown"),
+        "{log}"
+    );
+    c.execute(new, json!(["INSERT INTO t(v) VALUES('after-handover')"]))
+        .await
+        .unwrap();
 }

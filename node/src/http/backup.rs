@@ -17,67 +17,143 @@ const SQLITE_HEADER: &[u8] = b"SQLite format 3\0";
 /// our bookkeeping table from the copy so the file is a plain user database.
 fn backup_file(db: &std::path::Path, dest: &std::path::Path) -> crate::Result<Vec<u8>> {
     let src = crate::sqlite::open_reader(db)?;
-    src.backup(rusqlite::MAIN_DB, dest, None::<fn(rusqlite::backup::Progress)>)?;
+    src.backup(
+        rusqlite::MAIN_DB,
+        dest,
+        None::<fn(rusqlite::backup::Progress)>,
+    )?;
     drop(src);
     let copy = rusqlite::Connection::open(dest)?;
     copy.pragma_update(None, "journal_mode", "DELETE")?;
-    copy.execute_batch(&format!("DROP TABLE IF EXISTS {}", crate::sqlite::META_TABLE))?;
+    copy.execute_batch(&format!(
+        "DROP TABLE IF EXISTS {}",
+        crate::sqlite::META_TABLE
+    ))?;
     drop(copy);
     std::fs::read(dest).map_err(|e| crate::Error::io("reading backup copy", e))
 }
 
-pub async fn backup(State(node): State<AppState>, RawQuery(raw): RawQuery, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+pub async fn backup(
+    State(node): State<AppState>,
+    RawQuery(raw): RawQuery,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let flags = match Flags::parse(raw.as_deref()) {
         Ok(f) => f,
         Err(e) => return text_error(StatusCode::BAD_REQUEST, &e),
     };
-    if let Some(fmt) = raw.as_deref().and_then(|r| form_urlencoded::parse(r.as_bytes()).find(|(k, _)| k == "fmt").map(|(_, v)| v.into_owned()))
-        && fmt != "binary"
+    if let Some(fmt) = raw.as_deref().and_then(|r| {
+        form_urlencoded::parse(r.as_bytes())
+            .find(|(k, _)| k == "fmt")
+            .map(|(_, v)| v.into_owned())
+    }) && fmt != "binary"
     {
-        return text_error(StatusCode::BAD_REQUEST, &format!("backup format {fmt:?} is not supported: use the default binary format"));
+        return text_error(
+            StatusCode::BAD_REQUEST,
+            &format!("backup format {fmt:?} is not supported: use the default binary format"),
+        );
     }
     if !flags.noleader && !node.is_leader() {
         let leader = node.leader().map(|(_, i)| i);
-        return to_leader(&node, leader, &flags, Original { method: &method, uri: &uri, headers: &headers, body: Bytes::new() }).await;
+        return to_leader(
+            &node,
+            leader,
+            &flags,
+            Original {
+                method: &method,
+                uri: &uri,
+                headers: &headers,
+                body: Bytes::new(),
+            },
+        )
+        .await;
     }
     let db = node.db_path.clone();
-    let dest = node.config.data_dir.join(format!("backup-{}.tmp", std::process::id() as u64 ^ rand::random::<u32>() as u64));
+    let dest = node.config.data_dir.join(format!(
+        "backup-{}.tmp",
+        std::process::id() as u64 ^ rand::random::<u32>() as u64
+    ));
     let d = dest.clone();
     let res = tokio::task::spawn_blocking(move || backup_file(&db, &d)).await;
     let _ = std::fs::remove_file(&dest);
     match res {
-        Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
-        Ok(Err(e)) => text_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("backup failed: {e}")),
-        Err(e) => text_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("backup task failed: {e}")),
+        Ok(Ok(bytes)) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
+        }
+        Ok(Err(e)) => text_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("backup failed: {e}"),
+        ),
+        Err(e) => text_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("backup task failed: {e}"),
+        ),
     }
 }
 
 /// Accepts a SQLite file (replaces the database) or SQL text (executed as one batch), as rqlite.
-pub async fn load(State(node): State<AppState>, RawQuery(raw): RawQuery, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn load(
+    State(node): State<AppState>,
+    RawQuery(raw): RawQuery,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let flags = match Flags::parse(raw.as_deref()) {
         Ok(f) => f,
         Err(e) => return text_error(StatusCode::BAD_REQUEST, &e),
     };
     if body.is_empty() {
-        return text_error(StatusCode::BAD_REQUEST, "empty load body: send a SQLite database file or SQL text");
+        return text_error(
+            StatusCode::BAD_REQUEST,
+            "empty load body: send a SQLite database file or SQL text",
+        );
     }
     if !node.is_leader() {
         let leader = node.leader().map(|(_, i)| i);
-        return to_leader(&node, leader, &flags, Original { method: &method, uri: &uri, headers: &headers, body }).await;
+        return to_leader(
+            &node,
+            leader,
+            &flags,
+            Original {
+                method: &method,
+                uri: &uri,
+                headers: &headers,
+                body,
+            },
+        )
+        .await;
     }
     let cmd = if body.starts_with(SQLITE_HEADER) {
-        Command::Load { image: body.to_vec() }
+        Command::Load {
+            image: body.to_vec(),
+        }
     } else {
         let Ok(text) = std::str::from_utf8(&body) else {
-            return text_error(StatusCode::BAD_REQUEST, "load body is neither a SQLite database nor UTF-8 SQL text");
+            return text_error(
+                StatusCode::BAD_REQUEST,
+                "load body is neither a SQLite database nor UTF-8 SQL text",
+            );
         };
         // A dump's own transaction lines are dropped: the load already runs atomically.
         let sql: String = text
             .lines()
-            .filter(|l| !matches!(l.trim().to_ascii_uppercase().as_str(), "BEGIN TRANSACTION;" | "BEGIN;" | "COMMIT;" | "END;"))
+            .filter(|l| {
+                !matches!(
+                    l.trim().to_ascii_uppercase().as_str(),
+                    "BEGIN TRANSACTION;" | "BEGIN;" | "COMMIT;" | "END;"
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n");
-        Command::Statements { stmts: vec![Statement::new(sql)], transaction: true, mode: Mode::Execute }
+        Command::Statements {
+            stmts: vec![Statement::new(sql)],
+            transaction: true,
+            mode: Mode::Execute,
+        }
     };
     match node.raft.client_write(cmd).await {
         Ok(resp) => {
@@ -85,14 +161,34 @@ pub async fn load(State(node): State<AppState>, RawQuery(raw): RawQuery, method:
                 return text_error(StatusCode::BAD_REQUEST, e);
             }
             let body = render::to_json(
-                &render::Response { results: &resp.data.results, error: None, time: None, timings: false, associative: false },
+                &render::Response {
+                    results: &resp.data.results,
+                    error: None,
+                    time: None,
+                    timings: false,
+                    associative: false,
+                },
                 flags.pretty,
             );
             json_response(body)
         }
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            to_leader(&node, f.leader_node, &flags, Original { method: &method, uri: &uri, headers: &headers, body }).await
+            to_leader(
+                &node,
+                f.leader_node,
+                &flags,
+                Original {
+                    method: &method,
+                    uri: &uri,
+                    headers: &headers,
+                    body,
+                },
+            )
+            .await
         }
-        Err(e) => text_error(StatusCode::SERVICE_UNAVAILABLE, &format!("load not committed: {e}; retry")),
+        Err(e) => text_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("load not committed: {e}; retry"),
+        ),
     }
 }

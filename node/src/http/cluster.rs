@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
@@ -106,8 +105,13 @@ pub async fn nodes(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Res
         let m = node.raft.metrics();
         let m = m.borrow();
         let membership = m.membership_config.membership();
-        let members: Vec<(NodeId, MemberInfo)> = membership.nodes().map(|(id, i)| (*id, i.clone())).collect();
-        (members, membership.voter_ids().collect::<BTreeSet<_>>(), m.current_leader)
+        let members: Vec<(NodeId, MemberInfo)> =
+            membership.nodes().map(|(id, i)| (*id, i.clone())).collect();
+        (
+            members,
+            membership.voter_ids().collect::<BTreeSet<_>>(),
+            m.current_leader,
+        )
     };
     let timeout = flags.timeout.unwrap_or(Duration::from_secs(5));
     let probes = members.into_iter().filter(|(id, _)| flags.nonvoters || voters.contains(id)).map(|(id, info)| {
@@ -136,7 +140,12 @@ pub async fn nodes(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Res
     let doc = if flags.ver2 {
         json!({ "nodes": results })
     } else {
-        Json::Object(results.into_iter().map(|v| (v["id"].as_str().unwrap_or_default().to_owned(), v)).collect())
+        Json::Object(
+            results
+                .into_iter()
+                .map(|v| (v["id"].as_str().unwrap_or_default().to_owned(), v))
+                .collect(),
+        )
     };
     json_response(to_json(&doc, flags.pretty))
 }
@@ -146,42 +155,87 @@ pub async fn readyz(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Re
         Ok(f) => f,
         Err(r) => return r,
     };
-    let plain = |code: StatusCode, body: &'static str| (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response();
+    let plain = |code: StatusCode, body: &'static str| {
+        (
+            code,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            body,
+        )
+            .into_response()
+    };
     if flags.noleader {
         return plain(StatusCode::OK, "[+]node ok");
     }
     if node.leader().is_none() {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "[+]node ok\n[+]leader does not exist");
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "[+]node ok\n[+]leader does not exist",
+        );
     }
     // A member that has not yet applied anything committed cannot serve reads.
     let m = node.raft.metrics().borrow().clone();
     if m.last_applied.is_none() {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "[+]node ok\n[+]leader ok\n[+]store not ready");
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "[+]node ok\n[+]leader ok\n[+]store not ready",
+        );
     }
     plain(StatusCode::OK, "[+]node ok\n[+]leader ok\n[+]store ok")
 }
 
 pub async fn leader(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Response {
-    let pretty = Flags::parse(raw.as_deref()).map(|f| f.pretty).unwrap_or(false);
+    let pretty = Flags::parse(raw.as_deref())
+        .map(|f| f.pretty)
+        .unwrap_or(false);
     match node.leader() {
-        Some((id, info)) => json_response(to_json(&json!({"leader": {"id": info.name, "raft_id": id, "api_addr": info.api_addr, "addr": info.raft_addr}}), pretty)),
+        Some((id, info)) => json_response(to_json(
+            &json!({"leader": {"id": info.name, "raft_id": id, "api_addr": info.api_addr, "addr": info.raft_addr}}),
+            pretty,
+        )),
         None => text_error(StatusCode::SERVICE_UNAVAILABLE, "leader not found"),
     }
 }
 
 /// `POST /leader`: the leader hands leadership to the most caught-up voter.
-pub async fn step_down(State(node): State<AppState>, RawQuery(raw): RawQuery, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn step_down(
+    State(node): State<AppState>,
+    RawQuery(raw): RawQuery,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let flags = match flags_or_400(&raw) {
         Ok(f) => f,
         Err(r) => return r,
     };
     if !node.is_leader() {
         let leader = node.leader().map(|(_, i)| i);
-        return to_leader(&node, leader, &flags, Original { method: &method, uri: &uri, headers: &headers, body }).await;
+        return to_leader(
+            &node,
+            leader,
+            &flags,
+            Original {
+                method: &method,
+                uri: &uri,
+                headers: &headers,
+                body,
+            },
+        )
+        .await;
     }
-    match node.transfer_leadership(flags.timeout.unwrap_or(Duration::from_secs(10))).await {
-        Ok(new_leader) => json_response(to_json(&json!({"new_leader_raft_id": new_leader}), flags.pretty)),
-        Err(e) => text_error(StatusCode::SERVICE_UNAVAILABLE, &format!("leadership transfer failed: {e:#}")),
+    match node
+        .transfer_leadership(flags.timeout.unwrap_or(Duration::from_secs(10)))
+        .await
+    {
+        Ok(new_leader) => json_response(to_json(
+            &json!({"new_leader_raft_id": new_leader}),
+            flags.pretty,
+        )),
+        Err(e) => text_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("leadership transfer failed: {e:#}"),
+        ),
     }
 }
 
@@ -202,20 +256,44 @@ fn find_member(node: &crate::node::Node, id: &str) -> Option<(NodeId, bool)> {
 }
 
 fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberInfo>>) -> Response {
-    text_error(StatusCode::SERVICE_UNAVAILABLE, &format!("membership change failed: {e}; retry"))
+    text_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("membership change failed: {e}; retry"),
+    )
 }
 
-pub async fn remove(State(node): State<AppState>, RawQuery(raw): RawQuery, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn remove(
+    State(node): State<AppState>,
+    RawQuery(raw): RawQuery,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let flags = match flags_or_400(&raw) {
         Ok(f) => f,
         Err(r) => return r,
     };
     let Ok(RemoveBody { id }) = serde_json::from_slice::<RemoveBody>(&body) else {
-        return text_error(StatusCode::BAD_REQUEST, r#"invalid request: want {"id": "<node id>"}"#);
+        return text_error(
+            StatusCode::BAD_REQUEST,
+            r#"invalid request: want {"id": "<node id>"}"#,
+        );
     };
     if !node.is_leader() {
         let leader = node.leader().map(|(_, i)| i);
-        return to_leader(&node, leader, &flags, Original { method: &method, uri: &uri, headers: &headers, body }).await;
+        return to_leader(
+            &node,
+            leader,
+            &flags,
+            Original {
+                method: &method,
+                uri: &uri,
+                headers: &headers,
+                body,
+            },
+        )
+        .await;
     }
     let Some((rid, voter)) = find_member(&node, &id) else {
         return text_error(StatusCode::NOT_FOUND, &format!("node {id} is not a member"));
@@ -249,42 +327,90 @@ fn yes() -> bool {
 
 /// `POST /join`: adds a member as a learner, waits until it has caught up, then promotes it
 /// when it should vote. Idempotent: joining again with the same address changes nothing.
-pub async fn join(State(node): State<AppState>, RawQuery(raw): RawQuery, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn join(
+    State(node): State<AppState>,
+    RawQuery(raw): RawQuery,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let flags = match flags_or_400(&raw) {
         Ok(f) => f,
         Err(r) => return r,
     };
     let req: JoinBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
-        Err(e) => return text_error(StatusCode::BAD_REQUEST, &format!("invalid join request: {e}")),
+        Err(e) => {
+            return text_error(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid join request: {e}"),
+            );
+        }
     };
     let Some(rid) = crate::raft_id_from_name(&req.id) else {
-        return text_error(StatusCode::BAD_REQUEST, &format!("invalid node id {:?}: want a positive integer or a name ending in -<ordinal>", req.id));
+        return text_error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "invalid node id {:?}: want a positive integer or a name ending in -<ordinal>",
+                req.id
+            ),
+        );
     };
     if !node.is_leader() {
         let leader = node.leader().map(|(_, i)| i);
-        return to_leader(&node, leader, &flags, Original { method: &method, uri: &uri, headers: &headers, body }).await;
+        return to_leader(
+            &node,
+            leader,
+            &flags,
+            Original {
+                method: &method,
+                uri: &uri,
+                headers: &headers,
+                body,
+            },
+        )
+        .await;
     }
-    let info = MemberInfo { name: req.id.clone(), raft_addr: req.raft_addr, api_addr: req.api_addr };
+    let info = MemberInfo {
+        name: req.id.clone(),
+        raft_addr: req.raft_addr,
+        api_addr: req.api_addr,
+    };
     let existing = {
         let m = node.raft.metrics();
         let m = m.borrow();
         let ms = m.membership_config.membership();
-        ms.get_node(&rid).cloned().map(|i| (i, ms.voter_ids().any(|v| v == rid)))
+        ms.get_node(&rid)
+            .cloned()
+            .map(|i| (i, ms.voter_ids().any(|v| v == rid)))
     };
     match existing {
         Some((old, _)) if old.name != info.name => {
-            return text_error(StatusCode::CONFLICT, &format!("raft id {rid} already belongs to member {}", old.name));
+            return text_error(
+                StatusCode::CONFLICT,
+                &format!("raft id {rid} already belongs to member {}", old.name),
+            );
         }
         Some((old, is_voter)) if old == info && is_voter == req.voter => {
-            return axum::Json(json!({"id": info.name, "raft_id": rid, "voter": is_voter})).into_response();
+            return axum::Json(json!({"id": info.name, "raft_id": rid, "voter": is_voter}))
+                .into_response();
         }
         Some((old, is_voter)) if old != info => {
             // Same member at a new address (e.g. a rescheduled pod): re-register it.
-            if is_voter && let Err(e) = node.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([rid])), true).await {
+            if is_voter
+                && let Err(e) = node
+                    .raft
+                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([rid])), true)
+                    .await
+            {
                 return membership_error(e);
             }
-            if let Err(e) = node.raft.change_membership(ChangeMembers::SetNodes([(rid, info.clone())].into()), true).await {
+            if let Err(e) = node
+                .raft
+                .change_membership(ChangeMembers::SetNodes([(rid, info.clone())].into()), true)
+                .await
+            {
                 return membership_error(e);
             }
         }
@@ -297,9 +423,20 @@ pub async fn join(State(node): State<AppState>, RawQuery(raw): RawQuery, method:
         }
     }
     if req.voter {
-        let is_voter = node.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == rid);
+        let is_voter = node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == rid);
         if !is_voter {
-            if let Err(e) = node.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([rid])), true).await {
+            if let Err(e) = node
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([rid])), true)
+                .await
+            {
                 return membership_error(e);
             }
             tracing::info!(node = %info.name, raft_id = rid, "promoted to voter");
@@ -316,17 +453,36 @@ pub async fn snapshot(State(node): State<AppState>) -> Response {
         return StatusCode::NO_CONTENT.into_response();
     }
     if let Err(e) = node.raft.trigger().snapshot().await {
-        return text_error(StatusCode::SERVICE_UNAVAILABLE, &format!("snapshot trigger failed: {e}"));
+        return text_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("snapshot trigger failed: {e}"),
+        );
     }
     let mut rx = node.raft.metrics();
-    let done = tokio::time::timeout(Duration::from_secs(300), rx.wait_for(|m| m.snapshot != before)).await;
+    let done = tokio::time::timeout(
+        Duration::from_secs(300),
+        rx.wait_for(|m| m.snapshot != before),
+    )
+    .await;
     match done {
-        Ok(Ok(m)) => axum::Json(json!({"snapshot_index": m.snapshot.map_or(0, |l| l.index)})).into_response(),
-        _ => text_error(StatusCode::GATEWAY_TIMEOUT, "snapshot still running; check /status"),
+        Ok(Ok(m)) => {
+            axum::Json(json!({"snapshot_index": m.snapshot.map_or(0, |l| l.index)})).into_response()
+        }
+        _ => text_error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "snapshot still running; check /status",
+        ),
     }
 }
 
 pub async fn metrics(State(node): State<AppState>) -> Response {
     let raft = node.raft.metrics().borrow().clone();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], node.metrics.render(&raft)).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        node.metrics.render(&raft),
+    )
+        .into_response()
 }

@@ -17,7 +17,12 @@ pub struct Original<'a> {
 }
 
 /// Relays the request to `leader`, or answers 301 when the client asked for `redirect`.
-pub async fn to_leader(node: &Node, leader: Option<MemberInfo>, flags: &Flags, req: Original<'_>) -> Response {
+pub async fn to_leader(
+    node: &Node,
+    leader: Option<MemberInfo>,
+    flags: &Flags,
+    req: Original<'_>,
+) -> Response {
     let Some(leader) = leader.filter(|l| l.name != node.info.name) else {
         return text_error(StatusCode::SERVICE_UNAVAILABLE, "leader not found");
     };
@@ -25,12 +30,17 @@ pub async fn to_leader(node: &Node, leader: Option<MemberInfo>, flags: &Flags, r
         // We were the leader when the sender looked; leadership moved. Let the client retry.
         return text_error(StatusCode::SERVICE_UNAVAILABLE, "leader not found");
     }
-    let path = req.uri.path_and_query().map_or(req.uri.path(), |p| p.as_str());
+    let path = req
+        .uri
+        .path_and_query()
+        .map_or(req.uri.path(), |p| p.as_str());
     let target = format!("{}{}", leader.api_addr.trim_end_matches('/'), path);
     if flags.redirect {
         return (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, target)]).into_response();
     }
-    node.metrics.forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    node.metrics
+        .forwarded
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut fwd = node
         .client
         .request(req.method.clone(), &target)
@@ -57,12 +67,18 @@ pub async fn to_leader(node: &Node, leader: Option<MemberInfo>, flags: &Flags, r
                     }
                     out
                 }
-                Err(e) => text_error(StatusCode::SERVICE_UNAVAILABLE, &format!("reading reply from leader {}: {e}", leader.api_addr)),
+                Err(e) => text_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("reading reply from leader {}: {e}", leader.api_addr),
+                ),
             }
         }
         Err(e) => text_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            &format!("leader {} unreachable: {e}; retry, the cluster may be electing a new leader", leader.api_addr),
+            &format!(
+                "leader {} unreachable: {e}; retry, the cluster may be electing a new leader",
+                leader.api_addr
+            ),
         ),
     }
 }

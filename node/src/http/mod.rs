@@ -34,12 +34,20 @@ pub fn router(node: AppState) -> Router {
         .route("/status", get(cluster::status))
         .route("/nodes", get(cluster::nodes))
         .route("/readyz", get(cluster::readyz))
-        .route("/leader", get(cluster::leader).post(cluster::step_down).delete(cluster::step_down))
+        .route(
+            "/leader",
+            get(cluster::leader)
+                .post(cluster::step_down)
+                .delete(cluster::step_down),
+        )
         .route("/remove", delete(cluster::remove))
         .route("/join", post(cluster::join))
         .route("/snapshot", post(cluster::snapshot))
         .route("/metrics", get(cluster::metrics))
-        .route("/", get(|| async { axum::response::Redirect::to("/status") }))
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::to("/status") }),
+        )
         .layer(middleware::from_fn_with_state(node.clone(), authorize))
         .layer(middleware::from_fn_with_state(node.clone(), common_headers))
         .layer(DefaultBodyLimit::max(limit))
@@ -68,11 +76,16 @@ async fn authorize(State(node): State<AppState>, req: Request, next: Next) -> Re
     if let Some(store) = &node.auth
         && let Some(perms) = permission(req.uri().path())
     {
-        let authz = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let authz = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         let ok = perms.iter().all(|p| store.allowed(authz, *p))
             || (req.uri().path() == "/join" && store.allowed(authz, Perm::JoinReadOnly));
         if !ok {
-            node.metrics.http_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            node.metrics
+                .http_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return StatusCode::UNAUTHORIZED.into_response();
         }
     }
@@ -82,23 +95,41 @@ async fn authorize(State(node): State<AppState>, req: Request, next: Next) -> Re
 async fn common_headers(State(node): State<AppState>, req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     if resp.status().is_client_error() || resp.status().is_server_error() {
-        node.metrics.http_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        node.metrics
+            .http_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    resp.headers_mut().insert("x-rqlite-version", HeaderValue::from_static(concat!("litecluster-", env!("CARGO_PKG_VERSION"))));
+    resp.headers_mut().insert(
+        "x-rqlite-version",
+        HeaderValue::from_static(concat!("litecluster-", env!("CARGO_PKG_VERSION"))),
+    );
     resp
 }
 
 /// A plain-text error in Go's `http.Error` style, which rqlite clients expect.
 pub fn text_error(status: StatusCode, msg: &str) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{msg}\n")).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{msg}\n"),
+    )
+        .into_response()
 }
 
 pub fn json_response(body: Vec<u8>) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json; charset=utf-8")], body).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 /// Serves the API on `listener` (TLS when configured) until `shutdown` resolves.
-pub async fn serve(node: AppState, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    node: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let app = router(node.clone());
     let addr: std::net::SocketAddr = tokio::net::lookup_host(&node.config.http_addr)
@@ -117,8 +148,17 @@ pub async fn serve(node: AppState, shutdown: impl std::future::Future<Output = (
         (Some(cert), Some(key)) => {
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
-                .with_context(|| format!("loading TLS certificate {} and key {}", cert.display(), key.display()))?;
-            axum_server::bind_rustls(addr, tls).handle(handle).serve(service).await
+                .with_context(|| {
+                    format!(
+                        "loading TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            axum_server::bind_rustls(addr, tls)
+                .handle(handle)
+                .serve(service)
+                .await
         }
         _ => axum_server::bind(addr).handle(handle).serve(service).await,
     }

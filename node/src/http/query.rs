@@ -18,7 +18,9 @@ use crate::node::Node;
 /// Parses an rqlite request body: a JSON array of SQL strings or `[sql, params...]` arrays.
 pub fn parse_body(body: &[u8]) -> Result<Vec<Statement>, &'static str> {
     let v: Json = serde_json::from_slice(body).map_err(|_| "invalid JSON body")?;
-    let Json::Array(items) = v else { return Err("invalid request") };
+    let Json::Array(items) = v else {
+        return Err("invalid request");
+    };
     if items.is_empty() {
         return Err("no statements");
     }
@@ -28,7 +30,9 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<Statement>, &'static str> {
             Json::String(sql) => stmts.push(Statement::new(sql)),
             Json::Array(parts) => {
                 let mut parts = parts.into_iter();
-                let Some(Json::String(sql)) = parts.next() else { return Err("invalid request") };
+                let Some(Json::String(sql)) = parts.next() else {
+                    return Err("invalid request");
+                };
                 let (mut positional, mut named) = (Vec::new(), Vec::new());
                 for p in parts {
                     match p {
@@ -44,7 +48,11 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<Statement>, &'static str> {
                     (true, true) => Params::None,
                     (false, true) => Params::Positional(positional),
                     (true, false) => Params::Named(named),
-                    (false, false) => return Err("mixing positional and named parameters in one statement is not supported"),
+                    (false, false) => {
+                        return Err(
+                            "mixing positional and named parameters in one statement is not supported",
+                        );
+                    }
                 };
                 stmts.push(Statement { sql, params });
             }
@@ -66,7 +74,11 @@ fn param(v: Json) -> Result<ParamValue, &'static str> {
         // A byte array binds as a BLOB (rqlite has no JSON form for BLOB parameters).
         Json::Array(a) => ParamValue::Bytes(
             a.into_iter()
-                .map(|x| x.as_u64().and_then(|b| u8::try_from(b).ok()).ok_or("unsupported type"))
+                .map(|x| {
+                    x.as_u64()
+                        .and_then(|b| u8::try_from(b).ok())
+                        .ok_or("unsupported type")
+                })
                 .collect::<Result<_, _>>()?,
         ),
         Json::Object(_) => return Err("unsupported type"),
@@ -75,7 +87,10 @@ fn param(v: Json) -> Result<ParamValue, &'static str> {
 
 fn is_read_only(sql: &str) -> bool {
     let head = sql.trim_start();
-    let word = head.split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
+    let word = head
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
     word.eq_ignore_ascii_case("select") || word.eq_ignore_ascii_case("explain")
 }
 
@@ -96,7 +111,12 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     async fn forward(self, leader: Option<crate::MemberInfo>) -> Response {
-        let original = Original { method: &self.method, uri: &self.uri, headers: &self.headers, body: self.body.clone() };
+        let original = Original {
+            method: &self.method,
+            uri: &self.uri,
+            headers: &self.headers,
+            body: self.body.clone(),
+        };
         to_leader(self.node, leader, &self.flags, original).await
     }
 
@@ -124,19 +144,33 @@ impl Ctx<'_> {
             let now = Node::unix_now();
             let mut rng = rand::thread_rng();
             for s in &mut stmts {
-                if let std::borrow::Cow::Owned(new) = crate::sqlite::rewrite::rewrite(&s.sql, now, &mut rng) {
+                if let std::borrow::Cow::Owned(new) =
+                    crate::sqlite::rewrite::rewrite(&s.sql, now, &mut rng)
+                {
                     s.sql = new;
                 }
             }
         }
-        let cmd = Command::Statements { stmts, transaction: self.flags.transaction, mode };
+        let cmd = Command::Statements {
+            stmts,
+            transaction: self.flags.transaction,
+            mode,
+        };
         match self.node.raft.client_write(cmd).await {
             Ok(resp) => {
-                self.node.metrics.executions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.node
+                    .metrics
+                    .executions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.reply(&resp.data.results, resp.data.error.as_deref())
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => self.forward(f.leader_node).await,
-            Err(e) => text_error(StatusCode::SERVICE_UNAVAILABLE, &format!("write not committed: {e}; retry")),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                self.forward(f.leader_node).await
+            }
+            Err(e) => text_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("write not committed: {e}; retry"),
+            ),
         }
     }
 
@@ -160,18 +194,34 @@ impl Ctx<'_> {
             }
             Level::Linearizable => match node.raft.ensure_linearizable().await {
                 Ok(_) => {}
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => return self.forward(f.leader_node).await,
-                Err(e) => return text_error(StatusCode::SERVICE_UNAVAILABLE, &format!("linearizable read failed: {e}; retry")),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    return self.forward(f.leader_node).await;
+                }
+                Err(e) => {
+                    return text_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("linearizable read failed: {e}; retry"),
+                    );
+                }
             },
             Level::Strong => unreachable!("strong reads go through the log"),
         }
-        let timeout = self.flags.db_timeout.or(Some(node.config.db_timeout)).filter(|d| !d.is_zero());
+        let timeout = self
+            .flags
+            .db_timeout
+            .or(Some(node.config.db_timeout))
+            .filter(|d| !d.is_zero());
         match node.reads.query(stmts, mode, timeout).await {
             Ok(results) => {
-                node.metrics.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                node.metrics
+                    .queries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.reply(&results, None)
             }
-            Err(e) => text_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("read failed: {e}")),
+            Err(e) => text_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("read failed: {e}"),
+            ),
         }
     }
 }
@@ -183,13 +233,28 @@ fn bad_request(msg: &str) -> Response {
 macro_rules! ctx {
     ($node:expr, $raw:expr, $method:expr, $uri:expr, $headers:expr, $body:expr) => {
         match Flags::parse($raw.as_deref()) {
-            Ok(flags) => Ctx { node: &$node, flags, method: $method, uri: $uri, headers: $headers, body: $body, started: Instant::now() },
+            Ok(flags) => Ctx {
+                node: &$node,
+                flags,
+                method: $method,
+                uri: $uri,
+                headers: $headers,
+                body: $body,
+                started: Instant::now(),
+            },
             Err(e) => return bad_request(&e),
         }
     };
 }
 
-pub async fn execute(State(node): State<AppState>, RawQuery(raw): RawQuery, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn execute(
+    State(node): State<AppState>,
+    RawQuery(raw): RawQuery,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let ctx = ctx!(node, raw, method, uri, headers, body);
     let mut stmts = match parse_body(&ctx.body) {
         Ok(s) => s,
@@ -202,7 +267,14 @@ pub async fn execute(State(node): State<AppState>, RawQuery(raw): RawQuery, meth
     ctx.through_log(stmts, Mode::Execute).await
 }
 
-pub async fn query(State(node): State<AppState>, RawQuery(raw): RawQuery, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn query(
+    State(node): State<AppState>,
+    RawQuery(raw): RawQuery,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let mut ctx = ctx!(node, raw, method, uri, headers, body);
     let mut stmts = if ctx.method == Method::GET {
         match ctx.flags.q.take() {
@@ -223,7 +295,14 @@ pub async fn query(State(node): State<AppState>, RawQuery(raw): RawQuery, method
     }
 }
 
-pub async fn request(State(node): State<AppState>, RawQuery(raw): RawQuery, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn request(
+    State(node): State<AppState>,
+    RawQuery(raw): RawQuery,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let ctx = ctx!(node, raw, method, uri, headers, body);
     let mut stmts = match parse_body(&ctx.body) {
         Ok(s) => s,
@@ -246,21 +325,32 @@ mod tests {
     fn bodies() {
         let s = parse_body(br#"["CREATE TABLE t (x)", ["INSERT INTO t VALUES (?, ?)", 1, "a"], ["INSERT INTO t VALUES (:x)", {"x": 2.5}]]"#).unwrap();
         assert_eq!(s.len(), 3);
-        assert_eq!(s[1].params, Params::Positional(vec![ParamValue::Int(1), ParamValue::Text("a".into())]));
-        assert_eq!(s[2].params, Params::Named(vec![("x".into(), ParamValue::Float(2.5))]));
+        assert_eq!(
+            s[1].params,
+            Params::Positional(vec![ParamValue::Int(1), ParamValue::Text("a".into())])
+        );
+        assert_eq!(
+            s[2].params,
+            Params::Named(vec![("x".into(), ParamValue::Float(2.5))])
+        );
         assert_eq!(parse_body(b"[]"), Err("no statements"));
         assert_eq!(parse_body(b"[\"x\""), Err("invalid JSON body"));
         assert_eq!(parse_body(b""), Err("invalid JSON body"));
         assert_eq!(parse_body(b"{}"), Err("invalid request"));
         assert_eq!(parse_body(b"[1]"), Err("invalid request"));
         assert_eq!(parse_body(b"[[1]]"), Err("invalid request"));
-        assert_eq!(parse_body(br#"[["x", {"a": {"b": 1}}]]"#), Err("unsupported type"));
+        assert_eq!(
+            parse_body(br#"[["x", {"a": {"b": 1}}]]"#),
+            Err("unsupported type")
+        );
     }
 
     #[test]
     fn read_only_detection() {
         assert!(is_read_only("  select 1"));
         assert!(!is_read_only("INSERT INTO t VALUES (1)"));
-        assert!(!is_read_only("WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x"));
+        assert!(!is_read_only(
+            "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x"
+        ));
     }
 }

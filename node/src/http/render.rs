@@ -43,7 +43,8 @@ impl Flags {
         let mut f = Flags::default();
         let Some(raw) = raw else { return Ok(f) };
         for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
-            let dur = |v: &str| parse_duration(v).map_err(|_| format!("{k} is not a valid duration"));
+            let dur =
+                |v: &str| parse_duration(v).map_err(|_| format!("{k} is not a valid duration"));
             match k.as_ref() {
                 "transaction" => f.transaction = true,
                 "timings" => f.timings = true,
@@ -60,7 +61,11 @@ impl Flags {
                         "weak" | "" | "auto" => Level::Weak,
                         "strong" => Level::Strong,
                         "linearizable" => Level::Linearizable,
-                        other => return Err(format!("invalid level {other:?}: use none, weak, strong, linearizable or auto")),
+                        other => {
+                            return Err(format!(
+                                "invalid level {other:?}: use none, weak, strong, linearizable or auto"
+                            ));
+                        }
                     }
                 }
                 "freshness" => f.freshness = Some(dur(&v)?),
@@ -122,7 +127,11 @@ impl Serialize for Results<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.0.results.len()))?;
         for r in self.0.results {
-            seq.serialize_element(&One { r, timings: self.0.timings, associative: self.0.associative })?;
+            seq.serialize_element(&One {
+                r,
+                timings: self.0.timings,
+                associative: self.0.associative,
+            })?;
         }
         seq.end()
     }
@@ -146,7 +155,12 @@ impl Serialize for One<'_> {
             (Some(cols), true) => {
                 let types = r.types.as_deref().unwrap_or_default();
                 m.serialize_entry("types", &Assoc { cols, vals: types })?;
-                let rows: Vec<Assoc<'_, Value>> = r.values.iter().flatten().map(|row| Assoc { cols, vals: row }).collect();
+                let rows: Vec<Assoc<'_, Value>> = r
+                    .values
+                    .iter()
+                    .flatten()
+                    .map(|row| Assoc { cols, vals: row })
+                    .collect();
                 m.serialize_entry("rows", &rows)?;
             }
             (Some(cols), false) => {
@@ -206,13 +220,30 @@ mod tests {
     }
 
     fn render(results: &[StmtResult], timings: bool, associative: bool) -> String {
-        String::from_utf8(to_json(&Response { results, error: None, time: Some(1.0), timings, associative }, false)).unwrap()
+        String::from_utf8(to_json(
+            &Response {
+                results,
+                error: None,
+                time: Some(1.0),
+                timings,
+                associative,
+            },
+            false,
+        ))
+        .unwrap()
     }
 
     #[test]
     fn shapes() {
-        let exec = StmtResult { last_insert_id: Some(3), rows_affected: Some(1), ..Default::default() };
-        assert_eq!(render(&[exec.clone()], false, false), r#"{"results":[{"last_insert_id":3,"rows_affected":1}]}"#);
+        let exec = StmtResult {
+            last_insert_id: Some(3),
+            rows_affected: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(
+            render(&[exec.clone()], false, false),
+            r#"{"results":[{"last_insert_id":3,"rows_affected":1}]}"#
+        );
         assert_eq!(
             render(&[query_result()], false, false),
             r#"{"results":[{"columns":["id","name"],"types":["integer","text"],"values":[[1,"fiona"]]}]}"#
@@ -221,18 +252,31 @@ mod tests {
             render(&[query_result(), exec], false, true),
             r#"{"results":[{"types":{"id":"integer","name":"text"},"rows":[{"id":1,"name":"fiona"}]},{"last_insert_id":3,"rows_affected":1,"rows":null}]}"#
         );
-        assert_eq!(render(&[StmtResult::error("boom")], true, false), r#"{"results":[{"error":"boom"}],"time":1.0}"#);
-        assert_eq!(render(&[StmtResult::default()], true, false), r#"{"results":[{"time":0.0}],"time":1.0}"#);
+        assert_eq!(
+            render(&[StmtResult::error("boom")], true, false),
+            r#"{"results":[{"error":"boom"}],"time":1.0}"#
+        );
+        assert_eq!(
+            render(&[StmtResult::default()], true, false),
+            r#"{"results":[{"time":0.0}],"time":1.0}"#
+        );
     }
 
     #[test]
     fn flags() {
-        let f = Flags::parse(Some("transaction&timings&level=strong&db_timeout=2s&q=SELECT+1")).unwrap();
+        let f = Flags::parse(Some(
+            "transaction&timings&level=strong&db_timeout=2s&q=SELECT+1",
+        ))
+        .unwrap();
         assert!(f.transaction && f.timings && !f.pretty);
         assert_eq!(f.level, Level::Strong);
         assert_eq!(f.db_timeout, Some(Duration::from_secs(2)));
         assert_eq!(f.q.as_deref(), Some("SELECT 1"));
-        assert!(Flags::parse(Some("level=bogus")).unwrap_err().contains("invalid level"));
+        assert!(
+            Flags::parse(Some("level=bogus"))
+                .unwrap_err()
+                .contains("invalid level")
+        );
         assert!(Flags::parse(Some("freshness=xyz")).is_err());
         assert!(Flags::parse(Some("freshness_strict")).is_err());
         assert!(Flags::parse(Some("unknown_flag&x=1")).is_ok());

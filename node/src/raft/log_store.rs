@@ -49,10 +49,23 @@ struct Cached {
 }
 
 enum Op {
-    Append { seq: u64, rows: Vec<(u64, u64, Vec<u8>)>, done: LogFlushed<TypeConfig> },
-    Truncate { from: u64, done: oneshot::Sender<rusqlite::Result<()>> },
-    Purge { upto: LogId, done: oneshot::Sender<rusqlite::Result<()>> },
-    Vote { vote: Vec<u8>, done: oneshot::Sender<rusqlite::Result<()>> },
+    Append {
+        seq: u64,
+        rows: Vec<(u64, u64, Vec<u8>)>,
+        done: LogFlushed<TypeConfig>,
+    },
+    Truncate {
+        from: u64,
+        done: oneshot::Sender<rusqlite::Result<()>>,
+    },
+    Purge {
+        upto: LogId,
+        done: oneshot::Sender<rusqlite::Result<()>>,
+    },
+    Vote {
+        vote: Vec<u8>,
+        done: oneshot::Sender<rusqlite::Result<()>>,
+    },
 }
 
 fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -67,7 +80,10 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn get_meta<T: serde::de::DeserializeOwned>(conn: &Connection, key: &str) -> Result<Option<T>, StorageError> {
+fn get_meta<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    key: &str,
+) -> Result<Option<T>, StorageError> {
     let raw: Option<Vec<u8>> = conn
         .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .optional()
@@ -85,7 +101,9 @@ impl LogStore {
         let vote = get_meta(&reader, "vote")?;
         let last_purged: Option<LogId> = get_meta(&reader, "last_purged")?;
         let last_row: Option<Vec<u8>> = reader
-            .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| r.get(0))
+            .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
         let last_log_id = match last_row {
@@ -93,14 +111,27 @@ impl LogStore {
             None => last_purged,
         };
         let (tx, rx) = mpsc::channel();
-        let state = State { cache: BTreeMap::new(), durable_in_cache: 0, last_log_id, last_purged, vote, next_seq: 0 };
+        let state = State {
+            cache: BTreeMap::new(),
+            durable_in_cache: 0,
+            last_log_id,
+            last_purged,
+            vote,
+            next_seq: 0,
+        };
         let state = Arc::new(Mutex::new(state));
         let (m, shared) = (metrics, state.clone());
         std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || writer_loop(writer, rx, &shared, &m))
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        Ok(Self { inner: Arc::new(Inner { state, ops: tx, reader: Mutex::new(reader) }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                state,
+                ops: tx,
+                reader: Mutex::new(reader),
+            }),
+        })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -109,17 +140,29 @@ impl LogStore {
 
     fn send(&self, op: Op) -> Result<(), StorageError> {
         self.inner.ops.send(op).map_err(|_| {
-            io_err(ErrorSubject::Logs, ErrorVerb::Write, std::io::Error::other("raft log writer stopped"))
+            io_err(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                std::io::Error::other("raft log writer stopped"),
+            )
         })
     }
 
-    async fn send_wait(&self, op: impl FnOnce(oneshot::Sender<rusqlite::Result<()>>) -> Op, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
+    async fn send_wait(
+        &self,
+        op: impl FnOnce(oneshot::Sender<rusqlite::Result<()>>) -> Op,
+        subject: ErrorSubject<NodeId>,
+    ) -> Result<(), StorageError> {
         let (tx, rx) = oneshot::channel();
         self.send(op(tx))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(io_err(subject, ErrorVerb::Write, e)),
-            Err(_) => Err(io_err(subject, ErrorVerb::Write, std::io::Error::other("raft log writer stopped"))),
+            Err(_) => Err(io_err(
+                subject,
+                ErrorVerb::Write,
+                std::io::Error::other("raft log writer stopped"),
+            )),
         }
     }
 }
@@ -128,7 +171,12 @@ fn decode(bytes: &[u8]) -> Result<Entry, StorageError> {
     serde_json::from_slice(bytes).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, state: &Mutex<State>, metrics: &crate::metrics::Metrics) {
+fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Op>,
+    state: &Mutex<State>,
+    metrics: &crate::metrics::Metrics,
+) {
     while let Ok(first) = rx.recv() {
         // Everything queued while the previous fsync ran goes into this one transaction.
         let mut batch = vec![first];
@@ -137,15 +185,29 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, state: &Mutex<State
         }
         let started = std::time::Instant::now();
         let result = write_batch(&mut conn, &batch);
-        let entries: usize = batch.iter().map(|op| if let Op::Append { rows, .. } = op { rows.len() } else { 0 }).sum();
+        let entries: usize = batch
+            .iter()
+            .map(|op| {
+                if let Op::Append { rows, .. } = op {
+                    rows.len()
+                } else {
+                    0
+                }
+            })
+            .sum();
         metrics.log_flush(entries, started.elapsed());
         if result.is_ok() {
             mark_durable(state, &batch);
         }
         for op in batch {
-            let res = result.as_ref().map(|_| ()).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.to_string().into()));
+            let res = result
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.to_string().into()));
             match op {
-                Op::Append { done, .. } => done.log_io_completed(res.map_err(std::io::Error::other)),
+                Op::Append { done, .. } => {
+                    done.log_io_completed(res.map_err(std::io::Error::other))
+                }
                 Op::Truncate { done, .. } | Op::Purge { done, .. } | Op::Vote { done, .. } => {
                     let _ = done.send(res);
                 }
@@ -157,7 +219,8 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, state: &Mutex<State
 fn write_batch(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        let mut insert = tx.prepare_cached("INSERT OR REPLACE INTO log (idx, term, entry) VALUES (?1, ?2, ?3)")?;
+        let mut insert =
+            tx.prepare_cached("INSERT OR REPLACE INTO log (idx, term, entry) VALUES (?1, ?2, ?3)")?;
         for op in batch {
             match op {
                 Op::Append { rows, .. } => {
@@ -170,11 +233,18 @@ fn write_batch(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
                 }
                 Op::Purge { upto, .. } => {
                     tx.execute("DELETE FROM log WHERE idx <= ?1", [upto.index as i64])?;
-                    let v = serde_json::to_vec(upto).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
-                    tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_purged', ?1)", [v])?;
+                    let v = serde_json::to_vec(upto)
+                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+                    tx.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_purged', ?1)",
+                        [v],
+                    )?;
                 }
                 Op::Vote { vote, .. } => {
-                    tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('vote', ?1)", [vote])?;
+                    tx.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('vote', ?1)",
+                        [vote],
+                    )?;
                 }
             }
         }
@@ -183,7 +253,10 @@ fn write_batch(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(&mut self, range: RB) -> Result<Vec<Entry>, StorageError> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
         use std::ops::Bound;
         let start = match range.start_bound() {
             Bound::Included(&s) => s,
@@ -203,7 +276,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let (mut found, end): (BTreeMap<u64, Entry>, u64) = {
             let st = self.state();
             let end = end.min(st.last_log_id.map_or(0, |l| l.index + 1));
-            (st.cache.range(start..end.max(start)).map(|(k, c)| (*k, c.entry.clone())).collect(), end)
+            (
+                st.cache
+                    .range(start..end.max(start))
+                    .map(|(k, c)| (*k, c.entry.clone()))
+                    .collect(),
+                end,
+            )
         };
         if start >= end {
             return Ok(Vec::new());
@@ -211,13 +290,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if found.len() as u64 != end - start {
             let conn = self.inner.reader.lock().unwrap_or_else(|e| e.into_inner());
             let mut stmt = conn
-                .prepare_cached("SELECT idx, entry FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")
+                .prepare_cached(
+                    "SELECT idx, entry FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+                )
                 .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             let rows = stmt
-                .query_map([start as i64, end.min(i64::MAX as u64) as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)))
+                .query_map([start as i64, end.min(i64::MAX as u64) as i64], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+                })
                 .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             for row in rows {
-                let (idx, bytes) = row.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                let (idx, bytes) =
+                    row.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
                 if let std::collections::btree_map::Entry::Vacant(v) = found.entry(idx) {
                     v.insert(decode(&bytes)?);
                 }
@@ -232,7 +316,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let st = self.state();
-        Ok(LogState { last_purged_log_id: st.last_purged, last_log_id: st.last_log_id })
+        Ok(LogState {
+            last_purged_log_id: st.last_purged,
+            last_log_id: st.last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -240,8 +327,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        let bytes = serde_json::to_vec(vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
-        self.send_wait(|done| Op::Vote { vote: bytes, done }, ErrorSubject::Vote).await?;
+        let bytes = serde_json::to_vec(vote)
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        self.send_wait(|done| Op::Vote { vote: bytes, done }, ErrorSubject::Vote)
+            .await?;
         self.state().vote = Some(*vote);
         Ok(())
     }
@@ -250,7 +339,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.state().vote)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -261,15 +354,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         st.next_seq += 1;
         for entry in entries {
             let id = *entry.get_log_id();
-            let bytes = serde_json::to_vec(&entry).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            let bytes = serde_json::to_vec(&entry)
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
             rows.push((id.index, id.leader_id.term, bytes));
-            if let Some(old) = st.cache.insert(id.index, Cached { seq, durable: false, entry }) {
+            if let Some(old) = st.cache.insert(
+                id.index,
+                Cached {
+                    seq,
+                    durable: false,
+                    entry,
+                },
+            ) {
                 st.durable_in_cache -= usize::from(old.durable);
             }
             st.last_log_id = Some(id);
         }
         drop(st);
-        self.send(Op::Append { seq, rows, done: callback })
+        self.send(Op::Append {
+            seq,
+            rows,
+            done: callback,
+        })
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -278,12 +383,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let removed = st.cache.split_off(&log_id.index);
             st.durable_in_cache -= removed.values().filter(|c| c.durable).count();
         }
-        self.send_wait(|done| Op::Truncate { from: log_id.index, done }, ErrorSubject::Logs).await?;
+        self.send_wait(
+            |done| Op::Truncate {
+                from: log_id.index,
+                done,
+            },
+            ErrorSubject::Logs,
+        )
+        .await?;
         let conn_last = {
             let conn = self.inner.reader.lock().unwrap_or_else(|e| e.into_inner());
-            conn.query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| r.get::<_, Vec<u8>>(0))
-                .optional()
-                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?
+            conn.query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })
+            .optional()
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?
         };
         let mut st = self.state();
         st.last_log_id = match conn_last {
@@ -294,7 +408,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.send_wait(|done| Op::Purge { upto: log_id, done }, ErrorSubject::Logs).await?;
+        self.send_wait(|done| Op::Purge { upto: log_id, done }, ErrorSubject::Logs)
+            .await?;
         let mut st = self.state();
         let keep = st.cache.split_off(&(log_id.index + 1));
         let removed = std::mem::replace(&mut st.cache, keep);
@@ -327,7 +442,9 @@ fn mark_durable(state: &Mutex<State>, batch: &[Op]) {
     }
     st.durable_in_cache += newly;
     while st.durable_in_cache > CACHE_DURABLE_ENTRIES {
-        let Some((&k, c)) = st.cache.first_key_value() else { break };
+        let Some((&k, c)) = st.cache.first_key_value() else {
+            break;
+        };
         if !c.durable {
             break;
         }

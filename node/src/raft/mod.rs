@@ -10,7 +10,11 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
 
 use crate::StorageError;
 
-pub(crate) fn io_err(subject: ErrorSubject<crate::NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+pub(crate) fn io_err(
+    subject: ErrorSubject<crate::NodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 

@@ -2,9 +2,14 @@
 
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
 use tokio::io::{BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -19,7 +24,12 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &MemberInfo) -> Connection {
-        Connection { target, node: node.clone(), stream: None, buf: Vec::new() }
+        Connection {
+            target,
+            node: node.clone(),
+            stream: None,
+            buf: Vec::new(),
+        }
     }
 }
 
@@ -37,8 +47,14 @@ enum CallError {
 }
 
 impl Connection {
-    async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(&mut self, kind: u8, req: &Req, ttl: Duration) -> Result<Resp, CallError> {
-        let body = serde_json::to_vec(req).map_err(|e| CallError::Network(std::io::Error::other(e)))?;
+    async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &mut self,
+        kind: u8,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, CallError> {
+        let body =
+            serde_json::to_vec(req).map_err(|e| CallError::Network(std::io::Error::other(e)))?;
         match tokio::time::timeout(ttl, self.round_trip(kind, &body)).await {
             Ok(Ok(())) => serde_json::from_slice(&self.buf).map_err(|e| {
                 self.stream = None;
@@ -58,17 +74,27 @@ impl Connection {
 
     async fn round_trip(&mut self, kind: u8, body: &[u8]) -> Result<(), CallError> {
         if self.stream.is_none() {
-            let s = TcpStream::connect(&self.node.raft_addr).await.map_err(CallError::Unreachable)?;
+            let s = TcpStream::connect(&self.node.raft_addr)
+                .await
+                .map_err(CallError::Unreachable)?;
             s.set_nodelay(true).map_err(CallError::Unreachable)?;
             let (r, w) = s.into_split();
             self.stream = Some((BufReader::new(r), BufWriter::new(w)));
         }
         let (r, w) = self.stream.as_mut().expect("connected above");
-        rpc::write_frame(w, Some(kind), body).await.map_err(CallError::Network)?;
-        rpc::read_frame(r, &mut self.buf).await.map_err(CallError::Network)
+        rpc::write_frame(w, Some(kind), body)
+            .await
+            .map_err(CallError::Network)?;
+        rpc::read_frame(r, &mut self.buf)
+            .await
+            .map_err(CallError::Network)
     }
 
-    fn rpc_error<E: std::error::Error>(&self, e: CallError, ttl: Duration) -> RPCError<NodeId, MemberInfo, E> {
+    fn rpc_error<E: std::error::Error>(
+        &self,
+        e: CallError,
+        ttl: Duration,
+    ) -> RPCError<NodeId, MemberInfo, E> {
         match e {
             CallError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
             CallError::Network(e) => RPCError::Network(NetworkError::new(&e)),
@@ -81,29 +107,83 @@ impl Connection {
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
-    async fn append_entries(&mut self, rpc: AppendEntriesRequest<TypeConfig>, option: RPCOption) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberInfo, RaftError<NodeId>>> {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberInfo, RaftError<NodeId>>>
+    {
         let ttl = option.hard_ttl();
-        let res: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = self.call(KIND_APPEND, &rpc, ttl).await.map_err(|e| self.rpc_error(e, ttl))?;
-        res.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+        let res: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = self
+            .call(KIND_APPEND, &rpc, ttl)
+            .await
+            .map_err(|e| self.rpc_error(e, ttl))?;
+        res.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
     }
 
-    async fn install_snapshot(&mut self, rpc: InstallSnapshotRequest<TypeConfig>, option: RPCOption) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, MemberInfo, RaftError<NodeId, InstallSnapshotError>>> {
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, MemberInfo, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         let ttl = option.hard_ttl();
-        let res: Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> = self.call(KIND_SNAPSHOT, &rpc, ttl).await.map_err(|e| self.rpc_error(e, ttl))?;
-        res.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+        let res: Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> =
+            self.call(KIND_SNAPSHOT, &rpc, ttl)
+                .await
+                .map_err(|e| self.rpc_error(e, ttl))?;
+        res.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MemberInfo, RaftError<NodeId>>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MemberInfo, RaftError<NodeId>>> {
         let ttl = option.hard_ttl();
-        let res: Result<VoteResponse<NodeId>, RaftError<NodeId>> = self.call(KIND_VOTE, &rpc, ttl).await.map_err(|e| self.rpc_error(e, ttl))?;
-        res.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+        let res: Result<VoteResponse<NodeId>, RaftError<NodeId>> = self
+            .call(KIND_VOTE, &rpc, ttl)
+            .await
+            .map_err(|e| self.rpc_error(e, ttl))?;
+        res.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
     }
 }
 
 /// Asks the member at `raft_addr` to start an election (leadership hand-over on shutdown).
 pub async fn request_election(raft_addr: &str, ttl: Duration) -> Result<(), String> {
-    let mut conn = Connection { target: 0, node: MemberInfo { raft_addr: raft_addr.to_owned(), ..MemberInfo::default() }, stream: None, buf: Vec::new() };
-    match conn.call::<(), Result<(), String>>(KIND_ELECT, &(), ttl).await {
+    let mut conn = Connection {
+        target: 0,
+        node: MemberInfo {
+            raft_addr: raft_addr.to_owned(),
+            ..MemberInfo::default()
+        },
+        stream: None,
+        buf: Vec::new(),
+    };
+    match conn
+        .call::<(), Result<(), String>>(KIND_ELECT, &(), ttl)
+        .await
+    {
         Ok(r) => r,
         Err(CallError::Unreachable(e) | CallError::Network(e)) => Err(e.to_string()),
         Err(CallError::Timeout) => Err("timed out".into()),

@@ -22,17 +22,27 @@ pub const KIND_ELECT: u8 = 4;
 /// Frames above this size are refused; snapshot chunks and append batches stay far below it.
 pub const MAX_FRAME: usize = 256 << 20;
 
-pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<()> {
+pub async fn read_frame<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
     let len = r.read_u32().await? as usize;
     if len > MAX_FRAME {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("raft frame of {len} bytes exceeds the limit")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("raft frame of {len} bytes exceeds the limit"),
+        ));
     }
     buf.resize(len, 0);
     r.read_exact(buf).await?;
     Ok(())
 }
 
-pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, kind: Option<u8>, body: &[u8]) -> std::io::Result<()> {
+pub async fn write_frame<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    kind: Option<u8>,
+    body: &[u8],
+) -> std::io::Result<()> {
     let len = body.len() + usize::from(kind.is_some());
     w.write_u32(len as u32).await?;
     if let Some(k) = kind {
@@ -44,7 +54,12 @@ pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, kind: Option<u8>, 
 
 /// Serves Raft RPCs on `listener` until the task is dropped.
 /// `contact` records when an RPC from a leader last arrived (ms since `epoch`), for freshness.
-pub async fn serve(listener: TcpListener, raft: Arc<Raft>, epoch: Instant, contact: Arc<AtomicU64>) {
+pub async fn serve(
+    listener: TcpListener,
+    raft: Arc<Raft>,
+    epoch: Instant,
+    contact: Arc<AtomicU64>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -65,7 +80,12 @@ pub async fn serve(listener: TcpListener, raft: Arc<Raft>, epoch: Instant, conta
     }
 }
 
-async fn serve_conn(stream: TcpStream, raft: &Raft, epoch: Instant, contact: &AtomicU64) -> std::io::Result<()> {
+async fn serve_conn(
+    stream: TcpStream,
+    raft: &Raft,
+    epoch: Instant,
+    contact: &AtomicU64,
+) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (r, w) = stream.into_split();
     let (mut r, mut w) = (BufReader::new(r), BufWriter::new(w));
@@ -73,7 +93,10 @@ async fn serve_conn(stream: TcpStream, raft: &Raft, epoch: Instant, contact: &At
     loop {
         read_frame(&mut r, &mut buf).await?;
         let Some((&kind, body)) = buf.split_first() else {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "empty raft frame"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "empty raft frame",
+            ));
         };
         if kind == KIND_APPEND || kind == KIND_SNAPSHOT {
             contact.store(epoch.elapsed().as_millis().max(1) as u64, Ordering::Relaxed);
@@ -86,7 +109,12 @@ async fn serve_conn(stream: TcpStream, raft: &Raft, epoch: Instant, contact: &At
                 let res = raft.trigger().elect().await.map_err(|e| e.to_string());
                 serde_json::to_vec(&res)
             }
-            other => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unknown raft rpc kind {other}"))),
+            other => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("unknown raft rpc kind {other}"),
+                ));
+            }
         }
         .map_err(std::io::Error::other)?;
         write_frame(&mut w, None, &reply).await?;

@@ -26,7 +26,10 @@ impl SnapshotStore {
         // Leftovers of an interrupted build or transfer are never valid snapshots.
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "tmp" || e == "partial") {
+            if path
+                .extension()
+                .is_some_and(|e| e == "tmp" || e == "partial")
+            {
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -35,7 +38,8 @@ impl SnapshotStore {
 
     /// A fresh path for a snapshot being built or received; it is not a snapshot until `commit`.
     pub fn temp_path(&self, tag: &str) -> PathBuf {
-        self.dir.join(format!("{tag}-{}.partial", std::process::id()))
+        self.dir
+            .join(format!("{tag}-{}.partial", std::process::id()))
     }
 
     fn data_path(&self, id: &str) -> PathBuf {
@@ -54,7 +58,11 @@ impl SnapshotStore {
         let id = &meta.snapshot_id;
         std::fs::rename(temp, self.data_path(id))?;
         sync_dir(&self.dir)?;
-        let sidecar = Sidecar { meta: meta.clone(), size, crc32 };
+        let sidecar = Sidecar {
+            meta: meta.clone(),
+            size,
+            crc32,
+        };
         write_atomic(&self.sidecar_path(id), &serde_json::to_vec(&sidecar)?)?;
         self.reap(id)
     }
@@ -67,12 +75,17 @@ impl SnapshotStore {
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
-            let Ok(bytes) = std::fs::read(&path) else { continue };
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
             let Ok(sc) = serde_json::from_slice::<Sidecar>(&bytes) else {
                 tracing::warn!(path = %path.display(), "ignoring unreadable snapshot sidecar");
                 continue;
             };
-            if best.as_ref().is_none_or(|b| sc.meta.last_log_id > b.meta.last_log_id) {
+            if best
+                .as_ref()
+                .is_none_or(|b| sc.meta.last_log_id > b.meta.last_log_id)
+            {
                 best = Some(sc);
             }
         }
@@ -82,7 +95,12 @@ impl SnapshotStore {
         if size != sc.size || crc != sc.crc32 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("snapshot {} is corrupt: checksum mismatch (size {size}/{}, crc {crc:08x}/{:08x})", path.display(), sc.size, sc.crc32),
+                format!(
+                    "snapshot {} is corrupt: checksum mismatch (size {size}/{}, crc {crc:08x}/{:08x})",
+                    path.display(),
+                    sc.size,
+                    sc.crc32
+                ),
             ));
         }
         Ok(Some((sc, path)))
@@ -91,8 +109,14 @@ impl SnapshotStore {
     fn reap(&self, keep: &str) -> std::io::Result<()> {
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
-            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-            let ext = path.extension().and_then(|s| s.to_str()).unwrap_or_default();
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default();
+            let ext = path
+                .extension()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default();
             if stem != keep && (ext == "db" || ext == "json") {
                 std::fs::remove_file(&path)?;
             }

@@ -49,13 +49,22 @@ struct Worker {
 
 impl StateMachine {
     /// Opens the database at `db_path` and starts the writer thread.
-    pub fn open(db_path: &Path, snapshot_dir: PathBuf, reads: ReadPool, metrics: Arc<Metrics>) -> crate::Result<Self> {
+    pub fn open(
+        db_path: &Path,
+        snapshot_dir: PathBuf,
+        reads: ReadPool,
+        metrics: Arc<Metrics>,
+    ) -> crate::Result<Self> {
         let conn = sqlite::open_writer(db_path)?;
-        let applied = sqlite::read_meta(&conn, "applied")?.and_then(|s| serde_json::from_str(&s).ok());
+        let applied =
+            sqlite::read_meta(&conn, "applied")?.and_then(|s| serde_json::from_str(&s).ok());
         let membership = sqlite::read_meta(&conn, "membership")?
             .and_then(|s| serde_json::from_str(&s).ok())
             .unwrap_or_default();
-        let store = Arc::new(SnapshotStore::open(snapshot_dir).map_err(|e| crate::Error::io("opening snapshot store", e))?);
+        let store = Arc::new(
+            SnapshotStore::open(snapshot_dir)
+                .map_err(|e| crate::Error::io("opening snapshot store", e))?,
+        );
         let mut worker = Worker {
             conn,
             db_path: db_path.to_owned(),
@@ -71,12 +80,27 @@ impl StateMachine {
             .name("sqlite-writer".into())
             .spawn(move || worker.run(rx))
             .map_err(|e| crate::Error::io("starting the sqlite writer thread", e))?;
-        Ok(Self { ops: tx, store, receiving: Arc::new(Mutex::new(None)) })
+        Ok(Self {
+            ops: tx,
+            store,
+            receiving: Arc::new(Mutex::new(None)),
+        })
     }
 
-    async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op, subject: ErrorSubject<crate::NodeId>, verb: ErrorVerb) -> Result<T, StorageError> {
+    async fn call<T>(
+        &self,
+        op: impl FnOnce(Reply<T>) -> Op,
+        subject: ErrorSubject<crate::NodeId>,
+        verb: ErrorVerb,
+    ) -> Result<T, StorageError> {
         let (tx, rx) = oneshot::channel();
-        let stopped = || io_err(subject.clone(), verb, std::io::Error::other("sqlite writer thread stopped"));
+        let stopped = || {
+            io_err(
+                subject.clone(),
+                verb,
+                std::io::Error::other("sqlite writer thread stopped"),
+            )
+        };
         self.ops.send(op(tx)).map_err(|_| stopped())?;
         match rx.await {
             Ok(Ok(v)) => Ok(v),
@@ -91,7 +115,10 @@ impl Worker {
         while let Ok(op) = rx.recv() {
             match op {
                 Op::Apply(entries, reply) => {
-                    let _ = reply.send(self.apply(&entries).map_err(|e| format!("applying entries: {e}")));
+                    let _ = reply.send(
+                        self.apply(&entries)
+                            .map_err(|e| format!("applying entries: {e}")),
+                    );
                 }
                 Op::AppliedState(reply) => {
                     let _ = reply.send(Ok((self.applied, self.membership.clone())));
@@ -100,7 +127,10 @@ impl Worker {
                     let _ = reply.send(self.build().map_err(|e| format!("building snapshot: {e}")));
                 }
                 Op::Install(meta, path, reply) => {
-                    let _ = reply.send(self.install(&meta, &path).map_err(|e| format!("installing snapshot: {e}")));
+                    let _ = reply.send(
+                        self.install(&meta, &path)
+                            .map_err(|e| format!("installing snapshot: {e}")),
+                    );
                 }
             }
         }
@@ -135,7 +165,11 @@ impl Worker {
                         batch_start = i + 1;
                         resp
                     }
-                    EntryPayload::Normal(Command::Statements { stmts, transaction, mode }) => {
+                    EntryPayload::Normal(Command::Statements {
+                        stmts,
+                        transaction,
+                        mode,
+                    }) => {
                         let mut results = Vec::new();
                         let mut start = 0;
                         loop {
@@ -149,19 +183,37 @@ impl Worker {
                                     // Re-apply this batch's earlier entries, so that the outcome
                                     // is as if each entry had its own transaction, whatever the
                                     // batch boundaries were on this member.
-                                    tracing::warn!(index = entry.log_id.index, "statement rolled back the apply transaction; re-applying the batch prefix");
+                                    tracing::warn!(
+                                        index = entry.log_id.index,
+                                        "statement rolled back the apply transaction; re-applying the batch prefix"
+                                    );
                                     results.extend(lost.results);
                                     start = lost.resume_at;
                                     self.conn.execute_batch("BEGIN IMMEDIATE")?;
                                     for prev in &entries[batch_start..i] {
-                                        if let EntryPayload::Normal(Command::Statements { stmts, transaction, mode }) = &prev.payload {
-                                            let _ = exec::run(&self.conn, stmts, 0, *transaction, *mode, false);
+                                        if let EntryPayload::Normal(Command::Statements {
+                                            stmts,
+                                            transaction,
+                                            mode,
+                                        }) = &prev.payload
+                                        {
+                                            let _ = exec::run(
+                                                &self.conn,
+                                                stmts,
+                                                0,
+                                                *transaction,
+                                                *mode,
+                                                false,
+                                            );
                                         }
                                     }
                                 }
                             }
                         }
-                        CommandResponse { results, error: None }
+                        CommandResponse {
+                            results,
+                            error: None,
+                        }
                     }
                 };
                 self.applied = Some(entry.log_id);
@@ -175,8 +227,12 @@ impl Worker {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(e);
         }
-        self.metrics.applied_entries.fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.metrics.apply_batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .applied_entries
+            .fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .apply_batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(responses)
     }
 
@@ -186,10 +242,13 @@ impl Worker {
         let tmp = self.db_path.with_extension("load.tmp");
         let result = (|| -> crate::Result<()> {
             std::fs::write(&tmp, image).map_err(|e| crate::Error::io("writing load image", e))?;
-            let src = Connection::open_with_flags(&tmp, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            let src =
+                Connection::open_with_flags(&tmp, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
             let check: String = src.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
             if check != "ok" {
-                return Err(crate::Error::BadRequest(format!("image failed integrity check: {check}")));
+                return Err(crate::Error::BadRequest(format!(
+                    "image failed integrity check: {check}"
+                )));
             }
             let backup = rusqlite::backup::Backup::new(&src, &mut self.conn)?;
             backup.run_to_completion(1024, std::time::Duration::ZERO, None)?;
@@ -204,7 +263,10 @@ impl Worker {
         self.reads.reset();
         match result {
             Ok(()) => CommandResponse::default(),
-            Err(e) => CommandResponse { results: Vec::new(), error: Some(format!("invalid SQLite data: {e}")) },
+            Err(e) => CommandResponse {
+                results: Vec::new(),
+                error: Some(format!("invalid SQLite data: {e}")),
+            },
         }
     }
 
@@ -217,21 +279,47 @@ impl Worker {
         let meta = SnapshotMeta {
             last_log_id: Some(last),
             last_membership: self.membership.clone(),
-            snapshot_id: format!("{}-{}-{}", last.leader_id.term, last.index, self.snapshot_seq),
+            snapshot_id: format!(
+                "{}-{}-{}",
+                last.leader_id.term, last.index, self.snapshot_seq
+            ),
         };
         let tmp = self.store.temp_path("build");
         let _ = std::fs::remove_file(&tmp);
-        self.conn.backup(rusqlite::MAIN_DB, &tmp, None::<fn(rusqlite::backup::Progress)>)?;
-        self.store.commit(&meta, &tmp).map_err(|e| crate::Error::io("committing snapshot", e))?;
+        self.conn.backup(
+            rusqlite::MAIN_DB,
+            &tmp,
+            None::<fn(rusqlite::backup::Progress)>,
+        )?;
+        self.store
+            .commit(&meta, &tmp)
+            .map_err(|e| crate::Error::io("committing snapshot", e))?;
         // The snapshot holds every applied page, so the WAL can be folded into the database.
         let (busy, log, done): (i64, i64, i64) =
-            self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
         if busy != 0 || log != done {
-            tracing::warn!(busy, log, checkpointed = done, "WAL checkpoint incomplete; will retry at the next snapshot");
+            tracing::warn!(
+                busy,
+                log,
+                checkpointed = done,
+                "WAL checkpoint incomplete; will retry at the next snapshot"
+            );
         }
-        self.metrics.snapshots_built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(index = last.index, took_ms = started.elapsed().as_millis() as u64, "snapshot built");
-        let path = self.store.current().map_err(|e| crate::Error::io("reading snapshot back", e))?
+        self.metrics
+            .snapshots_built
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            index = last.index,
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot built"
+        );
+        let path = self
+            .store
+            .current()
+            .map_err(|e| crate::Error::io("reading snapshot back", e))?
             .map(|(_, p)| p)
             .ok_or_else(|| crate::Error::Internal("snapshot vanished after commit".into()))?;
         Ok((meta, path))
@@ -239,15 +327,25 @@ impl Worker {
 
     fn install(&mut self, meta: &SnapshotMeta, received: &Path) -> crate::Result<()> {
         {
-            let probe = Connection::open_with_flags(received, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-            probe.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
+            let probe =
+                Connection::open_with_flags(received, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            probe.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
         }
-        self.store.commit(meta, received).map_err(|e| crate::Error::io("storing received snapshot", e))?;
-        let (_, snap) = self.store.current().map_err(|e| crate::Error::io("reading received snapshot", e))?
+        self.store
+            .commit(meta, received)
+            .map_err(|e| crate::Error::io("storing received snapshot", e))?;
+        let (_, snap) = self
+            .store
+            .current()
+            .map_err(|e| crate::Error::io("reading received snapshot", e))?
             .ok_or_else(|| crate::Error::Internal("snapshot vanished after commit".into()))?;
         // Fold and close the old database, remove its WAL (stale frames must never be replayed
         // onto the new file), then move a copy of the snapshot into place.
-        let _ = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         let old = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
         drop(old);
         self.reads.reset();
@@ -259,9 +357,13 @@ impl Worker {
         let dir = self.db_path.parent().unwrap_or(Path::new("."));
         super::sync_dir(dir).map_err(|e| crate::Error::io("syncing data dir", e))?;
         let tmp = self.db_path.with_extension("install.tmp");
-        std::fs::copy(&snap, &tmp).map_err(|e| crate::Error::io("copying snapshot into place", e))?;
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| crate::Error::io("syncing database", e))?;
-        std::fs::rename(&tmp, &self.db_path).map_err(|e| crate::Error::io("replacing database", e))?;
+        std::fs::copy(&snap, &tmp)
+            .map_err(|e| crate::Error::io("copying snapshot into place", e))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| crate::Error::io("syncing database", e))?;
+        std::fs::rename(&tmp, &self.db_path)
+            .map_err(|e| crate::Error::io("replacing database", e))?;
         super::sync_dir(dir).map_err(|e| crate::Error::io("syncing data dir", e))?;
         self.conn = sqlite::open_writer(&self.db_path)?;
         self.applied = meta.last_log_id;
@@ -270,7 +372,9 @@ impl Worker {
         self.save_progress()?;
         self.conn.execute_batch("COMMIT")?;
         self.reads.reset();
-        self.metrics.snapshots_installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .snapshots_installed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(index = ?meta.last_log_id.map(|l| l.index), "snapshot installed");
         Ok(())
     }
@@ -278,9 +382,16 @@ impl Worker {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (meta, path) = self.call(Op::Build, ErrorSubject::StateMachine, ErrorVerb::Write).await?;
-        let file = tokio::fs::File::open(&path).await.map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(file) })
+        let (meta, path) = self
+            .call(Op::Build, ErrorSubject::StateMachine, ErrorVerb::Write)
+            .await?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
     }
 }
 
@@ -288,7 +399,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        self.call(Op::AppliedState, ErrorSubject::StateMachine, ErrorVerb::Read).await
+        self.call(
+            Op::AppliedState,
+            ErrorSubject::StateMachine,
+            ErrorVerb::Read,
+        )
+        .await
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError>
@@ -297,7 +413,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        self.call(|r| Op::Apply(entries, r), ErrorSubject::StateMachine, ErrorVerb::Write).await
+        self.call(
+            |r| Op::Apply(entries, r),
+            ErrorSubject::StateMachine,
+            ErrorVerb::Write,
+        )
+        .await
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -306,31 +427,65 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
         let path = self.store.temp_path("recv");
-        let file = tokio::fs::File::create(&path).await.map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
         *self.receiving.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
         Ok(Box::new(file))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, mut snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
         use tokio::io::AsyncWriteExt;
-        let err = |e: std::io::Error| io_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e);
+        let err = |e: std::io::Error| {
+            io_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        };
         snapshot.flush().await.map_err(err)?;
         snapshot.sync_all().await.map_err(err)?;
         drop(snapshot);
-        let path = self.receiving.lock().unwrap_or_else(|e| e.into_inner()).take()
+        let path = self
+            .receiving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
             .ok_or_else(|| err(std::io::Error::other("no snapshot is being received")))?;
         let meta = Box::new(meta.clone());
-        self.call(|r| Op::Install(meta, path, r), ErrorSubject::StateMachine, ErrorVerb::Write).await
+        self.call(
+            |r| Op::Install(meta, path, r),
+            ErrorSubject::StateMachine,
+            ErrorVerb::Write,
+        )
+        .await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let store = self.store.clone();
         let current = tokio::task::spawn_blocking(move || store.current())
             .await
-            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, std::io::Error::other(e.to_string())))?
+            .map_err(|e| {
+                io_err(
+                    ErrorSubject::Snapshot(None),
+                    ErrorVerb::Read,
+                    std::io::Error::other(e.to_string()),
+                )
+            })?
             .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
-        let Some((sidecar, path)) = current else { return Ok(None) };
-        let file = tokio::fs::File::open(&path).await.map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot { meta: sidecar.meta, snapshot: Box::new(file) }))
+        let Some((sidecar, path)) = current else {
+            return Ok(None);
+        };
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot {
+            meta: sidecar.meta,
+            snapshot: Box::new(file),
+        }))
     }
 }

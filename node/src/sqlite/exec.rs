@@ -44,7 +44,10 @@ pub fn run(
         let failed = result.error.is_some();
         results.push(result);
         if guard_tx && conn.is_autocommit() {
-            return Err(TransactionLost { results, resume_at: i + 1 });
+            return Err(TransactionLost {
+                results,
+                resume_at: i + 1,
+            });
         }
         if transaction && failed {
             // Roll back everything this request did, then stop: rqlite reports no results
@@ -61,7 +64,9 @@ pub fn run(
 
 fn error_message(e: &rusqlite::Error) -> String {
     match e {
-        rusqlite::Error::SqliteFailure(err, Some(msg)) if err.code == ErrorCode::OperationInterrupted => {
+        rusqlite::Error::SqliteFailure(err, Some(msg))
+            if err.code == ErrorCode::OperationInterrupted =>
+        {
             format!("query timeout: {msg}")
         }
         rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
@@ -73,16 +78,29 @@ fn error_message(e: &rusqlite::Error) -> String {
 /// Rejects statements that would fight the node for control of transactions or journaling.
 /// Checked textually so that every member reaches the same verdict.
 pub fn forbidden(sql: &str) -> Option<&'static str> {
-    let head = sql.trim_start().get(..12).unwrap_or(sql.trim_start()).to_ascii_uppercase();
-    let first = head.split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
+    let head = sql
+        .trim_start()
+        .get(..12)
+        .unwrap_or(sql.trim_start())
+        .to_ascii_uppercase();
+    let first = head
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
     match first {
         "BEGIN" | "COMMIT" | "END" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" => Some(
             "explicit transaction control is not supported: send the statements in one request with ?transaction",
         ),
         _ => {
             let lower = sql.to_ascii_lowercase();
-            if lower.contains("pragma") && (lower.contains("journal_mode") || lower.contains("wal_autocheckpoint") || lower.contains("locking_mode")) {
-                Some("changing the journal is not supported: the node manages WAL mode and checkpoints")
+            if lower.contains("pragma")
+                && (lower.contains("journal_mode")
+                    || lower.contains("wal_autocheckpoint")
+                    || lower.contains("locking_mode"))
+            {
+                Some(
+                    "changing the journal is not supported: the node manages WAL mode and checkpoints",
+                )
             } else {
                 None
             }
@@ -96,7 +114,9 @@ fn run_one(conn: &Connection, stmt: &Statement, mode: Mode) -> rusqlite::Result<
     }
     let mut prepared = match conn.prepare(&stmt.sql) {
         Ok(p) => p,
-        Err(rusqlite::Error::MultipleStatement) if matches!(stmt.params, Params::None) && mode != Mode::Query => {
+        Err(rusqlite::Error::MultipleStatement)
+            if matches!(stmt.params, Params::None) && mode != Mode::Query =>
+        {
             // Several statements in one string: run them all, report their combined effect.
             let before = conn.total_changes();
             conn.execute_batch(&stmt.sql)?;
@@ -118,9 +138,15 @@ fn run_one(conn: &Connection, stmt: &Statement, mode: Mode) -> rusqlite::Result<
         drop(rows);
         return Ok(execute_result(conn, before));
     }
-    let columns: Vec<String> = prepared.column_names().into_iter().map(str::to_owned).collect();
-    let decl: Vec<Option<String>> =
-        prepared.columns().map(|c| c.decl_type().map(str::to_ascii_lowercase)).collect();
+    let columns: Vec<String> = prepared
+        .column_names()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let decl: Vec<Option<String>> = prepared
+        .columns()
+        .map(|c| c.decl_type().map(str::to_ascii_lowercase))
+        .collect();
     let ncols = columns.len();
     let mut values = Vec::new();
     let mut rows = prepared.raw_query();
@@ -147,7 +173,12 @@ fn run_one(conn: &Connection, stmt: &Statement, mode: Mode) -> rusqlite::Result<
         })
         .collect();
     let values = (!values.is_empty()).then_some(values);
-    Ok(StmtResult { columns: Some(columns), types: Some(types), values, ..StmtResult::default() })
+    Ok(StmtResult {
+        columns: Some(columns),
+        types: Some(types),
+        values,
+        ..StmtResult::default()
+    })
 }
 
 /// Converts a cell as rqlite (through go-sqlite3) does: booleans and time-typed columns get
@@ -157,17 +188,25 @@ fn convert(v: ValueRef<'_>, decl: Option<&str>) -> Value {
         (ValueRef::Null, _) => Value::Null,
         (ValueRef::Integer(v), Some("boolean")) => Value::Bool(v > 0),
         (ValueRef::Integer(v), Some("timestamp" | "datetime" | "date")) => {
-            let secs = if v.unsigned_abs() > 1_000_000_000_000 { v / 1000 } else { v };
+            let secs = if v.unsigned_abs() > 1_000_000_000_000 {
+                v / 1000
+            } else {
+                v
+            };
             Value::Text(crate::sqlite::rewrite::rfc3339(secs, 0))
         }
         (ValueRef::Integer(v), _) => Value::Integer(v),
         (ValueRef::Real(v), _) => Value::Real(v),
         (ValueRef::Text(t), Some("timestamp" | "datetime" | "date")) => {
             let t = String::from_utf8_lossy(t);
-            Value::Text(crate::sqlite::rewrite::sql_time_to_rfc3339(&t).unwrap_or_else(|| t.into_owned()))
+            Value::Text(
+                crate::sqlite::rewrite::sql_time_to_rfc3339(&t).unwrap_or_else(|| t.into_owned()),
+            )
         }
         (ValueRef::Text(t), _) => Value::Text(String::from_utf8_lossy(t).into_owned()),
-        (ValueRef::Blob(b), Some(d)) if text_affinity(d) => Value::Text(String::from_utf8_lossy(b).into_owned()),
+        (ValueRef::Blob(b), Some(d)) if text_affinity(d) => {
+            Value::Text(String::from_utf8_lossy(b).into_owned())
+        }
         (ValueRef::Blob(b), _) => Value::Blob(b.to_vec()),
     }
 }
@@ -175,9 +214,16 @@ fn convert(v: ValueRef<'_>, decl: Option<&str>) -> Value {
 fn text_affinity(decl: &str) -> bool {
     decl.is_empty()
         || matches!(decl, "text" | "json")
-        || ["varchar", "varying character", "nchar", "native character", "nvarchar", "clob"]
-            .iter()
-            .any(|p| decl.starts_with(p))
+        || [
+            "varchar",
+            "varying character",
+            "nchar",
+            "native character",
+            "nvarchar",
+            "clob",
+        ]
+        .iter()
+        .any(|p| decl.starts_with(p))
 }
 
 /// Rows affected come from the change counter's delta, so DDL after an INSERT reports none.
@@ -198,7 +244,10 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Result
         Params::Positional(values) => {
             let expected = stmt.parameter_count();
             if values.len() != expected {
-                return Err(rusqlite::Error::InvalidParameterCount(values.len(), expected));
+                return Err(rusqlite::Error::InvalidParameterCount(
+                    values.len(),
+                    expected,
+                ));
             }
             for (i, v) in values.iter().enumerate() {
                 bind_value(stmt, i + 1, v)?;
@@ -210,7 +259,9 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Result
                 let idx = if name.starts_with([':', '@', '$']) {
                     stmt.parameter_index(name)?
                 } else {
-                    [':', '@', '$'].iter().find_map(|p| stmt.parameter_index(&format!("{p}{name}")).ok().flatten())
+                    [':', '@', '$']
+                        .iter()
+                        .find_map(|p| stmt.parameter_index(&format!("{p}{name}")).ok().flatten())
                 };
                 let idx = idx.ok_or_else(|| rusqlite::Error::InvalidParameterName(name.clone()))?;
                 bind_value(stmt, idx, v)?;
@@ -220,7 +271,11 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Result
     }
 }
 
-fn bind_value(stmt: &mut rusqlite::Statement<'_>, idx: usize, v: &ParamValue) -> rusqlite::Result<()> {
+fn bind_value(
+    stmt: &mut rusqlite::Statement<'_>,
+    idx: usize,
+    v: &ParamValue,
+) -> rusqlite::Result<()> {
     match v {
         ParamValue::Null => stmt.raw_bind_parameter(idx, rusqlite::types::Null),
         ParamValue::Bool(b) => stmt.raw_bind_parameter(idx, *b),
@@ -237,37 +292,82 @@ mod tests {
 
     fn conn() -> Connection {
         let c = Connection::open_in_memory().unwrap();
-        c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE, v REAL, b BLOB)").unwrap();
+        c.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE, v REAL, b BLOB)",
+        )
+        .unwrap();
         c
     }
 
     fn st(sql: &str, params: Params) -> Statement {
-        Statement { sql: sql.into(), params }
+        Statement {
+            sql: sql.into(),
+            params,
+        }
     }
 
     #[test]
     fn execute_and_query_shapes() {
         let c = conn();
-        let r = run(&c, &[Statement::new("INSERT INTO t(name, v) VALUES ('a', 1.5)")], 0, false, Mode::Execute, false).unwrap();
+        let r = run(
+            &c,
+            &[Statement::new("INSERT INTO t(name, v) VALUES ('a', 1.5)")],
+            0,
+            false,
+            Mode::Execute,
+            false,
+        )
+        .unwrap();
         assert_eq!(r[0].last_insert_id, Some(1));
         assert_eq!(r[0].rows_affected, Some(1));
-        let r = run(&c, &[Statement::new("SELECT id, name, v, count(*) AS n FROM t")], 0, false, Mode::Query, false).unwrap();
+        let r = run(
+            &c,
+            &[Statement::new("SELECT id, name, v, count(*) AS n FROM t")],
+            0,
+            false,
+            Mode::Query,
+            false,
+        )
+        .unwrap();
         assert_eq!(r[0].columns.as_deref().unwrap(), ["id", "name", "v", "n"]);
-        assert_eq!(r[0].types.as_deref().unwrap(), ["integer", "text", "real", "integer"]);
-        assert_eq!(r[0].values.as_ref().unwrap()[0], vec![Value::Integer(1), Value::Text("a".into()), Value::Real(1.5), Value::Integer(1)]);
+        assert_eq!(
+            r[0].types.as_deref().unwrap(),
+            ["integer", "text", "real", "integer"]
+        );
+        assert_eq!(
+            r[0].values.as_ref().unwrap()[0],
+            vec![
+                Value::Integer(1),
+                Value::Text("a".into()),
+                Value::Real(1.5),
+                Value::Integer(1)
+            ]
+        );
     }
 
     #[test]
     fn positional_and_named_params() {
         let c = conn();
         let stmts = [
-            st("INSERT INTO t(name, v) VALUES (?, ?)", Params::Positional(vec![ParamValue::Text("x".into()), ParamValue::Int(2)])),
-            st("INSERT INTO t(name, b) VALUES (:name, :b)", Params::Named(vec![("name".into(), ParamValue::Text("y".into())), ("b".into(), ParamValue::Bytes(vec![1, 2]))])),
+            st(
+                "INSERT INTO t(name, v) VALUES (?, ?)",
+                Params::Positional(vec![ParamValue::Text("x".into()), ParamValue::Int(2)]),
+            ),
+            st(
+                "INSERT INTO t(name, b) VALUES (:name, :b)",
+                Params::Named(vec![
+                    ("name".into(), ParamValue::Text("y".into())),
+                    ("b".into(), ParamValue::Bytes(vec![1, 2])),
+                ]),
+            ),
             st("INSERT INTO t(name) VALUES (?)", Params::Positional(vec![])),
         ];
         let r = run(&c, &stmts, 0, false, Mode::Execute, false).unwrap();
         assert!(r[0].error.is_none() && r[1].error.is_none(), "{r:?}");
-        assert!(r[2].error.is_some(), "wrong parameter count must be an error");
+        assert!(
+            r[2].error.is_some(),
+            "wrong parameter count must be an error"
+        );
     }
 
     #[test]
@@ -281,22 +381,40 @@ mod tests {
         let r = run(&c, &stmts, 0, true, Mode::Execute, false).unwrap();
         assert_eq!(r.len(), 2);
         assert!(r[1].error.as_deref().unwrap().contains("UNIQUE"));
-        let n: i64 = c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 0);
         // Without the flag each statement stands alone.
         let r = run(&c, &stmts, 0, false, Mode::Execute, false).unwrap();
         assert_eq!(r.len(), 3);
-        let n: i64 = c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 2);
     }
 
     #[test]
     fn request_mode_picks_per_statement() {
         let c = conn();
-        let stmts = [Statement::new("INSERT INTO t(name) VALUES ('a')"), Statement::new("SELECT name FROM t")];
+        let stmts = [
+            Statement::new("INSERT INTO t(name) VALUES ('a')"),
+            Statement::new("SELECT name FROM t"),
+        ];
         let r = run(&c, &stmts, 0, false, Mode::Request, false).unwrap();
         assert!(!r[0].is_query() && r[0].rows_affected == Some(1));
-        let r = run(&c, &[Statement::new("CREATE TABLE z (x)"), Statement::new("SELECT * FROM z")], 0, false, Mode::Request, false).unwrap();
+        let r = run(
+            &c,
+            &[
+                Statement::new("CREATE TABLE z (x)"),
+                Statement::new("SELECT * FROM z"),
+            ],
+            0,
+            false,
+            Mode::Request,
+            false,
+        )
+        .unwrap();
         assert_eq!(r[0].rows_affected, None, "DDL affects no rows");
         assert!(r[1].values.is_none(), "no rows, no values");
         assert!(r[1].is_query());
@@ -305,8 +423,12 @@ mod tests {
     #[test]
     fn lost_transaction_is_reported() {
         let c = conn();
-        c.execute_batch("CREATE TABLE u (x UNIQUE); INSERT INTO u VALUES (1); BEGIN").unwrap();
-        let stmts = [Statement::new("INSERT OR ROLLBACK INTO u VALUES (1)"), Statement::new("INSERT INTO u VALUES (2)")];
+        c.execute_batch("CREATE TABLE u (x UNIQUE); INSERT INTO u VALUES (1); BEGIN")
+            .unwrap();
+        let stmts = [
+            Statement::new("INSERT OR ROLLBACK INTO u VALUES (1)"),
+            Statement::new("INSERT INTO u VALUES (2)"),
+        ];
         let err = run(&c, &stmts, 0, false, Mode::Execute, true).unwrap_err();
         assert_eq!(err.resume_at, 1);
         assert!(err.results[0].error.is_some());
@@ -335,8 +457,24 @@ mod meta_tests {
         crate::sqlite::write_meta(&c, "applied", "1").unwrap();
         crate::sqlite::write_meta(&c, "membership", "2").unwrap();
         c.execute_batch("COMMIT; BEGIN").unwrap();
-        let r = run(&c, &[Statement::new("CREATE TABLE foo (id INTEGER PRIMARY KEY, name TEXT)")], 0, false, Mode::Execute, true).unwrap();
-        assert_eq!(r[0], StmtResult { time: r[0].time, ..StmtResult::default() });
+        let r = run(
+            &c,
+            &[Statement::new(
+                "CREATE TABLE foo (id INTEGER PRIMARY KEY, name TEXT)",
+            )],
+            0,
+            false,
+            Mode::Execute,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            r[0],
+            StmtResult {
+                time: r[0].time,
+                ..StmtResult::default()
+            }
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -31,7 +31,9 @@ pub fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
 pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -41,8 +43,12 @@ pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
 /// Reads a value from the meta table.
 pub fn read_meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
     use rusqlite::OptionalExtension;
-    conn.query_row(&format!("SELECT value FROM {META_TABLE} WHERE key = ?1"), [key], |r| r.get(0))
-        .optional()
+    conn.query_row(
+        &format!("SELECT value FROM {META_TABLE} WHERE key = ?1"),
+        [key],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 /// Writes a value to the meta table (inside the caller's transaction).

@@ -38,14 +38,30 @@ impl ReadPool {
 
     /// Drops idle connections so the next read sees a replaced database file.
     pub fn reset(&self) {
-        self.inner.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.inner
+            .epoch
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Runs read-only statements. `timeout` bounds each statement (rqlite's `db_timeout`), so a
     /// slow reader cannot pin an old WAL snapshot indefinitely.
-    pub async fn query(&self, stmts: Vec<Statement>, mode: Mode, timeout: Option<Duration>) -> Result<Vec<StmtResult>> {
-        let _permit = self.inner.permits.acquire().await.map_err(|_| Error::ShuttingDown)?;
+    pub async fn query(
+        &self,
+        stmts: Vec<Statement>,
+        mode: Mode,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<StmtResult>> {
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let epoch = inner.epoch.load(std::sync::atomic::Ordering::SeqCst);
@@ -62,7 +78,11 @@ impl ReadPool {
             let results = read_tx(&conn, &stmts, mode);
             conn.progress_handler(0, None::<fn() -> bool>)?;
             if inner.epoch.load(std::sync::atomic::Ordering::SeqCst) == epoch {
-                inner.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+                inner
+                    .idle
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(conn);
             }
             results
         })
@@ -73,7 +93,8 @@ impl ReadPool {
 
 fn read_tx(conn: &Connection, stmts: &[Statement], mode: Mode) -> Result<Vec<StmtResult>> {
     conn.execute_batch("BEGIN")?;
-    let mut results = crate::sqlite::exec::run(conn, stmts, 0, false, mode, false).unwrap_or_else(|lost| lost.results);
+    let mut results = crate::sqlite::exec::run(conn, stmts, 0, false, mode, false)
+        .unwrap_or_else(|lost| lost.results);
     // Read-only connections turn writes into errors; give rqlite's wording.
     for r in &mut results {
         if let Some(e) = &r.error

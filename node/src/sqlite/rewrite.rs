@@ -6,7 +6,15 @@ use std::fmt::Write;
 
 use rand::Rng;
 
-const DATE_FUNCTIONS: [&str; 7] = ["date", "time", "datetime", "julianday", "unixepoch", "strftime", "timediff"];
+const DATE_FUNCTIONS: [&str; 7] = [
+    "date",
+    "time",
+    "datetime",
+    "julianday",
+    "unixepoch",
+    "strftime",
+    "timediff",
+];
 
 /// Returns `sql` with non-deterministic calls replaced by literals. `now_unix` is seconds since
 /// the Unix epoch. DDL is left alone: a `DEFAULT` or trigger body must stay an expression.
@@ -38,12 +46,22 @@ pub fn rewrite<'a>(sql: &'a str, now_unix: f64, rng: &mut impl Rng) -> Cow<'a, s
                 i = end;
             }
             b'"' | b'`' => i = skip_quoted(bytes, i, c),
-            b'[' => i = bytes[i..].iter().position(|&b| b == b']').map_or(bytes.len(), |p| i + p + 1),
+            b'[' => {
+                i = bytes[i..]
+                    .iter()
+                    .position(|&b| b == b']')
+                    .map_or(bytes.len(), |p| i + p + 1)
+            }
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                i = bytes[i..].iter().position(|&b| b == b'\n').map_or(bytes.len(), |p| i + p + 1)
+                i = bytes[i..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(bytes.len(), |p| i + p + 1)
             }
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i = sql[i + 2..].find("*/").map_or(bytes.len(), |p| i + 2 + p + 2)
+                i = sql[i + 2..]
+                    .find("*/")
+                    .map_or(bytes.len(), |p| i + 2 + p + 2)
             }
             b'(' => {
                 depth += 1;
@@ -88,7 +106,10 @@ pub fn rewrite<'a>(sql: &'a str, now_unix: f64, rng: &mut impl Rng) -> Cow<'a, s
                     }
                     let close = skip_ws(bytes, num_end);
                     if num_end > num_start && bytes.get(close) == Some(&b')') {
-                        let n: usize = sql[num_start..num_end].parse().unwrap_or(1).clamp(1, 1 << 20);
+                        let n: usize = sql[num_start..num_end]
+                            .parse()
+                            .unwrap_or(1)
+                            .clamp(1, 1 << 20);
                         out.push_str(&sql[copied..start]);
                         out.push_str("X'");
                         for _ in 0..n {
@@ -164,14 +185,26 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 pub fn sql_time_to_rfc3339(t: &str) -> Option<String> {
     let t = t.trim().trim_end_matches('Z');
     let b = t.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b.get(r.clone()).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
-    if !(digits(0..4) && b.get(4) == Some(&b'-') && digits(5..7) && b.get(7) == Some(&b'-') && digits(8..10)) {
+    let digits = |r: std::ops::Range<usize>| {
+        b.get(r.clone())
+            .is_some_and(|s| s.iter().all(u8::is_ascii_digit))
+    };
+    if !(digits(0..4)
+        && b.get(4) == Some(&b'-')
+        && digits(5..7)
+        && b.get(7) == Some(&b'-')
+        && digits(8..10))
+    {
         return None;
     }
     if b.len() == 10 {
         return Some(format!("{t}T00:00:00Z"));
     }
-    if !matches!(b.get(10), Some(b' ' | b'T')) || !digits(11..13) || b.get(13) != Some(&b':') || !digits(14..16) {
+    if !matches!(b.get(10), Some(b' ' | b'T'))
+        || !digits(11..13)
+        || b.get(13) != Some(&b':')
+        || !digits(14..16)
+    {
         return None;
     }
     let rest = &t[16..];
@@ -199,7 +232,10 @@ mod tests {
     #[test]
     fn randomblob_becomes_hex() {
         let out = rw("INSERT INTO t VALUES (randomblob(4))");
-        assert!(out.contains("X'") && out.len() == "INSERT INTO t VALUES (X'00000000')".len(), "{out}");
+        assert!(
+            out.contains("X'") && out.len() == "INSERT INTO t VALUES (X'00000000')".len(),
+            "{out}"
+        );
     }
 
     #[test]
@@ -226,9 +262,18 @@ mod tests {
     fn time_formats() {
         assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000, 5), "2023-11-14T22:13:20.005Z");
-        assert_eq!(sql_time_to_rfc3339("2024-01-02 03:04:05.123").as_deref(), Some("2024-01-02T03:04:05.123Z"));
-        assert_eq!(sql_time_to_rfc3339("2024-01-02").as_deref(), Some("2024-01-02T00:00:00Z"));
-        assert_eq!(sql_time_to_rfc3339("2024-01-02 03:04").as_deref(), Some("2024-01-02T03:04:00Z"));
+        assert_eq!(
+            sql_time_to_rfc3339("2024-01-02 03:04:05.123").as_deref(),
+            Some("2024-01-02T03:04:05.123Z")
+        );
+        assert_eq!(
+            sql_time_to_rfc3339("2024-01-02").as_deref(),
+            Some("2024-01-02T00:00:00Z")
+        );
+        assert_eq!(
+            sql_time_to_rfc3339("2024-01-02 03:04").as_deref(),
+            Some("2024-01-02T03:04:00Z")
+        );
         assert_eq!(sql_time_to_rfc3339("hello"), None);
     }
 }

@@ -11,12 +11,20 @@ use serde_json::{Value, json};
 pub const BIN: &str = env!("CARGO_BIN_EXE_litecluster-node");
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).no_proxy().build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .no_proxy()
+        .build()
+        .unwrap()
 }
 
 pub struct Member {
@@ -35,14 +43,23 @@ impl Member {
     }
 
     pub fn start(&mut self, args: &[String]) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(BIN)
             .args(["--node-id", &self.name])
             .arg("--data-dir")
             .arg(&self.dir)
             .args(["--http-addr", &format!("127.0.0.1:{}", self.http)])
             .args(["--raft-addr", &format!("127.0.0.1:{}", self.raft)])
-            .args(["--election-timeout", "500ms", "--heartbeat-interval", "100ms"])
+            .args([
+                "--election-timeout",
+                "500ms",
+                "--heartbeat-interval",
+                "100ms",
+            ])
             .args(args)
             .args(&self.extra)
             .env("RUST_LOG", "info,openraft=warn")
@@ -63,7 +80,9 @@ impl Member {
     /// SIGTERM, then wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("member running");
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = c.try_wait().unwrap() {
@@ -113,7 +132,11 @@ impl Cluster {
         let dir = std::env::temp_dir().join(format!("lc-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        Self { dir, members: Vec::new(), http: client() }
+        Self {
+            dir,
+            members: Vec::new(),
+            http: client(),
+        }
     }
 
     /// Adds a member (not started) with extra flags used on every start.
@@ -164,9 +187,15 @@ impl Cluster {
     }
 
     pub async fn wait_ready(&self, i: usize) {
-        wait_for(&format!("member {} ready", self.members[i].name), Duration::from_secs(30), || async {
-            self.get(i, "/readyz").await.is_ok_and(|r| r.status().is_success())
-        })
+        wait_for(
+            &format!("member {} ready", self.members[i].name),
+            Duration::from_secs(30),
+            || async {
+                self.get(i, "/readyz")
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            },
+        )
         .await;
     }
 
@@ -181,7 +210,9 @@ impl Cluster {
                     && let Ok(s) = r.json::<Value>().await
                     && s["store"]["raft"]["state"] == "Leader"
                 {
-                    let voters = s["store"]["members"].as_array().map_or(0, |m| m.iter().filter(|x| x["voter"] == true).count());
+                    let voters = s["store"]["members"]
+                        .as_array()
+                        .map_or(0, |m| m.iter().filter(|x| x["voter"] == true).count());
                     return voters == n;
                 }
             }
@@ -211,38 +242,62 @@ impl Cluster {
     }
 
     pub async fn execute(&self, i: usize, body: Value) -> reqwest::Result<Value> {
-        self.http.post(format!("{}/db/execute", self.url(i))).json(&body).send().await?.error_for_status()?.json().await
+        self.http
+            .post(format!("{}/db/execute", self.url(i)))
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await
     }
 
     pub async fn query(&self, i: usize, sql: &str, level: &str) -> Value {
-        let qs: String = form_urlencoded::Serializer::new(String::new()).append_pair("q", sql).append_pair("level", level).finish();
+        let qs: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("q", sql)
+            .append_pair("level", level)
+            .finish();
         let r = self
             .http
             .get(format!("{}/db/query?{qs}", self.url(i)))
             .send()
             .await
             .unwrap();
-        assert!(r.status().is_success(), "query on member {i} failed: {}", r.status());
+        assert!(
+            r.status().is_success(),
+            "query on member {i} failed: {}",
+            r.status()
+        );
         r.json().await.unwrap()
     }
 
     /// First column of every row of a local (`level=none`) query.
     pub async fn column(&self, i: usize, sql: &str) -> Vec<Value> {
         let v = self.query(i, sql, "none").await;
-        v["results"][0]["values"].as_array().cloned().unwrap_or_default().into_iter().map(|row| row[0].clone()).collect()
+        v["results"][0]["values"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|row| row[0].clone())
+            .collect()
     }
 
     pub async fn applied(&self, i: usize) -> u64 {
-        self.status(i).await["store"]["raft"]["applied_index"].as_u64().unwrap_or(0)
+        self.status(i).await["store"]["raft"]["applied_index"]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     /// Waits until member `i` has applied at least what the leader has.
     pub async fn wait_caught_up(&self, i: usize) {
         let leader = self.leader().await;
         let target = self.applied(leader).await;
-        wait_for(&format!("member {i} applied >= {target}"), Duration::from_secs(60), || async {
-            self.get(i, "/status").await.is_ok() && self.applied(i).await >= target
-        })
+        wait_for(
+            &format!("member {i} applied >= {target}"),
+            Duration::from_secs(60),
+            || async { self.get(i, "/status").await.is_ok() && self.applied(i).await >= target },
+        )
         .await;
     }
 }
