@@ -1,0 +1,154 @@
+//! Background processes: each in its own process group, output to a log
+//! file, pid recorded in `<run_dir>/pids/<name>.pid` so that a later `down`
+//! (from another process) can stop it.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{Read, Seek, SeekFrom},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use nix::{
+    errno::Errno,
+    sys::signal::{Signal, killpg},
+    unistd::Pid,
+};
+
+pub(crate) struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(run_dir: &Path, name: &str, program: &Path, args: &[String]) -> Result<Proc> {
+        let log = run_dir.join("logs").join(format!("{name}.log"));
+        fs::create_dir_all(log.parent().unwrap())?;
+        let out = OpenOptions::new().create(true).append(true).open(&log)?;
+        let err = out.try_clone()?;
+        fs::write(
+            &log,
+            format!("# {} {}\n", program.display(), args.join(" ")),
+        )?;
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {name} ({})", program.display()))?;
+        let pids = run_dir.join("pids");
+        fs::create_dir_all(&pids)?;
+        fs::write(pids.join(format!("{name}.pid")), child.id().to_string())?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            log,
+        })
+    }
+
+    /// `Err` with the log tail if the process has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            anyhow::bail!(
+                "{} exited with {status}; last lines of {}:\n{}",
+                self.name,
+                self.log.display(),
+                tail(&self.log, 40)
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to the process group, SIGKILL after `grace`; reaps the child.
+    pub fn stop(&mut self, grace: Duration) {
+        let pgid = Pid::from_raw(self.child.id() as i32);
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = killpg(pgid, Signal::SIGTERM);
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if self.child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // Whatever is left in the group (the leader, or anything it forked).
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// Stops the process groups recorded under `<run_dir>/pids` by a process that
+/// may no longer exist (the CLI's `down`). Returns the names it signalled.
+pub(crate) fn stop_recorded(run_dir: &Path, grace: Duration) -> Vec<String> {
+    let mut stopped = Vec::new();
+    let Ok(entries) = fs::read_dir(run_dir.join("pids")) else {
+        return stopped;
+    };
+    let mut groups = Vec::new();
+    for e in entries.flatten() {
+        let Ok(text) = fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let Ok(pid) = text.trim().parse::<i32>() else {
+            continue;
+        };
+        if pid <= 1 {
+            continue;
+        }
+        let name = e
+            .file_name()
+            .to_string_lossy()
+            .trim_end_matches(".pid")
+            .to_string();
+        // Only groups that still exist and whose leader is still the program we started.
+        if killpg(Pid::from_raw(pid), None).is_ok() && leader_matches(pid, &name) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+            groups.push((pid, name));
+        }
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline
+        && groups
+            .iter()
+            .any(|(pid, _)| killpg(Pid::from_raw(*pid), None) != Err(Errno::ESRCH))
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
+    for (pid, name) in groups {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        stopped.push(name);
+    }
+    stopped
+}
+
+/// The group leader's command line mentions the component name, which is
+/// also its program's name (guards against a recycled pid).
+fn leader_matches(pid: i32, name: &str) -> bool {
+    match fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmd) => String::from_utf8_lossy(&cmd).contains(name),
+        // Leader gone but group alive: still ours to clean.
+        Err(_) => true,
+    }
+}
+
+/// The last `lines` lines of a file (reads at most the final 64 KiB).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let Ok(mut f) = File::open(path) else {
+        return format!("(no log at {})", path.display());
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
