@@ -1,0 +1,159 @@
+//! Keeps the objects a cluster owns as the builders describe them, with server-side apply.
+//!
+//! Steady state must not write. Each desired object carries a hash of itself in an annotation;
+//! when the live object has the same hash, nothing is sent. Trade-off: a field changed by hand
+//! is not reverted until the spec (and so the hash) changes; the benefit is that no reconcile
+//! writes unless the operator really wants something different.
+
+use std::fmt::Debug;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::info;
+
+use super::membership::statefulset_replicas;
+use super::observe::{ObservedCluster, desired, raft_members};
+use super::{Context, MANAGER};
+use crate::crd::SqliteCluster;
+use crate::resources::statefulset::{StatefulSetParams, desired_statefulset};
+use crate::resources::{configmap, pdb, serviceaccount, services};
+use crate::{Error, Result};
+
+/// Annotation holding the hash of what the operator last applied.
+pub const HASH_ANNOTATION: &str = "litecluster.io/applied-hash";
+
+/// Apply every owned object that differs from its builder.
+pub async fn reconcile_resources(
+    cluster: &SqliteCluster,
+    ctx: &Context,
+    observed: &ObservedCluster,
+    bootstrapped: bool,
+    ns: &str,
+) -> Result<()> {
+    let client = &ctx.client;
+    ensure(
+        &Api::<ServiceAccount>::namespaced(client.clone(), ns),
+        serviceaccount::desired_service_account(cluster),
+    )
+    .await?;
+    ensure(
+        &Api::<ConfigMap>::namespaced(client.clone(), ns),
+        configmap::desired_configmap(cluster)?,
+    )
+    .await?;
+    let svc = Api::<Service>::namespaced(client.clone(), ns);
+    ensure(&svc, services::desired_headless_service(cluster)).await?;
+    ensure(&svc, services::desired_client_service(cluster)).await?;
+    ensure(&svc, services::desired_readonly_service(cluster)).await?;
+    ensure(
+        &Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
+        pdb::desired_pdb(cluster),
+    )
+    .await?;
+    ensure(
+        &Api::<StatefulSet>::namespaced(client.clone(), ns),
+        desired_sts(cluster, ctx, observed, bootstrapped),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The StatefulSet with replicas from the membership rules (one while bootstrapping).
+pub fn desired_sts(
+    cluster: &SqliteCluster,
+    ctx: &Context,
+    observed: &ObservedCluster,
+    bootstrapped: bool,
+) -> StatefulSet {
+    let current = observed
+        .statefulset
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .map(|r| r.max(0) as u32);
+    let replicas = if bootstrapped {
+        let raft: Option<Vec<u32>> =
+            raft_members(cluster, observed).map(|m| m.into_iter().map(|(o, _)| o).collect());
+        statefulset_replicas(desired(cluster).replicas, current, raft.as_deref())
+    } else {
+        1
+    };
+    let params = StatefulSetParams {
+        replicas: replicas as i32,
+        bootstrap: !bootstrapped,
+        cluster_domain: ctx.cluster_domain.clone(),
+    };
+    let mut sts = desired_statefulset(cluster, &params);
+    // Volume claim templates are immutable: keep the live ones (volume growth is done on the PVCs).
+    if let (Some(live), Some(spec)) = (
+        observed.statefulset.as_ref().and_then(|s| s.spec.as_ref()),
+        sts.spec.as_mut(),
+    ) {
+        spec.volume_claim_templates = live.volume_claim_templates.clone();
+    }
+    sts
+}
+
+/// Server-side apply `desired` unless the live object already carries its hash. Returns whether it wrote.
+pub async fn ensure<K>(api: &Api<K>, mut desired: K) -> Result<bool>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let hash = spec_hash(&desired)?;
+    desired
+        .annotations_mut()
+        .insert(HASH_ANNOTATION.into(), hash.clone());
+    let name = desired.name_any();
+    if let Some(live) = api.get_opt(&name).await?
+        && live.annotations().get(HASH_ANNOTATION) == Some(&hash)
+    {
+        return Ok(false);
+    }
+    info!(kind = %K::kind(&()), %name, "applying");
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&desired),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// FNV-1a of the object's JSON: stable across Rust releases (unlike `DefaultHasher`).
+pub fn spec_hash<T: Serialize>(obj: &T) -> Result<String> {
+    let bytes = serde_json::to_vec(obj).map_err(|source| Error::Serialize {
+        what: "owned object",
+        source,
+    })?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    Ok(format!("{h:016x}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::testing::{ClusterExt, cluster};
+
+    #[test]
+    fn hash_changes_with_the_spec_only() {
+        let a = services::desired_client_service(&cluster());
+        assert_eq!(
+            spec_hash(&a).unwrap(),
+            spec_hash(&services::desired_client_service(&cluster())).unwrap()
+        );
+        let b = pdb::desired_pdb(&cluster().with_replicas(5).with_voters(5));
+        assert_ne!(
+            spec_hash(&pdb::desired_pdb(&cluster())).unwrap(),
+            spec_hash(&b).unwrap()
+        );
+    }
+}

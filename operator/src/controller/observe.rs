@@ -1,0 +1,236 @@
+//! What the operator sees: the StatefulSet, the member pods, and each reachable member's `/status`.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+
+use super::Context;
+use super::membership::{self, Desired, Member, PodState, Role};
+use crate::crd::SqliteCluster;
+use crate::node_client::{Credentials, NodeApi, NodeStatus};
+use crate::resources::{HTTP_PORT, Names, ordinal_of, selector_string};
+use crate::{Error, Result};
+
+/// One member pod and what its node said.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedPod {
+    pub name: String,
+    pub ordinal: u32,
+    /// The pod's Ready condition.
+    pub ready: bool,
+    /// Base URL of its HTTP API.
+    pub url: String,
+    /// Its `/status`, or why it could not be read.
+    pub status: Result<NodeStatus, String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ObservedCluster {
+    pub statefulset: Option<StatefulSet>,
+    /// Member pods, by ordinal.
+    pub pods: Vec<ObservedPod>,
+}
+
+impl ObservedCluster {
+    /// The pod whose node says it leads Raft (highest term wins if several still think so).
+    pub fn leader(&self) -> Option<&ObservedPod> {
+        self.pods
+            .iter()
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .is_ok_and(|s| s.store.raft.state == "Leader")
+            })
+            .max_by_key(|p| p.status.as_ref().map_or(0, |s| s.store.raft.term))
+    }
+
+    pub fn leader_status(&self) -> Option<&NodeStatus> {
+        self.leader().and_then(|p| p.status.as_ref().ok())
+    }
+
+    pub fn pod(&self, ordinal: u32) -> Option<&ObservedPod> {
+        self.pods.iter().find(|p| p.ordinal == ordinal)
+    }
+}
+
+/// The node client for this cluster, with the credentials from its auth Secret.
+pub async fn node_api(
+    cluster: &SqliteCluster,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Arc<dyn NodeApi>> {
+    let Some(secret_ref) = &cluster.spec.auth_secret else {
+        return Ok(ctx.nodes.clone());
+    };
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get(&secret_ref.name)
+        .await
+        .map_err(|e| Error::AuthSecret {
+            secret: secret_ref.name.clone(),
+            what: format!("cannot read: {e}"),
+        })?;
+    let field = |key: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .ok_or_else(|| Error::AuthSecret {
+                secret: secret_ref.name.clone(),
+                what: format!("missing key {key}"),
+            })
+    };
+    let creds = Credentials {
+        username: field("username")?,
+        password: field("password")?,
+    };
+    Ok(ctx.nodes.with_credentials(Some(creds)))
+}
+
+/// Read the StatefulSet, the member pods, and every running member's `/status` (concurrently).
+pub async fn observe(
+    cluster: &SqliteCluster,
+    ctx: &Context,
+    nodes: &dyn NodeApi,
+    ns: &str,
+) -> Result<ObservedCluster> {
+    let statefulset = Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&Names::statefulset(cluster))
+        .await?;
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .list(&ListParams::default().labels(&selector_string(cluster)))
+        .await?;
+    let mut found: Vec<(String, u32, bool, String)> = pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let name = p.name_any();
+            let ordinal = ordinal_of(cluster, &name)?;
+            Some((
+                name.clone(),
+                ordinal,
+                pod_ready(p),
+                member_url(cluster, p, &name, ns, &ctx.cluster_domain),
+            ))
+        })
+        .collect();
+    found.sort_by_key(|f| f.1);
+    let statuses = join_all(found.iter().map(|(_, _, _, url)| nodes.status(url))).await;
+    let pods = found
+        .into_iter()
+        .zip(statuses)
+        .map(|((name, ordinal, ready, url), status)| ObservedPod {
+            name,
+            ordinal,
+            ready,
+            url,
+            status: status.map_err(|e| e.to_string()),
+        })
+        .collect();
+    Ok(ObservedCluster { statefulset, pods })
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The pod IP when it has one (no DNS needed), else its stable name under the headless Service.
+fn member_url(cluster: &SqliteCluster, pod: &Pod, name: &str, ns: &str, domain: &str) -> String {
+    match pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
+        Some(ip) if ip.contains(':') => format!("http://[{ip}]:{HTTP_PORT}"),
+        Some(ip) => format!("http://{ip}:{HTTP_PORT}"),
+        None => format!(
+            "http://{name}.{}.{ns}.svc.{domain}:{HTTP_PORT}",
+            Names::headless(cluster)
+        ),
+    }
+}
+
+/// Whether the cluster has ever been initialised. Once true, no member starts with `--bootstrap`.
+/// Besides the recorded status, a leader or any sign of more than one member counts, so a lost
+/// status never turns bootstrapping back on.
+pub fn bootstrapped(cluster: &SqliteCluster, observed: &ObservedCluster) -> bool {
+    cluster.status.as_ref().is_some_and(|s| s.bootstrapped)
+        || observed.leader().is_some()
+        || observed
+            .statefulset
+            .as_ref()
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.replicas)
+            .is_some_and(|r| r > 1)
+        || observed.pods.iter().any(|p| p.ordinal > 0)
+}
+
+pub fn desired(cluster: &SqliteCluster) -> Desired {
+    Desired {
+        replicas: cluster.spec.replicas.max(0) as u32,
+        voters: cluster.effective_voters().max(0) as u32,
+    }
+}
+
+/// Ordinals in the leader's Raft configuration, with their roles.
+pub fn raft_members(
+    cluster: &SqliteCluster,
+    observed: &ObservedCluster,
+) -> Option<Vec<(u32, Role)>> {
+    let leader = observed.leader_status()?;
+    Some(
+        leader
+            .store
+            .members
+            .iter()
+            .filter_map(|m| {
+                Some((
+                    ordinal_of(cluster, &m.id)?,
+                    if m.voter { Role::Voter } else { Role::Learner },
+                ))
+            })
+            .collect(),
+    )
+}
+
+/// The observation reduced to what `membership::decide` needs.
+pub fn membership_view(
+    cluster: &SqliteCluster,
+    observed: &ObservedCluster,
+) -> membership::Observed {
+    let raft = raft_members(cluster, observed).unwrap_or_default();
+    let mut ordinals: Vec<u32> = observed
+        .pods
+        .iter()
+        .map(|p| p.ordinal)
+        .chain(raft.iter().map(|r| r.0))
+        .collect();
+    ordinals.sort_unstable();
+    ordinals.dedup();
+    let members = ordinals
+        .into_iter()
+        .map(|o| {
+            let pod = observed.pod(o).map(|p| PodState {
+                reachable: p.status.is_ok(),
+                applied_index: p.status.as_ref().ok().map(|s| s.store.raft.applied_index),
+            });
+            Member {
+                ordinal: o,
+                pod,
+                role: raft.iter().find(|r| r.0 == o).map(|r| r.1),
+            }
+        })
+        .collect();
+    let leader = observed.leader();
+    membership::Observed {
+        leader: leader.map(|p| p.ordinal),
+        leader_last_log_index: observed
+            .leader_status()
+            .map_or(0, |s| s.store.raft.last_log_index),
+        members,
+    }
+}

@@ -1,0 +1,268 @@
+//! Builds `status` from the observation and writes it only when something a reader cares about changed.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+
+use super::membership::Action;
+use super::observe::{ObservedCluster, raft_members};
+use super::{Context, MANAGER};
+use crate::crd::{MemberSnapshotStatus, MemberStatus, SqliteCluster, SqliteClusterStatus};
+use crate::resources::{Names, selector_string};
+use crate::{Error, Result};
+
+/// Compute the status and patch it when it differs (applied indexes and timestamps aside).
+pub async fn reconcile_status(
+    cluster: &SqliteCluster,
+    ctx: &Context,
+    observed: &ObservedCluster,
+    action: &Action,
+    bootstrapped: bool,
+    ns: &str,
+) -> Result<()> {
+    let old = cluster.status.clone().unwrap_or_default();
+    let new = desired_status(cluster, observed, action, bootstrapped, Timestamp::now());
+    if !differs(&old, &new) {
+        return Ok(());
+    }
+    let body = serde_json::json!({
+        "apiVersion": SqliteCluster::api_version(&()),
+        "kind": SqliteCluster::kind(&()),
+        "status": new,
+    });
+    let api = Api::<SqliteCluster>::namespaced(ctx.client.clone(), ns);
+    api.patch_status(
+        &cluster.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    Ok(())
+}
+
+/// Whether `new` says something `old` does not. Applied indexes move with every write and
+/// condition times follow their status, so neither alone is worth a write.
+pub fn differs(old: &SqliteClusterStatus, new: &SqliteClusterStatus) -> bool {
+    normalized(old) != normalized(new)
+}
+
+fn normalized(s: &SqliteClusterStatus) -> SqliteClusterStatus {
+    let mut s = s.clone();
+    for m in &mut s.members {
+        m.applied_index = None;
+    }
+    for c in &mut s.conditions {
+        c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
+    }
+    s
+}
+
+/// The status the cluster should show; condition times carry over while a condition holds.
+pub fn desired_status(
+    cluster: &SqliteCluster,
+    observed: &ObservedCluster,
+    action: &Action,
+    bootstrapped: bool,
+    now: Timestamp,
+) -> SqliteClusterStatus {
+    let old = cluster.status.clone().unwrap_or_default();
+    let raft = raft_members(cluster, observed).unwrap_or_default();
+    let leader = observed.leader().map(|p| p.name.clone());
+    let desired = cluster.spec.replicas;
+
+    let mut ordinals: Vec<u32> = observed
+        .pods
+        .iter()
+        .map(|p| p.ordinal)
+        .chain(raft.iter().map(|r| r.0))
+        .collect();
+    ordinals.sort_unstable();
+    ordinals.dedup();
+    let members: Vec<MemberStatus> = ordinals
+        .iter()
+        .map(|&o| {
+            let pod = observed.pod(o);
+            let status = pod.and_then(|p| p.status.as_ref().ok());
+            MemberStatus {
+                name: Names::pod(cluster, o),
+                role: match raft.iter().find(|r| r.0 == o).map(|r| r.1) {
+                    Some(super::membership::Role::Voter) => "Voter",
+                    Some(super::membership::Role::Learner) => "Learner",
+                    None => "None",
+                }
+                .into(),
+                raft_state: status.map_or_else(|| "Unknown".into(), |s| s.store.raft.state.clone()),
+                ready: pod.is_some_and(|p| p.ready),
+                applied_index: status.map(|s| s.store.raft.applied_index),
+                snapshot: status.and_then(|s| s.store.snapshot.as_ref()).map(|h| {
+                    MemberSnapshotStatus {
+                        last_success_index: h.last_success.as_ref().map(|l| l.index),
+                        consecutive_failures: h.consecutive_failures,
+                        full_needed: h.full_needed,
+                    }
+                }),
+            }
+        })
+        .collect();
+
+    let ready = observed
+        .pods
+        .iter()
+        .filter(|p| p.ready && (p.ordinal as i32) < desired)
+        .count() as i32;
+    let voters = raft
+        .iter()
+        .filter(|r| r.1 == super::membership::Role::Voter)
+        .count() as i32;
+    let unreachable_voters: Vec<&str> = members
+        .iter()
+        .filter(|m| m.role == "Voter" && m.raft_state == "Unknown")
+        .map(|m| m.name.as_str())
+        .collect();
+    let settled = matches!(action, Action::Nothing) && observed.pods.len() as i32 == desired;
+
+    let phase = if !bootstrapped {
+        "Bootstrapping the first member".to_string()
+    } else if leader.is_none() {
+        "No Raft leader".to_string()
+    } else if settled && ready == desired {
+        "Cluster in healthy state".to_string()
+    } else {
+        match action {
+            Action::AddLearner(o) => format!("Adding member {}", Names::pod(cluster, *o)),
+            Action::Promote(o) => format!("Promoting member {}", Names::pod(cluster, *o)),
+            Action::Demote(o) => format!("Demoting member {}", Names::pod(cluster, *o)),
+            Action::Remove(o, _) => format!("Removing member {}", Names::pod(cluster, *o)),
+            Action::TransferLeadership(o) => {
+                format!("Moving leadership away from {}", Names::pod(cluster, *o))
+            }
+            Action::Wait(why) => format!("Waiting: {why}"),
+            Action::Nothing => format!("Waiting for members to be ready ({ready}/{desired})"),
+        }
+    };
+
+    let snapshot_reports: Vec<&MemberSnapshotStatus> =
+        members.iter().filter_map(|m| m.snapshot.as_ref()).collect();
+    let failing: Vec<&str> = members
+        .iter()
+        .filter(|m| {
+            m.snapshot
+                .as_ref()
+                .is_some_and(|s| s.consecutive_failures > 0 || s.full_needed)
+        })
+        .map(|m| m.name.as_str())
+        .collect();
+
+    let generation = cluster.meta().generation;
+    let cond = |type_: &str, ok: bool, reason: &str, message: String| {
+        condition(
+            &old.conditions,
+            type_,
+            if ok { "True" } else { "False" },
+            reason,
+            message,
+            generation,
+            now,
+        )
+    };
+    let mut conditions = vec![
+        cond(
+            "Ready",
+            leader.is_some() && ready == desired,
+            if ready == desired {
+                "AllMembersReady"
+            } else {
+                "MembersNotReady"
+            },
+            format!("{ready}/{desired} members ready"),
+        ),
+        cond(
+            "Progressing",
+            !settled,
+            if settled { "Settled" } else { "Reconciling" },
+            phase.clone(),
+        ),
+        cond(
+            "Degraded",
+            leader.is_none() && bootstrapped || !unreachable_voters.is_empty(),
+            if leader.is_none() && bootstrapped {
+                "NoLeader"
+            } else if unreachable_voters.is_empty() {
+                "QuorumHealthy"
+            } else {
+                "VotersUnreachable"
+            },
+            if unreachable_voters.is_empty() {
+                "every voter answers".into()
+            } else {
+                format!("unreachable voters: {}", unreachable_voters.join(", "))
+            },
+        ),
+    ];
+    conditions.push(if snapshot_reports.is_empty() {
+        condition(
+            &old.conditions,
+            "SnapshotsHealthy",
+            "Unknown",
+            "NotReported",
+            "no member reports snapshot health".into(),
+            generation,
+            now,
+        )
+    } else {
+        cond(
+            "SnapshotsHealthy",
+            failing.is_empty(),
+            if failing.is_empty() {
+                "SnapshotsSucceeding"
+            } else {
+                "SnapshotFailures"
+            },
+            if failing.is_empty() {
+                "every member's last snapshot succeeded".into()
+            } else {
+                format!("snapshot failures on {}", failing.join(", "))
+            },
+        )
+    });
+
+    SqliteClusterStatus {
+        phase: Some(phase),
+        conditions,
+        replicas: observed.pods.len() as i32,
+        ready_replicas: ready,
+        ready_members: Some(format!("{ready}/{desired}")),
+        voters,
+        selector: Some(selector_string(cluster)),
+        leader,
+        members,
+        bootstrapped,
+        observed_generation: generation,
+    }
+}
+
+/// A condition whose transition time stays put while its status does.
+fn condition(
+    old: &[Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let since = old
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or(Time(now), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}

@@ -1,0 +1,462 @@
+//! The `SqliteCluster` custom resource: what a user asks for (spec) and what the operator saw (status).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Annotation that stops the operator from reconciling one cluster while it is `"true"`.
+pub const PAUSED_ANNOTATION: &str = "litecluster.io/paused";
+
+/// Image used when `spec.image` is not set.
+pub const DEFAULT_IMAGE: &str = "ghcr.io/litecluster/litecluster-node:0.1.0";
+
+/// A replicated SQLite database: `replicas` members, the first `voters` of them vote in Raft,
+/// the rest are read-only learners that follow the log.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "litecluster.io",
+    version = "v1alpha1",
+    kind = "SqliteCluster",
+    plural = "sqliteclusters",
+    singular = "sqlitecluster",
+    shortname = "slc",
+    namespaced,
+    status = "SqliteClusterStatus",
+    derive = "PartialEq",
+    doc = "A replicated SQLite database run by litecluster nodes (Raft), with an rqlite-compatible HTTP API.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.readyMembers",
+        description = "ready members / desired members"
+    ),
+    printcolumn(
+        name = "Voters",
+        type_ = "integer",
+        json_path = ".status.voters",
+        description = "members that vote in Raft"
+    ),
+    printcolumn(
+        name = "Leader",
+        type_ = "string",
+        json_path = ".status.leader",
+        description = "member that leads Raft"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SqliteClusterSpec {
+    /// Number of members (pods), voters and learners together. Scale it with `kubectl scale`
+    /// or a HorizontalPodAutoscaler. When it is below `voters`, the cluster runs with the largest
+    /// odd number of voters that fits.
+    #[serde(default = "default_replicas")]
+    #[x_kube(validation = Rule::new("self >= 1").message("replicas must be at least 1"))]
+    pub replicas: i32,
+
+    /// Number of members that vote in Raft (quorum is voters/2+1). Must be odd: an even number
+    /// tolerates no more failures than the odd number below it. Members beyond it are
+    /// read-only learners.
+    #[serde(default = "default_voters")]
+    #[x_kube(validation = Rule::new("self >= 1 && self % 2 == 1").message("voters must be a positive odd number (1, 3, 5, ...)"))]
+    pub voters: i32,
+
+    /// Container image of the litecluster node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// When the kubelet pulls the image: Always, IfNotPresent or Never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['Always', 'IfNotPresent', 'Never']").message("imagePullPolicy must be Always, IfNotPresent or Never"))]
+    pub image_pull_policy: Option<String>,
+
+    /// Persistent volume of each member (Raft log, snapshots and the SQLite database).
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// CPU and memory requests and limits of the node container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// When members snapshot their state and truncate the Raft log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotSpec>,
+
+    /// Backups to object storage. Storages are tried in order: the first that accepts a backup wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+
+    /// Labels, annotations and scheduling constraints added to every member pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplateOverlay>,
+
+    /// Secret that turns on authentication. Key `users.json` holds the rqlite-format users file;
+    /// keys `username` and `password` are the credentials members and the operator use to manage
+    /// the cluster (the user needs the `join`, `remove`, `status` and `leader` permissions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_secret: Option<SecretReference>,
+}
+
+/// Persistent volume of each member.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(oldSelf.storageClassName) || (has(self.storageClassName) && self.storageClassName == oldSelf.storageClassName)").message("storage.storageClassName cannot be changed"))]
+pub struct StorageSpec {
+    /// Size of each member's volume, as a Kubernetes quantity (for example `1Gi`). It can grow
+    /// (when the storage class allows expansion) but never shrink.
+    #[serde(default = "default_storage_size")]
+    #[schemars(length(max = 32))]
+    #[x_kube(
+        validation = Rule::new("isQuantity(self)").message("storage.size must be a quantity such as 1Gi or 500Mi"),
+        validation = Rule::new("!isQuantity(self) || !isQuantity(oldSelf) || quantity(self).compareTo(quantity(oldSelf)) >= 0").message("storage.size cannot shrink")
+    )]
+    pub size: String,
+
+    /// Storage class of the volumes; the cluster default when unset. Cannot be changed later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// When members snapshot their state and truncate the Raft log.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSpec {
+    /// Take a snapshot after this many Raft log entries since the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("snapshot.threshold must be at least 1"))]
+    pub threshold: Option<i64>,
+
+    /// Log entries kept after a snapshot so slow followers can catch up without a full snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("snapshot.trailingLogs cannot be negative"))]
+    pub trailing_logs: Option<i64>,
+}
+
+/// Backups to object storage.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// Storages in order of preference. A backup goes to the first one that accepts it.
+    #[schemars(length(max = 8))]
+    #[x_kube(
+        validation = Rule::new("size(self) >= 1").message("backup.storages needs at least one storage"),
+        validation = Rule::new("self.all(s, self.exists_one(t, t.name == s.name))").message("backup.storages names must be unique")
+    )]
+    pub storages: Vec<BackupStorage>,
+
+    /// Cron schedule (five fields, UTC) of backups, for example `0 * * * *`.
+    #[serde(default = "default_backup_schedule")]
+    #[schemars(length(max = 100))]
+    #[x_kube(validation = Rule::new("size(self.split(' ').filter(f, f != '')) == 5").message("backup.schedule must be a five-field cron expression"))]
+    pub schedule: String,
+
+    /// How many backups to keep in each storage; older ones are deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("backup.retention must keep at least one backup"))]
+    pub retention: Option<i32>,
+}
+
+/// One place backups can go.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStorage {
+    /// Name of this storage, unique within the cluster (used in status and metrics).
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self) <= 63").message("backup storage name must be a DNS label"))]
+    pub name: String,
+
+    /// S3-compatible endpoint URL, for example `https://s3.eu-west-1.amazonaws.com`.
+    pub endpoint: String,
+
+    /// Bucket that receives the backups.
+    pub bucket: String,
+
+    /// Key prefix inside the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+
+    /// Region of the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+
+    /// Secret with keys `accessKeyId` and `secretAccessKey` for this storage.
+    pub credentials_secret: SecretReference,
+}
+
+/// Labels, annotations and scheduling constraints added to every member pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateOverlay {
+    /// Extra pod labels. The operator's own labels win on conflict.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+
+    /// Extra pod annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+
+    /// Pod affinity and anti-affinity. When unset the operator prefers spreading members over nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Tolerations of the member pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Node labels a member pod's node must have.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Priority class of the member pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+/// A Secret in the cluster's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretReference {
+    /// Name of the Secret.
+    #[x_kube(validation = Rule::new("size(self) >= 1").message("secret name cannot be empty"))]
+    pub name: String,
+}
+
+/// What the operator last saw of the cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SqliteClusterStatus {
+    /// Human-readable summary, for example "Cluster in healthy state" or "Adding member db-3".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+
+    /// Ready, Progressing, Degraded and SnapshotsHealthy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// Members (pods) that exist. Read by the scale subresource.
+    #[serde(default)]
+    pub replicas: i32,
+
+    /// Members whose readiness check passes.
+    #[serde(default)]
+    pub ready_replicas: i32,
+
+    /// "ready/desired", for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_members: Option<String>,
+
+    /// Members that vote in Raft right now.
+    #[serde(default)]
+    pub voters: i32,
+
+    /// Label selector of the member pods, for the scale subresource and HorizontalPodAutoscalers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+
+    /// Member that leads Raft.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+
+    /// Every member the operator knows of, from the pods and from Raft.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
+
+    /// True once the first member has initialised the Raft cluster. From then on no member is
+    /// ever started with `--bootstrap` again.
+    #[serde(default)]
+    pub bootstrapped: bool,
+
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// One member as seen through its pod and its `/status`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Pod name of the member (also its node id).
+    pub name: String,
+
+    /// Voter, Learner, or None when it is not in the Raft configuration.
+    pub role: String,
+
+    /// Raft state the member reports: Leader, Follower, Learner, Candidate, or Unknown when unreachable.
+    pub raft_state: String,
+
+    /// Whether the pod passes its readiness check.
+    #[serde(default)]
+    pub ready: bool,
+
+    /// Last Raft log index applied to the member's database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_index: Option<u64>,
+
+    /// Snapshot health of the member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<MemberSnapshotStatus>,
+}
+
+/// Snapshot health of one member, from its `/status`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberSnapshotStatus {
+    /// Log index of the last successful snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_index: Option<u64>,
+
+    /// Snapshot failures since the last success.
+    #[serde(default)]
+    pub consecutive_failures: u64,
+
+    /// Whether the member's next snapshot must be a full one.
+    #[serde(default)]
+    pub full_needed: bool,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+fn default_voters() -> i32 {
+    3
+}
+fn default_storage_size() -> String {
+    "1Gi".into()
+}
+fn default_backup_schedule() -> String {
+    "0 * * * *".into()
+}
+
+impl SqliteCluster {
+    /// Whether the pause annotation is set to `"true"`.
+    pub fn paused(&self) -> bool {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PAUSED_ANNOTATION))
+            .is_some_and(|v| v == "true")
+    }
+
+    /// Image of the node container.
+    pub fn image(&self) -> &str {
+        self.spec.image.as_deref().unwrap_or(DEFAULT_IMAGE)
+    }
+
+    /// Number of voters the cluster runs with: `spec.voters`, capped by `spec.replicas`, rounded
+    /// down to an odd number (an even count adds risk without adding fault tolerance).
+    pub fn effective_voters(&self) -> i32 {
+        effective_voters(self.spec.replicas, self.spec.voters)
+    }
+}
+
+/// See [`SqliteCluster::effective_voters`].
+pub fn effective_voters(replicas: i32, voters: i32) -> i32 {
+    let v = voters.min(replicas).max(1);
+    if v % 2 == 0 { v - 1 } else { v }
+}
+
+/// The CRD as YAML, exactly as committed in `crds/`.
+pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
+    let yaml = serde_saphyr::to_string(&SqliteCluster::crd())?;
+    Ok(format!(
+        "# Generated by `litecluster-operator crd`; do not edit.\n---\n{yaml}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_crd_is_up_to_date() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crds/sqliteclusters.litecluster.io.yaml"
+        );
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        let generated = crd_yaml().unwrap();
+        assert!(
+            committed == generated,
+            "crds/sqliteclusters.litecluster.io.yaml is stale: run `cargo run -p litecluster-operator -- crd > crds/sqliteclusters.litecluster.io.yaml`"
+        );
+    }
+
+    #[test]
+    fn crd_has_subresources_columns_and_rules() {
+        let crd = serde_json::to_value(SqliteCluster::crd()).unwrap();
+        let v = &crd["spec"]["versions"][0];
+        assert_eq!(
+            v["subresources"]["scale"]["specReplicasPath"],
+            ".spec.replicas"
+        );
+        assert_eq!(
+            v["subresources"]["scale"]["labelSelectorPath"],
+            ".status.selector"
+        );
+        assert!(v["subresources"]["status"].is_object());
+        let cols: Vec<_> = v["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(cols, ["Ready", "Voters", "Leader", "Phase", "Age"]);
+        assert_eq!(crd["spec"]["names"]["shortNames"][0], "slc");
+        let text = crd.to_string();
+        for msg in [
+            "voters must be a positive odd number",
+            "storage.size cannot shrink",
+            "replicas must be at least 1",
+        ] {
+            assert!(text.contains(msg), "missing rule: {msg}");
+        }
+        let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        assert_eq!(spec["voters"]["default"], 3);
+        assert!(
+            spec["replicas"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("kubectl scale")
+        );
+    }
+
+    #[test]
+    fn effective_voters_is_odd_and_fits() {
+        assert_eq!(effective_voters(3, 3), 3);
+        assert_eq!(effective_voters(5, 3), 3);
+        assert_eq!(effective_voters(2, 3), 1);
+        assert_eq!(effective_voters(1, 5), 1);
+        assert_eq!(effective_voters(4, 5), 3);
+        assert_eq!(effective_voters(7, 5), 5);
+    }
+
+    #[test]
+    fn spec_defaults_apply_when_fields_are_missing() {
+        let spec: SqliteClusterSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(
+            (spec.replicas, spec.voters, spec.storage.size.as_str()),
+            (3, 3, "1Gi")
+        );
+    }
+}

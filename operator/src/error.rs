@@ -1,0 +1,45 @@
+//! The operator's error type; every variant has a metric label so failures are counted by kind.
+
+use thiserror::Error;
+
+/// Errors of the operator library.
+#[derive(Error, Debug)]
+pub enum Error {
+    #[error("kubernetes api call failed")]
+    Kube(#[from] kube::Error),
+
+    #[error("node {node} at {url}: {what}")]
+    Node {
+        node: String,
+        url: String,
+        what: String,
+    },
+
+    #[error("cluster has no namespace")]
+    MissingNamespace,
+
+    #[error("cannot serialize {what}")]
+    Serialize {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("auth secret {secret}: {what}")]
+    AuthSecret { secret: String, what: String },
+}
+
+impl Error {
+    /// Low-cardinality label for the `errors` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Node { .. } => "node",
+            Error::MissingNamespace => "missing_namespace",
+            Error::Serialize { .. } => "serialize",
+            Error::AuthSecret { .. } => "auth_secret",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,291 @@
+//! `litecluster-operator`: wires flags, logging, the metrics/health server, leader election and
+//! the controller. `litecluster-operator crd` prints the CRD.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use clap::{Parser, Subcommand};
+use kube::Client;
+use kube::runtime::events::Reporter;
+use litecluster_operator::controller::{self, Context};
+use litecluster_operator::leader_election::LeaseLock;
+use litecluster_operator::metrics::Metrics;
+use litecluster_operator::node_client::HttpNodeClient;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+#[derive(Parser)]
+#[command(
+    name = "litecluster-operator",
+    version,
+    about = "Kubernetes operator for litecluster SqliteClusters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print the SqliteCluster CRD as YAML.
+    Crd,
+    /// Run the operator (the default).
+    Run,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address of the /metrics, /healthz and /readyz server.
+    #[arg(
+        long,
+        env = "LITECLUSTER_OPERATOR_METRICS_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    metrics_addr: SocketAddr,
+    /// DNS domain of the Kubernetes cluster, used in member addresses.
+    #[arg(
+        long,
+        env = "LITECLUSTER_OPERATOR_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    cluster_domain: String,
+    /// Elect a leader with a Lease so only one replica reconciles. Turn off only for a single replica.
+    #[arg(long, env = "LITECLUSTER_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "LITECLUSTER_OPERATOR_LEASE_NAME",
+        default_value = "litecluster-operator"
+    )]
+    lease_name: String,
+    /// This replica's identity in the Lease and in Events.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a Lease holder may go without renewing before another replica takes over.
+    #[arg(long, env = "LITECLUSTER_OPERATOR_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
+    /// Timeout of a node's /status call, in seconds.
+    #[arg(long, env = "LITECLUSTER_OPERATOR_NODE_TIMEOUT", default_value_t = 5)]
+    node_timeout: u64,
+    /// Log format: text or json.
+    #[arg(long, env = "LITECLUSTER_OPERATOR_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+#[derive(Clone)]
+struct Health {
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Cmd::Crd) = cli.command {
+        print!("{}", litecluster_operator::crd::crd_yaml()?);
+        return Ok(());
+    }
+    let args = cli.run;
+    init_tracing(&args.log_format);
+
+    let client = Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API")?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "litecluster-operator".into())
+    });
+    let metrics = Arc::new(Metrics::default());
+    let nodes = HttpNodeClient::new(
+        Duration::from_secs(args.node_timeout),
+        Duration::from_secs(120),
+    )
+    .context("cannot build the node HTTP client")?;
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        nodes: Arc::new(nodes),
+        reporter: Reporter {
+            controller: "litecluster-operator".into(),
+            instance: Some(identity.clone()),
+        },
+        metrics: metrics.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+    });
+
+    let health = Health {
+        metrics,
+        ready: Arc::new(AtomicBool::new(false)),
+    };
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(health.clone());
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // Ready once the API answered: a standby replica is ready too, so rollouts proceed.
+    health.ready.store(true, Ordering::Relaxed);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    let result = if args.leader_election {
+        let lock = LeaseLock::new(
+            client,
+            &args.lease_namespace,
+            &args.lease_name,
+            &identity,
+            Duration::from_secs(args.lease_seconds),
+        );
+        run_elected(ctx, lock, args.lease_seconds, stop_rx).await
+    } else {
+        controller::run(ctx, wait_stop(stop_rx)).await;
+        Ok(())
+    };
+    server.abort();
+    result
+}
+
+/// Wait for the Lease, reconcile while holding it, stop when it is lost or on shutdown.
+async fn run_elected(
+    ctx: Arc<Context>,
+    lock: LeaseLock,
+    lease_seconds: u64,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let renew_every = Duration::from_secs((lease_seconds / 3).max(1));
+    loop {
+        match lock.try_acquire_or_renew().await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "cannot read the leader Lease"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(renew_every) => {}
+            _ = stop.changed() => return Ok(()),
+        }
+    }
+    info!("acquired the leader Lease; reconciling");
+    let (lost_tx, lost_rx) = watch::channel(false);
+    let renewer = {
+        let mut stop = stop.clone();
+        async move {
+            let mut last_ok = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(renew_every) => {}
+                    _ = stop.changed() => return Ok::<_, anyhow::Error>(lock),
+                }
+                match lock.try_acquire_or_renew().await {
+                    Ok(true) => last_ok = tokio::time::Instant::now(),
+                    Ok(false) => {
+                        error!("the leader Lease was taken by another replica");
+                        let _ = lost_tx.send(true);
+                        return Ok(lock);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot renew the leader Lease");
+                        if last_ok.elapsed() >= Duration::from_secs(lease_seconds) {
+                            error!("the leader Lease expired before it could be renewed");
+                            let _ = lost_tx.send(true);
+                            return Ok(lock);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let renewer = tokio::spawn(renewer);
+    let stop_or_lost = {
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = wait_stop(stop) => {}
+                _ = wait_stop(lost_rx) => {}
+            }
+        }
+    };
+    controller::run(ctx, stop_or_lost).await;
+    let lock = renewer.await.context("lease renewer panicked")??;
+    if *stop.borrow_and_update() {
+        if let Err(e) = lock.release().await {
+            warn!(error = %e, "cannot release the leader Lease");
+        }
+        return Ok(());
+    }
+    // Lost the Lease: exit so the Deployment restarts us as a fresh candidate.
+    anyhow::bail!("lost the leader Lease")
+}
+
+async fn wait_stop(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn metrics_handler(State(h): State<Health>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        h.metrics.render(),
+    )
+}
+
+async fn readyz(State(h): State<Health>) -> impl IntoResponse {
+    if h.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

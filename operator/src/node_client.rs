@@ -1,0 +1,350 @@
+//! Typed HTTP client for the node endpoints the operator uses (`/status`, `/join`, `/remove`, `/leader`, `/snapshot`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Parsed `GET /status` of one node (only the fields the operator reads).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+pub struct NodeStatus {
+    pub node: NodeInfo,
+    pub store: StoreStatus,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+pub struct NodeInfo {
+    pub id: String,
+    #[serde(default)]
+    pub raft_id: u64,
+    #[serde(default)]
+    pub api_addr: String,
+    #[serde(default)]
+    pub raft_addr: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+pub struct StoreStatus {
+    #[serde(default)]
+    pub leader: Option<LeaderInfo>,
+    #[serde(default)]
+    pub raft: RaftStatus,
+    #[serde(default)]
+    pub members: Vec<RaftMember>,
+    #[serde(default)]
+    pub db_size: u64,
+    #[serde(default)]
+    pub wal_bytes: u64,
+    /// Snapshot health; older nodes do not report it.
+    #[serde(default)]
+    pub snapshot: Option<SnapshotHealth>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+pub struct LeaderInfo {
+    pub node_id: String,
+    #[serde(default)]
+    pub raft_id: u64,
+    #[serde(default)]
+    pub api_addr: String,
+    #[serde(default)]
+    pub addr: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+pub struct RaftStatus {
+    /// Leader, Follower, Learner or Candidate.
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub term: u64,
+    #[serde(default)]
+    pub voter: bool,
+    #[serde(default)]
+    pub last_log_index: u64,
+    #[serde(default)]
+    pub applied_index: u64,
+    #[serde(default)]
+    pub snapshot_index: u64,
+    #[serde(default)]
+    pub purged_index: u64,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+pub struct RaftMember {
+    pub id: String,
+    #[serde(default)]
+    pub raft_id: u64,
+    #[serde(default)]
+    pub api_addr: String,
+    #[serde(default)]
+    pub addr: String,
+    #[serde(default)]
+    pub voter: bool,
+}
+
+/// `store.snapshot` of `/status`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+pub struct SnapshotHealth {
+    #[serde(default)]
+    pub last_success: Option<SnapshotSuccess>,
+    #[serde(default)]
+    pub last_failure: Option<SnapshotFailure>,
+    #[serde(default)]
+    pub consecutive_failures: u64,
+    #[serde(default)]
+    pub total_failures: u64,
+    #[serde(default)]
+    pub fallbacks_to_full: u64,
+    #[serde(default)]
+    pub full_needed: bool,
+    #[serde(default)]
+    pub wal_bytes: u64,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+pub struct SnapshotSuccess {
+    pub index: u64,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub at: String,
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+pub struct SnapshotFailure {
+    #[serde(default)]
+    pub at: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub error: String,
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointResult>,
+}
+
+/// The `(busy, log, checkpointed)` triple of a WAL checkpoint.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+pub struct CheckpointResult {
+    pub busy: i64,
+    pub log: i64,
+    pub checkpointed: i64,
+}
+
+/// Body of `POST /join`.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct JoinRequest {
+    pub id: String,
+    pub raft_addr: String,
+    pub api_addr: String,
+    pub voter: bool,
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The node operations the reconciler needs. A trait so reconcile tests can fake the nodes.
+pub trait NodeApi: Send + Sync {
+    /// `GET /status` of the node at `base` (for example `http://db-0.db-headless.ns.svc:4001`).
+    fn status<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<NodeStatus>>;
+    /// `POST /join`: add a member (as learner, or promote it when `voter`).
+    fn join<'a>(&'a self, base: &'a str, req: &'a JoinRequest) -> BoxFuture<'a, Result<()>>;
+    /// `DELETE /remove`: take a member out of Raft.
+    fn remove<'a>(&'a self, base: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// `POST /leader`: hand leadership to the most caught-up other voter.
+    fn transfer_leadership<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// The same client authenticating as `credentials` (nodes run with `--auth`).
+    fn with_credentials(&self, credentials: Option<Credentials>) -> std::sync::Arc<dyn NodeApi>;
+}
+
+/// Basic-auth credentials for nodes that run with `--auth`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+/// The real client: reqwest over HTTP(S), with per-call timeouts.
+#[derive(Clone)]
+pub struct HttpNodeClient {
+    http: reqwest::Client,
+    credentials: Option<Credentials>,
+    /// How long a membership change may take (a join waits for the learner to catch up).
+    change_timeout: Duration,
+}
+
+impl HttpNodeClient {
+    pub fn new(status_timeout: Duration, change_timeout: Duration) -> Result<Self, reqwest::Error> {
+        // reqwest is built without a default TLS provider; ring is ours (ignore "already installed").
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(status_timeout)
+            .build()?;
+        Ok(Self {
+            http,
+            credentials: None,
+            change_timeout,
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, url);
+        match &self.credentials {
+            Some(c) => req.basic_auth(&c.username, Some(&c.password)),
+            None => req,
+        }
+    }
+
+    async fn send(
+        &self,
+        node: &str,
+        url: String,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        let err = |what: String| Error::Node {
+            node: node.to_string(),
+            url: url.clone(),
+            what,
+        };
+        let resp = req.send().await.map_err(|e| err(describe(&e)))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        Err(err(format!("answered {status}: {}", body.trim())))
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_decode() {
+        "unreadable response"
+    } else {
+        "request failed"
+    };
+    // reqwest's Display omits the cause (e.g. "connection refused"); include the chain.
+    let mut msg = kind.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+fn url(base: &str, path: &str) -> String {
+    format!("{}{path}", base.trim_end_matches('/'))
+}
+
+impl NodeApi for HttpNodeClient {
+    fn status<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<NodeStatus>> {
+        Box::pin(async move {
+            let u = url(base, "/status");
+            let resp = self
+                .send(base, u.clone(), self.request(reqwest::Method::GET, &u))
+                .await?;
+            resp.json::<NodeStatus>().await.map_err(|e| Error::Node {
+                node: base.to_string(),
+                url: u,
+                what: format!("unreadable /status: {e}"),
+            })
+        })
+    }
+
+    fn join<'a>(&'a self, base: &'a str, req: &'a JoinRequest) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let u = url(base, "/join");
+            let r = self
+                .request(reqwest::Method::POST, &u)
+                .json(req)
+                .timeout(self.change_timeout);
+            self.send(base, u, r).await.map(drop)
+        })
+    }
+
+    fn remove<'a>(&'a self, base: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let u = url(base, "/remove");
+            let r = self
+                .request(reqwest::Method::DELETE, &u)
+                .json(&serde_json::json!({ "id": id }))
+                .timeout(self.change_timeout);
+            self.send(base, u, r).await.map(drop)
+        })
+    }
+
+    fn transfer_leadership<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let u = url(base, "/leader");
+            let r = self
+                .request(reqwest::Method::POST, &u)
+                .timeout(self.change_timeout);
+            self.send(base, u, r).await.map(drop)
+        })
+    }
+
+    fn with_credentials(&self, credentials: Option<Credentials>) -> std::sync::Arc<dyn NodeApi> {
+        std::sync::Arc::new(Self {
+            credentials,
+            ..self.clone()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_without_snapshot_section() {
+        let doc = r#"{"node":{"id":"db-0","raft_id":1,"api_addr":"http://db-0:4001","raft_addr":"db-0:4002","uptime":"1s"},
+            "store":{"leader":{"node_id":"db-0","raft_id":1,"api_addr":"http://db-0:4001","addr":"db-0:4002"},
+            "raft":{"state":"Leader","term":2,"voter":true,"last_log_index":7,"applied_index":7,"snapshot_index":0,"purged_index":0},
+            "members":[{"id":"db-0","raft_id":1,"api_addr":"http://db-0:4001","addr":"db-0:4002","voter":true}],"db_size":4096,"wal_bytes":0}}"#;
+        let s: NodeStatus = serde_json::from_str(doc).unwrap();
+        assert_eq!(s.store.leader.unwrap().node_id, "db-0");
+        assert_eq!(s.store.raft.applied_index, 7);
+        assert!(s.store.snapshot.is_none());
+        assert!(s.store.members[0].voter);
+    }
+
+    #[test]
+    fn parses_snapshot_health() {
+        let doc = r#"{"node":{"id":"db-1"},"store":{"leader":null,"raft":{"state":"Follower"},"members":[],
+            "snapshot":{"last_success":{"index":10,"kind":"incremental","at":"2026-01-01T00:00:00Z","duration_ms":3},
+            "last_failure":{"at":"2026-01-01T00:01:00Z","kind":"incremental","error":"busy","checkpoint":{"busy":1,"log":5,"checkpointed":2}},
+            "consecutive_failures":2,"total_failures":4,"fallbacks_to_full":1,"full_needed":true,"wal_bytes":100}}}"#;
+        let s: NodeStatus = serde_json::from_str(doc).unwrap();
+        let snap = s.store.snapshot.unwrap();
+        assert_eq!(snap.consecutive_failures, 2);
+        assert_eq!(snap.last_failure.unwrap().checkpoint.unwrap().busy, 1);
+        assert!(s.store.leader.is_none());
+    }
+
+    #[tokio::test]
+    async fn unreachable_node_error_names_node_and_cause() {
+        let c =
+            HttpNodeClient::new(Duration::from_millis(500), Duration::from_millis(500)).unwrap();
+        // Port 9 (discard) on loopback is closed in test environments.
+        let err = c
+            .status("http://127.0.0.1:9")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("127.0.0.1:9/status"), "{err}");
+        assert!(
+            err.contains("connection failed") || err.contains("timed out"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,502 @@
+//! The StatefulSet that runs the members.
+//!
+//! Decisions:
+//! - `updateStrategy: OnDelete`: the operator, not the StatefulSet controller, decides when a
+//!   member restarts, so it can go learners first and the leader last after a handover.
+//! - `podManagementPolicy: Parallel`: members do not depend on each other to start (the operator
+//!   adds them to Raft), so waiting for each pod in turn would only slow scaling down and let one
+//!   stuck pod block the rest. Raft-safe order comes from the operator, not from pod order.
+//! - Bootstrap: the operator runs the StatefulSet at one replica with `LITECLUSTER_BOOTSTRAP=true`
+//!   until member 0 leads a new cluster and `status.bootstrapped` is recorded. From then on the
+//!   template never carries the flag, so no member (not even member 0 with a lost volume) can
+//!   start a second cluster. Members start without `--join`; the operator adds them with
+//!   `POST /join`, which keeps membership changes in one place, one at a time.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::configmap::BACKUP_CONFIG_KEY;
+use super::{DATA_DIR, HTTP_PORT, Names, RAFT_PORT, owned_meta, selector_labels};
+use crate::crd::SqliteCluster;
+
+/// Name of the volume claim template (PVCs are `data-<cluster>-<n>`).
+pub const DATA_VOLUME: &str = "data";
+/// Container name of the node.
+pub const CONTAINER: &str = "node";
+const RUN_AS: i64 = 65532;
+
+/// Inputs of the StatefulSet that come from the operator's observations, not the spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatefulSetParams {
+    /// Replicas decided by `membership::statefulset_replicas` (1 while bootstrapping).
+    pub replicas: i32,
+    /// Start members with `--bootstrap` (only before the cluster was ever bootstrapped).
+    pub bootstrap: bool,
+    /// DNS domain of the Kubernetes cluster, for the members' advertised addresses.
+    pub cluster_domain: String,
+}
+
+pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> StatefulSet {
+    let ns = c.namespace().unwrap_or_default();
+    let host = format!(
+        "$(POD_NAME).{}.{ns}.svc.{}",
+        Names::headless(c),
+        p.cluster_domain
+    );
+    let mut args = vec![
+        format!("--data-dir={DATA_DIR}"),
+        format!("--http-addr=0.0.0.0:{HTTP_PORT}"),
+        format!("--http-advertise={host}:{HTTP_PORT}"),
+        format!("--raft-addr=0.0.0.0:{RAFT_PORT}"),
+        format!("--raft-advertise={host}:{RAFT_PORT}"),
+        "--log-format=json".to_string(),
+    ];
+    if let Some(s) = &c.spec.snapshot {
+        if let Some(t) = s.threshold {
+            args.push(format!("--snapshot-threshold={t}"));
+        }
+        if let Some(t) = s.trailing_logs {
+            args.push(format!("--snapshot-trailing-logs={t}"));
+        }
+    }
+
+    let field = |path: &str| EnvVarSource {
+        field_ref: Some(ObjectFieldSelector {
+            field_path: path.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut env = vec![
+        EnvVar {
+            name: "POD_NAME".into(),
+            value_from: Some(field("metadata.name")),
+            ..Default::default()
+        },
+        // The node id is the pod name: ordinal N is Raft id N+1.
+        EnvVar {
+            name: "LITECLUSTER_NODE_ID".into(),
+            value_from: Some(field("metadata.name")),
+            ..Default::default()
+        },
+    ];
+    if p.bootstrap {
+        env.push(EnvVar {
+            name: "LITECLUSTER_BOOTSTRAP".into(),
+            value: Some("true".into()),
+            ..Default::default()
+        });
+    }
+
+    let mut mounts = vec![
+        VolumeMount {
+            name: DATA_VOLUME.into(),
+            mount_path: DATA_DIR.into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ];
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(Default::default()),
+        ..Default::default()
+    }];
+
+    if let Some(auth) = &c.spec.auth_secret {
+        args.push("--auth=/etc/litecluster/auth/users.json".into());
+        volumes.push(secret_volume("auth", &auth.name));
+        mounts.push(VolumeMount {
+            name: "auth".into(),
+            mount_path: "/etc/litecluster/auth".into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    if let Some(backup) = &c.spec.backup {
+        args.push(format!(
+            "--backup-config=/etc/litecluster/config/{BACKUP_CONFIG_KEY}"
+        ));
+        volumes.push(Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: Names::config(c),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "config".into(),
+            mount_path: "/etc/litecluster/config".into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        for s in &backup.storages {
+            let vol = format!("backup-{}", s.name);
+            volumes.push(secret_volume(&vol, &s.credentials_secret.name));
+            mounts.push(VolumeMount {
+                name: vol,
+                mount_path: format!("/etc/litecluster/backup/{}", s.name),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+    }
+
+    let probe = |path: &str, failure_threshold: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(5),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(failure_threshold),
+        ..Default::default()
+    };
+
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(c.image().to_string()),
+        image_pull_policy: c.spec.image_pull_policy.clone(),
+        args: Some(args),
+        env: Some(env),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: HTTP_PORT,
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("raft".into()),
+                container_port: RAFT_PORT,
+                ..Default::default()
+            },
+        ]),
+        // Ready means: process up, a leader known, store open. Kubernetes routes clients by it.
+        readiness_probe: Some(probe("/readyz", 3)),
+        // Alive means only that the process answers: losing the leader is no reason to restart.
+        liveness_probe: Some(probe("/readyz?noleader", 6)),
+        resources: c.spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    };
+
+    let overlay = c.spec.pod_template.clone().unwrap_or_default();
+    let mut pod_labels = overlay.labels.clone();
+    pod_labels.extend(selector_labels(c));
+    let annotations = (!overlay.annotations.is_empty()).then(|| overlay.annotations.clone());
+
+    let pod = PodSpec {
+        service_account_name: Some(Names::service_account(c)),
+        automount_service_account_token: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            fs_group: Some(RUN_AS),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        // Leaves time for a leader to hand over and the node to shut down cleanly (--shutdown-timeout 10s).
+        termination_grace_period_seconds: Some(30),
+        containers: vec![container],
+        volumes: Some(volumes),
+        affinity: Some(
+            overlay
+                .affinity
+                .clone()
+                .unwrap_or_else(|| spread_over_nodes(c)),
+        ),
+        tolerations: (!overlay.tolerations.is_empty()).then(|| overlay.tolerations.clone()),
+        node_selector: (!overlay.node_selector.is_empty()).then(|| overlay.node_selector.clone()),
+        priority_class_name: overlay.priority_class_name.clone(),
+        ..Default::default()
+    };
+
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(DATA_VOLUME.into()),
+            labels: Some(selector_labels(c)),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: c.spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(c.spec.storage.size.clone()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    StatefulSet {
+        metadata: owned_meta(c, Names::statefulset(c)),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(p.replicas),
+            service_name: Some(Names::headless(c)),
+            pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                ..Default::default()
+            }),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(c)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations,
+                    ..Default::default()
+                }),
+                spec: Some(pod),
+            },
+            volume_claim_templates: Some(vec![claim]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn secret_volume(name: &str, secret: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            default_mode: Some(0o440),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Prefer one member per node: losing a node then costs at most one vote.
+fn spread_over_nodes(c: &SqliteCluster) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        topology_key: "kubernetes.io/hostname".into(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector_labels(c)),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{PodTemplateOverlay, SnapshotSpec};
+    use crate::resources::testing::{ClusterExt, cluster};
+
+    fn params(replicas: i32, bootstrap: bool) -> StatefulSetParams {
+        StatefulSetParams {
+            replicas,
+            bootstrap,
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+
+    fn container(s: &StatefulSet) -> Container {
+        s.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .clone()
+    }
+
+    fn env(c: &Container, name: &str) -> Option<EnvVar> {
+        c.env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == name)
+            .cloned()
+    }
+
+    #[test]
+    fn statefulset_is_driven_by_the_operator() {
+        let s = desired_statefulset(&cluster().with_replicas(5), &params(5, false));
+        let spec = s.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(5));
+        assert_eq!(
+            spec.update_strategy.as_ref().unwrap().type_.as_deref(),
+            Some("OnDelete")
+        );
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        assert_eq!(spec.service_name.as_deref(), Some("db-headless"));
+        assert_eq!(s.metadata.owner_references.as_ref().unwrap()[0].name, "db");
+    }
+
+    #[test]
+    fn node_identity_and_addresses_come_from_the_pod_name() {
+        let c = container(&desired_statefulset(&cluster(), &params(3, false)));
+        let id = env(&c, "LITECLUSTER_NODE_ID").unwrap();
+        assert_eq!(
+            id.value_from.unwrap().field_ref.unwrap().field_path,
+            "metadata.name"
+        );
+        let args = c.args.unwrap();
+        assert!(args.contains(
+            &"--http-advertise=$(POD_NAME).db-headless.ns.svc.cluster.local:4001".to_string()
+        ));
+        assert!(args.contains(
+            &"--raft-advertise=$(POD_NAME).db-headless.ns.svc.cluster.local:4002".to_string()
+        ));
+        assert!(args.contains(&"--http-addr=0.0.0.0:4001".to_string()));
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.starts_with("--join") || a.starts_with("--bootstrap"))
+        );
+    }
+
+    #[test]
+    fn bootstrap_flag_only_while_bootstrapping() {
+        let c = container(&desired_statefulset(&cluster(), &params(1, true)));
+        assert_eq!(
+            env(&c, "LITECLUSTER_BOOTSTRAP").unwrap().value.as_deref(),
+            Some("true")
+        );
+        let c = container(&desired_statefulset(&cluster(), &params(3, false)));
+        assert!(env(&c, "LITECLUSTER_BOOTSTRAP").is_none());
+    }
+
+    #[test]
+    fn pods_are_locked_down() {
+        let s = desired_statefulset(&cluster(), &params(3, false));
+        let pod = s.spec.unwrap().template.spec.unwrap();
+        let psc = pod.security_context.unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.run_as_user, Some(65532));
+        let sc = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(pod.service_account_name.as_deref(), Some("db-node"));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn probes_use_readyz() {
+        let c = container(&desired_statefulset(&cluster(), &params(3, false)));
+        let path = |p: Option<Probe>| p.unwrap().http_get.unwrap().path.unwrap();
+        assert_eq!(path(c.readiness_probe), "/readyz");
+        assert_eq!(path(c.liveness_probe), "/readyz?noleader");
+    }
+
+    #[test]
+    fn volume_claim_follows_storage_spec() {
+        let s = desired_statefulset(
+            &cluster().with_storage("5Gi", Some("fast")),
+            &params(3, false),
+        );
+        let claim = &s.spec.unwrap().volume_claim_templates.unwrap()[0];
+        let spec = claim.spec.clone().unwrap();
+        assert_eq!(claim.metadata.name.as_deref(), Some("data"));
+        assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            spec.resources.unwrap().requests.unwrap()["storage"],
+            Quantity("5Gi".into())
+        );
+    }
+
+    #[test]
+    fn auth_secret_is_mounted_and_passed() {
+        let s = desired_statefulset(&cluster().with_auth("db-auth"), &params(3, false));
+        let pod = s.spec.unwrap().template.spec.unwrap();
+        assert!(
+            pod.containers[0]
+                .args
+                .as_ref()
+                .unwrap()
+                .contains(&"--auth=/etc/litecluster/auth/users.json".to_string())
+        );
+        let vol = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "auth")
+            .unwrap();
+        assert_eq!(vol.secret.unwrap().secret_name.as_deref(), Some("db-auth"));
+    }
+
+    #[test]
+    fn snapshot_thresholds_and_overlay_are_applied() {
+        let mut c = cluster();
+        c.spec.snapshot = Some(SnapshotSpec {
+            threshold: Some(100),
+            trailing_logs: Some(50),
+        });
+        c.spec.pod_template = Some(PodTemplateOverlay {
+            labels: BTreeMap::from([
+                ("team".into(), "a".into()),
+                ("app.kubernetes.io/instance".into(), "evil".into()),
+            ]),
+            node_selector: BTreeMap::from([("disk".into(), "ssd".into())]),
+            ..Default::default()
+        });
+        let s = desired_statefulset(&c, &params(3, false));
+        let tpl = s.spec.unwrap().template;
+        let args = tpl.spec.as_ref().unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap();
+        assert!(args.contains(&"--snapshot-threshold=100".to_string()));
+        assert!(args.contains(&"--snapshot-trailing-logs=50".to_string()));
+        let labels = tpl.metadata.unwrap().labels.unwrap();
+        assert_eq!(labels["team"], "a");
+        assert_eq!(
+            labels["app.kubernetes.io/instance"], "db",
+            "operator labels win"
+        );
+        assert_eq!(tpl.spec.unwrap().node_selector.unwrap()["disk"], "ssd");
+    }
+}
