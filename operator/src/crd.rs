@@ -15,6 +15,8 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/litecluster/litecluster-node:0.1.0";
 
 /// A replicated SQLite database: `replicas` members, the first `voters` of them vote in Raft,
 /// the rest are read-only learners that follow the log.
+// Each printcolumn(...) repeats `type_ = ...`; clippy mistakes that for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "litecluster.io",
