@@ -1,0 +1,17 @@
+# syntax=docker/dockerfile:1
+# Build: docker build -f docker/operator.Dockerfile -t litecluster-operator .
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p litecluster-operator \
+    && cp target/release/litecluster-operator /litecluster-operator
+
+# distroless/cc: glibc and CA certificates, no shell; runs as uid 65532.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /litecluster-operator /usr/local/bin/litecluster-operator
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/litecluster-operator"]
+CMD ["run"]
