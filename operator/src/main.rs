@@ -38,8 +38,8 @@ struct Cli {
 enum Cmd {
     /// Print the SqliteCluster CRD as YAML.
     Crd,
-    /// Run the operator (the default).
-    Run,
+    /// Run the operator (the default; the flags work with or without `run`).
+    Run(RunArgs),
 }
 
 #[derive(clap::Args)]
@@ -94,11 +94,14 @@ struct Health {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Cmd::Crd) = cli.command {
-        print!("{}", litecluster_operator::crd::crd_yaml()?);
-        return Ok(());
-    }
-    let args = cli.run;
+    let args = match cli.command {
+        Some(Cmd::Crd) => {
+            print!("{}", litecluster_operator::crd::crd_yaml()?);
+            return Ok(());
+        }
+        Some(Cmd::Run(args)) => args,
+        None => cli.run,
+    };
     init_tracing(&args.log_format);
 
     let client = Client::try_default()

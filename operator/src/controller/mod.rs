@@ -71,6 +71,10 @@ pub async fn reconcile(cluster: Arc<SqliteCluster>, ctx: Arc<Context>) -> Result
         info!(cluster = %cluster.name_any(), "paused; not reconciling");
         return Ok(Action::await_change());
     }
+    if cluster.metadata.deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove everything; don't re-create it.
+        return Ok(Action::await_change());
+    }
     let ns = cluster.namespace().ok_or(Error::MissingNamespace)?;
     let nodes = observe::node_api(&cluster, &ctx, &ns).await?;
     let observed = observe::observe(&cluster, &ctx, nodes.as_ref(), &ns).await?;
