@@ -205,6 +205,14 @@ impl ControlPlane {
             format!("--service-account-signing-key-file={}", p(&pki.sa_key)),
             format!("--service-cluster-ip-range={}", opts.service_cidr),
             "--authorization-mode=Node,RBAC".into(),
+            // No aggregation front proxy, but publishing a request-header CA
+            // (for a client name nobody holds) keeps the controller manager and
+            // scheduler from logging "missing content for CA bundle" forever.
+            format!("--requestheader-client-ca-file={}", p(&pki.ca.cert)),
+            "--requestheader-allowed-names=front-proxy-client".into(),
+            "--requestheader-username-headers=X-Remote-User".into(),
+            "--requestheader-group-headers=X-Remote-Group".into(),
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
             "--allow-privileged=true".into(),
             "--enable-admission-plugins=NodeRestriction".into(),
             "--profiling=false".into(),
@@ -280,15 +288,21 @@ impl ControlPlane {
             &sched_args,
         )?;
 
-        // Their own health endpoints (self-signed serving certs; /healthz is
-        // open to anonymous requests).
+        // Their own health endpoints: self-signed serving certificates, so
+        // no CA check; the admin client certificate keeps kubectl from
+        // prompting for a password.
         let health_kubeconfig = run_dir.join("health.kubeconfig");
         fs::write(
             &health_kubeconfig,
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    \
-             server: https://127.0.0.1:1\n    insecure-skip-tls-verify: true\n\
-             users:\n- name: anonymous\n  user: {}\ncontexts:\n- name: c\n  context:\n    \
-             cluster: c\n    user: anonymous\ncurrent-context: c\n",
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    \
+                 server: https://127.0.0.1:1\n    insecure-skip-tls-verify: true\n\
+                 users:\n- name: admin\n  user:\n    client-certificate: {}\n    \
+                 client-key: {}\ncontexts:\n- name: c\n  context:\n    \
+                 cluster: c\n    user: admin\ncurrent-context: c\n",
+                pki.admin.cert.display(),
+                pki.admin.key.display()
+            ),
         )?;
         let t = Instant::now();
         for (name, port) in [

@@ -85,14 +85,23 @@ impl Proc {
     }
 }
 
+/// Order in which recorded components are stopped: anything unknown (pods,
+/// kubelets started later) first, then the control plane from the top down.
+const STOP_ORDER: &[&str] = &[
+    "kube-scheduler",
+    "kube-controller-manager",
+    "kube-apiserver",
+    "etcd",
+];
+
 /// Stops the process groups recorded under `<run_dir>/pids` by a process that
-/// may no longer exist (the CLI's `down`). Returns the names it signalled.
+/// may no longer exist (the CLI's `down`), one after another (SIGTERM, SIGKILL
+/// after `grace`). Returns the names it signalled.
 pub(crate) fn stop_recorded(run_dir: &Path, grace: Duration) -> Vec<String> {
-    let mut stopped = Vec::new();
     let Ok(entries) = fs::read_dir(run_dir.join("pids")) else {
-        return stopped;
+        return Vec::new();
     };
-    let mut groups = Vec::new();
+    let mut groups: Vec<(i32, String)> = Vec::new();
     for e in entries.flatten() {
         let Ok(text) = fs::read_to_string(e.path()) else {
             continue;
@@ -110,23 +119,46 @@ pub(crate) fn stop_recorded(run_dir: &Path, grace: Duration) -> Vec<String> {
             .to_string();
         // Only groups that still exist and whose leader is still the program we started.
         if killpg(Pid::from_raw(pid), None).is_ok() && leader_matches(pid, &name) {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
             groups.push((pid, name));
         }
     }
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline
-        && groups
+    let rank = |name: &str| {
+        STOP_ORDER
             .iter()
-            .any(|(pid, _)| killpg(Pid::from_raw(*pid), None) != Err(Errno::ESRCH))
-    {
-        thread::sleep(Duration::from_millis(50));
-    }
+            .position(|n| *n == name)
+            .map_or(0, |i| i + 1)
+    };
+    groups.sort_by_key(|(_, name)| rank(name));
+    let mut stopped = Vec::new();
     for (pid, name) in groups {
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        stopped.push(name);
+        let pgid = Pid::from_raw(pid);
+        let started = Instant::now();
+        let _ = killpg(pgid, Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && group_running(pid) {
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = killpg(pgid, Signal::SIGKILL);
+        stopped.push(format!("{name} ({:.1}s)", started.elapsed().as_secs_f64()));
     }
     stopped
+}
+
+/// The group exists and its leader has not exited. (An exited leader that is
+/// not our child stays a zombie until init reaps it, which can take seconds;
+/// stragglers in its group get the SIGKILL that follows.)
+fn group_running(pgid: i32) -> bool {
+    if killpg(Pid::from_raw(pgid), None) == Err(Errno::ESRCH) {
+        return false;
+    }
+    match fs::read_to_string(format!("/proc/{pgid}/stat")) {
+        // Format: "pid (comm) STATE ..."; comm may contain spaces or parens.
+        Ok(stat) => !matches!(
+            stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next()),
+            Some('Z' | 'X')
+        ),
+        Err(_) => false,
+    }
 }
 
 /// The group leader's command line mentions the component name, which is
