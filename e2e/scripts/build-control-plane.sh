@@ -65,7 +65,9 @@ fi
 
 k8s_major=${K8S_VERSION#v}; k8s_major=${k8s_major%%.*}
 k8s_minor=${K8S_VERSION#v*.}; k8s_minor=${k8s_minor%%.*}
-k8s_stamp="kubernetes $K8S_VERSION go$go_version"
+# The stamp covers go.mod/go.sum too, so editing the pins rebuilds.
+mod_sum=$(cat "$mod_dir/go.mod" "$mod_dir/go.sum" | sha256sum | cut -c1-16)
+k8s_stamp="kubernetes $K8S_VERSION go$go_version mod:$mod_sum"
 helm_stamp="helm $HELM_VERSION go$go_version"
 
 # is_cached NAME STAMP: the binary exists, runs, and was built from the same pins.
