@@ -27,7 +27,11 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     clients: Vec<usize>,
     /// Workloads: insert, batch, strong, linearizable (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "insert,batch,strong,linearizable")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "insert,batch,strong,linearizable"
+    )]
     ops: Vec<String>,
     /// Seconds per run.
     #[arg(long, default_value_t = 5.0)]
@@ -58,12 +62,33 @@ async fn main() -> anyhow::Result<()> {
         }
         None => args.url.clone(),
     };
-    let client = reqwest::Client::builder().pool_max_idle_per_host(256).timeout(Duration::from_secs(30)).build()?;
-    let leader = find_leader(&client, &urls).await.unwrap_or_else(|| urls[0].clone());
-    post(&client, &leader, "/db/execute", &json!(["CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, v TEXT)"])).await?;
-    post(&client, &leader, "/db/execute", &json!(["INSERT OR IGNORE INTO bench(id, v) VALUES (1, 'seed')"])).await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let leader = find_leader(&client, &urls)
+        .await
+        .unwrap_or_else(|| urls[0].clone());
+    post(
+        &client,
+        &leader,
+        "/db/execute",
+        &json!(["CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, v TEXT)"]),
+    )
+    .await?;
+    post(
+        &client,
+        &leader,
+        "/db/execute",
+        &json!(["INSERT OR IGNORE INTO bench(id, v) VALUES (1, 'seed')"]),
+    )
+    .await?;
     let next_id = Arc::new(AtomicU64::new(1_000_000 + rand_seed()));
-    println!("target: {} member(s), leader {leader}; {}s per run", urls.len(), args.seconds);
+    println!(
+        "target: {} member(s), leader {leader}; {}s per run",
+        urls.len(),
+        args.seconds
+    );
     let mut rows = Vec::new();
     for op in &args.ops {
         for &clients in &args.clients {
@@ -71,19 +96,39 @@ async fn main() -> anyhow::Result<()> {
             let secs = args.seconds;
             let mut lat = run.latencies_us;
             lat.sort_unstable();
-            let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+            let pct = |p: f64| {
+                lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or(0) as f64
+                    / 1000.0
+            };
             let ops_s = run.ok as f64 / secs;
-            let rows_s = if op == "batch" { ops_s * args.batch_size as f64 } else { ops_s };
+            let rows_s = if op == "batch" {
+                ops_s * args.batch_size as f64
+            } else {
+                ops_s
+            };
             let line = json!({
                 "op": op, "clients": clients, "seconds": secs, "requests": run.ok, "errors": run.errors,
                 "ops_per_sec": (ops_s * 10.0).round() / 10.0, "rows_per_sec": rows_s.round(),
                 "p50_ms": pct(0.50), "p99_ms": pct(0.99),
             });
             println!("{line}");
-            rows.push((op.clone(), clients, ops_s, rows_s, pct(0.5), pct(0.99), run.errors));
+            rows.push((
+                op.clone(),
+                clients,
+                ops_s,
+                rows_s,
+                pct(0.5),
+                pct(0.99),
+                run.errors,
+            ));
         }
     }
-    println!("\n{:<14} {:>7} {:>11} {:>11} {:>9} {:>9} {:>7}", "op", "clients", "req/s", "rows/s", "p50 ms", "p99 ms", "errors");
+    println!(
+        "\n{:<14} {:>7} {:>11} {:>11} {:>9} {:>9} {:>7}",
+        "op", "clients", "req/s", "rows/s", "p50 ms", "p99 ms", "errors"
+    );
     for (op, c, o, r, p50, p99, e) in rows {
         println!("{op:<14} {c:>7} {o:>11.1} {r:>11.0} {p50:>9.2} {p99:>9.2} {e:>7}");
     }
@@ -92,13 +137,28 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn rand_seed() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64 % 1_000_000) * 1_000_000
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64 % 1_000_000)
+        * 1_000_000
 }
 
-async fn post(client: &reqwest::Client, base: &str, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
-    let r = client.post(format!("{base}{path}")).json(body).send().await?;
+async fn post(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let r = client
+        .post(format!("{base}{path}"))
+        .json(body)
+        .send()
+        .await?;
     let status = r.status();
-    let v: serde_json::Value = r.json().await.with_context(|| format!("{path}: non-JSON reply ({status})"))?;
+    let v: serde_json::Value = r
+        .json()
+        .await
+        .with_context(|| format!("{path}: non-JSON reply ({status})"))?;
     if !status.is_success() {
         bail!("{path}: {status} {v}");
     }
@@ -133,8 +193,18 @@ async fn run(
     let mut tasks = Vec::new();
     for c in 0..clients {
         // Writes go to the leader (as an rqlite client would after a redirect); reads spread.
-        let base = if op == "insert" || op == "batch" { leader.to_owned() } else { urls[c % urls.len()].clone() };
-        let (client, stop, next_id, op, batch) = (client.clone(), stop.clone(), next_id.clone(), op.to_owned(), args.batch_size);
+        let base = if op == "insert" || op == "batch" {
+            leader.to_owned()
+        } else {
+            urls[c % urls.len()].clone()
+        };
+        let (client, stop, next_id, op, batch) = (
+            client.clone(),
+            stop.clone(),
+            next_id.clone(),
+            op.to_owned(),
+            args.batch_size,
+        );
         tasks.push(tokio::spawn(async move {
             let mut run = Run::default();
             while !stop.load(Ordering::Relaxed) {
@@ -142,17 +212,30 @@ async fn run(
                 let req = match op.as_str() {
                     "insert" => {
                         let id = next_id.fetch_add(1, Ordering::Relaxed);
-                        client.post(format!("{base}/db/execute")).json(&json!([["INSERT INTO bench(id, v) VALUES(?, ?)", id, "value"]]))
+                        client.post(format!("{base}/db/execute")).json(&json!([[
+                            "INSERT INTO bench(id, v) VALUES(?, ?)",
+                            id,
+                            "value"
+                        ]]))
                     }
                     "batch" => {
                         let first = next_id.fetch_add(batch as u64, Ordering::Relaxed);
-                        let stmts: Vec<_> = (0..batch as u64).map(|k| json!(["INSERT INTO bench(id, v) VALUES(?, ?)", first + k, "value"])).collect();
+                        let stmts: Vec<_> = (0..batch as u64)
+                            .map(|k| {
+                                json!(["INSERT INTO bench(id, v) VALUES(?, ?)", first + k, "value"])
+                            })
+                            .collect();
                         client.post(format!("{base}/db/execute")).json(&stmts)
                     }
-                    level => client.get(format!("{base}/db/query?q=SELECT+v+FROM+bench+WHERE+id%3D1&level={level}")),
+                    level => client.get(format!(
+                        "{base}/db/query?q=SELECT+v+FROM+bench+WHERE+id%3D1&level={level}"
+                    )),
                 };
                 let ok = match req.send().await {
-                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok_and(|b| !b.windows(8).any(|w| w == b"\"error\":")),
+                    Ok(r) if r.status().is_success() => r
+                        .bytes()
+                        .await
+                        .is_ok_and(|b| !b.windows(8).any(|w| w == b"\"error\":")),
                     _ => false,
                 };
                 if ok {
@@ -188,23 +271,37 @@ impl LocalCluster {
     async fn start(n: usize) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?.with_file_name("litecluster-node");
         if !exe.exists() {
-            bail!("{} not found: build it with `cargo build --release -p litecluster-node`", exe.display());
+            bail!(
+                "{} not found: build it with `cargo build --release -p litecluster-node`",
+                exe.display()
+            );
         }
         let dir = std::env::temp_dir().join(format!("litecluster-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let base = 24000 + (std::process::id() % 1000) as u16 * 10;
-        let mut c = Self { dir: dir.clone(), children: Vec::new(), urls: Vec::new() };
+        let mut c = Self {
+            dir: dir.clone(),
+            children: Vec::new(),
+            urls: Vec::new(),
+        };
         let client = reqwest::Client::new();
         for i in 0..n {
             let (http, raft) = (base + 2 * i as u16, base + 2 * i as u16 + 1);
             let url = format!("http://127.0.0.1:{http}");
             let mut cmd = Command::new(&exe);
-            cmd.args(["--node-id", &(i + 1).to_string(), "--http-addr", &format!("127.0.0.1:{http}"), "--raft-addr", &format!("127.0.0.1:{raft}")])
-                .arg("--data-dir")
-                .arg(dir.join(format!("n{}", i + 1)))
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.join(format!("n{}.log", i + 1)))?);
+            cmd.args([
+                "--node-id",
+                &(i + 1).to_string(),
+                "--http-addr",
+                &format!("127.0.0.1:{http}"),
+                "--raft-addr",
+                &format!("127.0.0.1:{raft}"),
+            ])
+            .arg("--data-dir")
+            .arg(dir.join(format!("n{}", i + 1)))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("n{}.log", i + 1)))?);
             if i == 0 {
                 cmd.arg("--bootstrap");
             } else {
@@ -214,11 +311,20 @@ impl LocalCluster {
             c.urls.push(url.clone());
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                if client.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+                if client
+                    .get(format!("{url}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                {
                     break;
                 }
                 if Instant::now() > deadline {
-                    bail!("member {} did not become ready; see {}", i + 1, dir.display());
+                    bail!(
+                        "member {} did not become ready; see {}",
+                        i + 1,
+                        dir.display()
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

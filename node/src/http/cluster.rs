@@ -18,8 +18,14 @@ use super::render::{Flags, to_json};
 use super::{AppState, json_response, text_error};
 use crate::{MemberInfo, NodeId};
 
-fn flags_or_400(raw: &Option<String>) -> Result<Flags, Response> {
-    Flags::parse(raw.as_deref()).map_err(|e| text_error(StatusCode::BAD_REQUEST, &e))
+/// Parses flags or returns from the handler with 400.
+macro_rules! flags_or_400 {
+    ($raw:expr) => {
+        match Flags::parse($raw.as_deref()) {
+            Ok(f) => f,
+            Err(e) => return text_error(StatusCode::BAD_REQUEST, &e),
+        }
+    };
 }
 
 fn role(state: ServerState) -> &'static str {
@@ -37,10 +43,7 @@ fn file_len(path: &std::path::Path) -> u64 {
 }
 
 pub async fn status(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Response {
-    let flags = match flags_or_400(&raw) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+    let flags = flags_or_400!(raw);
     let m = node.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -97,10 +100,7 @@ pub async fn status(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Re
 }
 
 pub async fn nodes(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Response {
-    let flags = match flags_or_400(&raw) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+    let flags = flags_or_400!(raw);
     let (members, voters, leader) = {
         let m = node.raft.metrics();
         let m = m.borrow();
@@ -151,10 +151,7 @@ pub async fn nodes(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Res
 }
 
 pub async fn readyz(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Response {
-    let flags = match flags_or_400(&raw) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+    let flags = flags_or_400!(raw);
     let plain = |code: StatusCode, body: &'static str| {
         (
             code,
@@ -205,10 +202,7 @@ pub async fn step_down(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let flags = match flags_or_400(&raw) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+    let flags = flags_or_400!(raw);
     if !node.is_leader() {
         let leader = node.leader().map(|(_, i)| i);
         return to_leader(
@@ -270,10 +264,7 @@ pub async fn remove(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let flags = match flags_or_400(&raw) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+    let flags = flags_or_400!(raw);
     let Ok(RemoveBody { id }) = serde_json::from_slice::<RemoveBody>(&body) else {
         return text_error(
             StatusCode::BAD_REQUEST,
@@ -335,10 +326,7 @@ pub async fn join(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let flags = match flags_or_400(&raw) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+    let flags = flags_or_400!(raw);
     let req: JoinBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {

@@ -241,7 +241,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            render(&[exec.clone()], false, false),
+            render(std::slice::from_ref(&exec), false, false),
             r#"{"results":[{"last_insert_id":3,"rows_affected":1}]}"#
         );
         assert_eq!(

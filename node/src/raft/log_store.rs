@@ -5,6 +5,9 @@
 //! only after the batch that holds them is fsynced. The cache keeps the newest entries so that
 //! replication rarely touches the disk.
 
+// openraft's trait methods return its (large) StorageError; our helpers return the same type.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;

@@ -138,11 +138,7 @@ fn run_one(conn: &Connection, stmt: &Statement, mode: Mode) -> rusqlite::Result<
         drop(rows);
         return Ok(execute_result(conn, before));
     }
-    let columns: Vec<String> = prepared
-        .column_names()
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+    let columns: Vec<String> = prepared.column_names().map(str::to_owned).collect();
     let decl: Vec<Option<String>> = prepared
         .columns()
         .map(|c| c.decl_type().map(str::to_ascii_lowercase))
