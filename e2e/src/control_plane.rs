@@ -69,6 +69,37 @@ impl Options {
     }
 }
 
+/// Stops and removes run directories under [`runs_root`] left by test
+/// processes that died without tearing down (e.g. killed by a CI timeout):
+/// those named `<name>-<pid>` whose pid is no longer running and that still
+/// record processes. Called by
+/// [`ControlPlane::start`] before it starts anything.
+pub fn reap_stale_runs() {
+    let Ok(entries) = fs::read_dir(runs_root()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .rsplit_once('-')
+            .and_then(|(_, p)| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Kept directories (LITECLUSTER_E2E_KEEP=1) have no pids/ and stay.
+        let has_pids = e.path().join("pids").is_dir();
+        if has_pids && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            log(&format!(
+                "reaping stale run directory {}",
+                e.path().display()
+            ));
+            if let Err(err) = down(&e.path()) {
+                log(&format!("reaping {}: {err:#}", e.path().display()));
+            }
+        }
+    }
+}
+
 /// Where run directories go: `$LITECLUSTER_E2E_DIR` or `<workspace>/.e2e`.
 pub fn runs_root() -> PathBuf {
     env::var_os("LITECLUSTER_E2E_DIR")
@@ -111,6 +142,7 @@ impl ControlPlane {
             Some(b) => b,
             None => binaries::ensure_binaries()?,
         };
+        reap_stale_runs();
         // A leftover from a killed run: stop what it left and start afresh.
         if opts.run_dir.exists() {
             down(&opts.run_dir)?;
