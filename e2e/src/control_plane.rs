@@ -411,6 +411,62 @@ impl ControlPlane {
         }
     }
 
+    /// Starts a process-backed kubelet (`litecluster-e2e kubelet`) for each
+    /// name, with a client certificate for `system:node:<name>`, and waits
+    /// until every Node is Ready. For now the kubelets only register their
+    /// Node and keep its Lease and Ready condition fresh; see [`crate::kubelet`].
+    pub fn add_nodes(&mut self, names: &[&str]) -> Result<()> {
+        let exe = kubelet_exe()?;
+        let t = Instant::now();
+        for name in names {
+            let cred = self.pki.issue(
+                &format!("kubelet-{name}"),
+                &format!("/O=system:nodes/CN=system:node:{name}"),
+                "clientAuth",
+                &[],
+            )?;
+            let kubeconfig = self.run_dir.join(format!("kubelet-{name}.kubeconfig"));
+            write_kubeconfig(
+                &kubeconfig,
+                &self.server,
+                &self.pki.ca.cert,
+                &format!("system:node:{name}"),
+                &cred,
+            )?;
+            let args = vec![
+                "kubelet".to_string(),
+                format!("--kubeconfig={}", kubeconfig.display()),
+                format!("--node-name={name}"),
+            ];
+            self.spawn(&format!("kubelet-{name}"), &exe, &args)?;
+        }
+        for name in names {
+            self.wait_until(
+                &format!("Node {name} Ready"),
+                Duration::from_secs(60),
+                |cp| cp.node_ready(name),
+            )?;
+        }
+        log(&format!(
+            "nodes {} Ready in {:.1}s",
+            names.join(", "),
+            t.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+
+    /// Whether the Node's Ready condition is True.
+    pub fn node_ready(&self, name: &str) -> Result<bool> {
+        let out = self.kubectl_output(&[
+            "get",
+            "node",
+            name,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ])?;
+        Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "True")
+    }
+
     /// `kubectl --kubeconfig <admin>` ready for more arguments.
     pub fn kubectl(&self) -> Command {
         let mut c = Command::new(&self.bins.kubectl);
@@ -481,6 +537,20 @@ impl ControlPlane {
         s
     }
 
+    /// Stops one component (e.g. `kubelet-node-1`) as [`ControlPlane::stop`]
+    /// would, leaving the others running.
+    pub fn stop_component(&mut self, name: &str) -> Result<()> {
+        let i = self
+            .procs
+            .iter()
+            .position(|p| p.name == name)
+            .with_context(|| format!("no component {name}"))?;
+        let mut p = self.procs.remove(i);
+        p.stop(GRACE);
+        let _ = fs::remove_file(self.run_dir.join("pids").join(format!("{name}.pid")));
+        Ok(())
+    }
+
     /// Pids of the running components (for tests that check cleanup).
     pub fn pids(&self) -> Vec<(String, u32)> {
         self.procs
@@ -531,6 +601,29 @@ impl Drop for ControlPlane {
             eprintln!("[litecluster-e2e] stopping control plane: {e:#}");
         }
     }
+}
+
+/// The `litecluster-e2e` binary that runs kubelets: `$LITECLUSTER_E2E_BIN`,
+/// this executable if it is that binary, or the one cargo built next to the
+/// running test (`target/<profile>/litecluster-e2e`).
+fn kubelet_exe() -> Result<PathBuf> {
+    if let Some(p) = env::var_os("LITECLUSTER_E2E_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let me = env::current_exe()?;
+    if me.file_name().is_some_and(|n| n == "litecluster-e2e") {
+        return Ok(me);
+    }
+    for dir in me.ancestors().skip(1).take(2) {
+        let candidate = dir.join("litecluster-e2e");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "cannot find the litecluster-e2e binary near {} (set LITECLUSTER_E2E_BIN)",
+        me.display()
+    )
 }
 
 /// Stops whatever was started in `run_dir` (by this or another process) and

@@ -18,6 +18,7 @@
 
 pub mod binaries;
 pub mod control_plane;
+pub mod kubelet;
 pub mod pki;
 mod process;
 
