@@ -22,6 +22,59 @@ pub struct Cli {
 pub enum Cmd {
     /// Run the node (the default).
     Serve,
+    /// One-shot backup commands (each a fresh process sharing the data dir's status cache).
+    Backup {
+        #[command(subcommand)]
+        action: BackupAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupAction {
+    /// Copy the database and write it to the first writable storage.
+    Push(BackupPushArgs),
+    /// List backups across every readable storage, newest first (JSON on stdout).
+    List(BackupCommon),
+    /// Download and verify the newest backup (or `--id`) into a plain SQLite file.
+    Restore(BackupRestoreArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupCommon {
+    /// Backup config file (YAML or JSON) listing the storages in failover order.
+    #[arg(long, env = "LITECLUSTER_BACKUP_CONFIG")]
+    pub config: PathBuf,
+    /// Data directory: holds the storage status cache, and the database `push` copies.
+    #[arg(long, env = "LITECLUSTER_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// How long a storage's alive/dead status in the status cache holds before a re-check.
+    #[arg(long, env = "LITECLUSTER_BACKUP_STATUS_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub status_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupPushArgs {
+    #[command(flatten)]
+    pub common: BackupCommon,
+    /// Take the database from a running node's `/db/backup` instead of `<data-dir>/db.sqlite`.
+    #[arg(long)]
+    pub from_url: Option<String>,
+    /// Name recorded in the manifest as the node the backup came from.
+    #[arg(long, env = "LITECLUSTER_NODE_ID", default_value = "1")]
+    pub node_id: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupRestoreArgs {
+    #[command(flatten)]
+    pub common: BackupCommon,
+    /// The backup to restore (default: the newest across all readable storages).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Where to write the restored SQLite file (load it with `/db/load`, or boot a cluster
+    /// with `--restore-from` instead).
+    #[arg(long)]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -78,6 +131,16 @@ pub struct NodeConfig {
         default_value_t = 10240
     )]
     pub snapshot_trailing_logs: u64,
+    /// Take a snapshot when the WAL grows past this many bytes (rqlite's `-raft-snap-wal-size`).
+    #[arg(long, env = "LITECLUSTER_SNAPSHOT_WAL_SIZE", default_value_t = 4 << 20)]
+    pub snapshot_wal_size: u64,
+    /// How often to check the WAL size and take a snapshot if anything was applied since the last.
+    #[arg(long, env = "LITECLUSTER_SNAPSHOT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub snapshot_interval: Duration,
+    /// A checkpoint blocked by readers for longer than this interrupts the readers holding the
+    /// WAL so that it can be reset (the WAL must stay bounded).
+    #[arg(long, env = "LITECLUSTER_CHECKPOINT_STARVE_LIMIT", default_value = "5m", value_parser = parse_duration)]
+    pub checkpoint_starve_limit: Duration,
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "LITECLUSTER_MAX_BODY_BYTES", default_value_t = 64 << 20)]
     pub max_body_bytes: usize,
@@ -96,6 +159,17 @@ pub struct NodeConfig {
     /// Log format: `text` or `json`.
     #[arg(long, env = "LITECLUSTER_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Backup config file (YAML or JSON): storages in failover order, interval, retention.
+    /// Enables `POST /backup` and interval backups on the leader.
+    #[arg(long, env = "LITECLUSTER_BACKUP_CONFIG")]
+    pub backup_config: Option<PathBuf>,
+    /// Backup config file to boot an empty member from: the newest backup across its storages
+    /// is loaded through Raft after bootstrapping.
+    #[arg(long, env = "LITECLUSTER_RESTORE_FROM")]
+    pub restore_from: Option<PathBuf>,
+    /// How long a storage's alive/dead status in the shared status cache holds before a re-check.
+    #[arg(long, env = "LITECLUSTER_BACKUP_STATUS_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub backup_status_ttl: Duration,
 }
 
 impl NodeConfig {

@@ -1,6 +1,7 @@
 //! litecluster-node: one member of a Raft-replicated SQLite database with an rqlite-compatible API.
 
 pub mod auth;
+pub mod backup;
 pub mod command;
 pub mod config;
 pub mod error;
@@ -59,6 +60,15 @@ pub fn raft_id_from_name(name: &str) -> Option<NodeId> {
     }
     let (_, ordinal) = name.rsplit_once('-')?;
     ordinal.parse::<u64>().ok().map(|n| n + 1)
+}
+
+/// Test hook: `LITECLUSTER_FAILPOINT=<name>` aborts the process at the named point, the way a
+/// SIGKILL or power cut would, so crash safety can be tested with real processes.
+pub fn failpoint(name: &str) {
+    if std::env::var("LITECLUSTER_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use openraft::{Config, ServerState, SnapshotPolicy};
 use crate::auth::CredentialStore;
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
+use crate::raft::health::SnapshotControl;
 use crate::raft::{log_store::LogStore, network::NetworkFactory, rpc, state_machine::StateMachine};
 use crate::sqlite::reader::ReadPool;
 use crate::{MemberInfo, NodeId, Raft};
@@ -32,6 +33,10 @@ pub struct Node {
     pub db_path: PathBuf,
     /// Milliseconds since `started_at` when the leader last reached us (any Raft RPC).
     pub leader_contact_ms: Arc<AtomicU64>,
+    /// Backups to object storage (`--backup-config`).
+    pub backup: Option<Arc<crate::backup::Manager>>,
+    /// Snapshot health and requests for full snapshots.
+    pub snapshots: Arc<SnapshotControl>,
 }
 
 impl Node {
@@ -56,11 +61,14 @@ impl Node {
         let reads = ReadPool::new(db_path.clone(), 8);
         let log = LogStore::open(&config.data_dir.join("raft.db"), metrics.clone())
             .context("opening the raft log")?;
+        let snapshots = Arc::new(SnapshotControl::default());
         let sm = StateMachine::open(
             &db_path,
             config.data_dir.join("snapshots"),
             reads.clone(),
             metrics.clone(),
+            snapshots.clone(),
+            config.checkpoint_starve_limit,
         )
         .context("opening the database")?;
 
@@ -99,6 +107,8 @@ impl Node {
             leader_contact_ms.clone(),
         ));
 
+        let backup =
+            crate::backup::Manager::for_node(&config).context("loading --backup-config")?;
         let client = http_client(&config)?;
         let node = Arc::new(Self {
             id,
@@ -113,8 +123,13 @@ impl Node {
             started_at,
             db_path,
             leader_contact_ms,
+            backup,
+            snapshots,
         });
+        tokio::spawn(crate::raft::scheduler::run(node.clone()));
+        crate::backup::restore::at_start(&node).await?;
         node.bootstrap_or_join().await?;
+        crate::backup::auto::spawn(&node);
         Ok(node)
     }
 

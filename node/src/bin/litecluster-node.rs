@@ -12,6 +12,13 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => serve(cli.node).await,
+        Cmd::Backup { action } => {
+            let out = litecluster_node::backup::cli::run(action)
+                .await
+                .map_err(|e| anyhow::anyhow!(litecluster_node::backup::chain(&e)))?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
     }
 }
 

@@ -75,6 +75,7 @@ pub async fn status(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Re
             "dir": node.config.data_dir,
             "db_size": file_len(&node.db_path),
             "wal_bytes": file_len(std::path::Path::new(&wal)),
+            "snapshot": serde_json::to_value(&*node.snapshots.health()).unwrap_or_default(),
             "leader": leader,
             "raft": {
                 "state": role(m.state),
@@ -89,6 +90,7 @@ pub async fn status(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Re
             },
             "members": members,
         },
+        "backup": crate::backup::status_json(&node),
         "runtime": {"num_cpu": std::thread::available_parallelism().map_or(1, |n| n.get()), "os": std::env::consts::OS, "arch": std::env::consts::ARCH},
     });
     if let Some(key) = &flags.key {
@@ -433,44 +435,73 @@ pub async fn join(
     axum::Json(json!({"id": info.name, "raft_id": rid, "voter": req.voter})).into_response()
 }
 
-/// `POST /snapshot`: take a snapshot now.
-pub async fn snapshot(State(node): State<AppState>) -> Response {
-    let before = node.raft.metrics().borrow().snapshot;
-    let applied = node.raft.metrics().borrow().last_applied;
-    if applied.is_none() || before == applied {
+/// `POST /snapshot[?type=full]`: take a snapshot now and answer with the snapshot health.
+/// 204 when nothing was applied since the last snapshot (unless a full one is asked for).
+pub async fn snapshot(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    let flags = flags_or_400!(raw);
+    let full = match flags.kind.as_deref() {
+        None | Some("incremental") | Some("") => false,
+        Some("full") => true,
+        Some(other) => {
+            return text_error(
+                StatusCode::BAD_REQUEST,
+                &format!("unknown snapshot type {other:?}: use full or leave it out"),
+            );
+        }
+    };
+    let (applied, snap) = {
+        let m = node.raft.metrics();
+        let m = m.borrow();
+        (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
+    };
+    let failing = node.snapshots.health().consecutive_failures > 0;
+    if applied.is_none() || (!full && !failing && applied == snap) {
         return StatusCode::NO_CONTENT.into_response();
     }
+    if full {
+        node.snapshots
+            .force_full
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    let asked = Instant::now();
     if let Err(e) = node.raft.trigger().snapshot().await {
         return text_error(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("snapshot trigger failed: {e}"),
         );
     }
-    let mut rx = node.raft.metrics();
-    let done = tokio::time::timeout(
-        Duration::from_secs(300),
-        rx.wait_for(|m| m.snapshot != before),
-    )
-    .await;
-    match done {
-        Ok(Ok(m)) => {
-            axum::Json(json!({"snapshot_index": m.snapshot.map_or(0, |l| l.index)})).into_response()
+    let deadline = asked + Duration::from_secs(600);
+    loop {
+        if node
+            .snapshots
+            .health()
+            .last_attempt
+            .is_some_and(|t| t >= asked)
+        {
+            let health = serde_json::to_value(&*node.snapshots.health()).unwrap_or_default();
+            return json_response(to_json(&json!({ "snapshot": health }), flags.pretty));
         }
-        _ => text_error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "snapshot still running; check /status",
-        ),
+        if Instant::now() > deadline {
+            return text_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "snapshot still running; watch store.snapshot in /status",
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 pub async fn metrics(State(node): State<AppState>) -> Response {
     let raft = node.raft.metrics().borrow().clone();
+    let mut text = node.metrics.render(&raft);
+    node.snapshots.health().render(&mut text);
+    text.push_str(&crate::backup::metrics_text(&node));
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        node.metrics.render(&raft),
+        text,
     )
         .into_response()
 }

@@ -1,6 +1,7 @@
 //! The rqlite-compatible HTTP API and our extensions (`/join`, `/metrics`, `/snapshot`).
 
 mod backup;
+mod backup_api;
 mod cluster;
 mod forward;
 mod query;
@@ -43,6 +44,7 @@ pub fn router(node: AppState) -> Router {
         .route("/remove", delete(cluster::remove))
         .route("/join", post(cluster::join))
         .route("/snapshot", post(cluster::snapshot))
+        .route("/backup", post(backup_api::push))
         .route("/metrics", get(cluster::metrics))
         .route(
             "/",
@@ -67,6 +69,7 @@ fn permission(path: &str) -> Option<&'static [Perm]> {
         "/remove" => &[Perm::Remove],
         "/join" => &[Perm::Join],
         "/snapshot" => &[Perm::Snapshot],
+        "/backup" => &[Perm::Backup],
         _ => return None,
     })
 }

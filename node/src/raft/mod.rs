@@ -1,8 +1,10 @@
 //! Raft plumbing: the durable log, the SQLite state machine, snapshots, and the RPC transport.
 
+pub mod health;
 pub mod log_store;
 pub mod network;
 pub mod rpc;
+pub mod scheduler;
 pub mod snapshot;
 pub mod state_machine;
 

@@ -5,17 +5,26 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a snapshot's checkpoint waits for readers before it counts as incomplete.
+const CHECKPOINT_WAIT: Duration = Duration::from_millis(200);
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map_or(0, |m| m.len())
+}
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::health::{Kind, SnapshotControl};
 use super::io_err;
-use super::snapshot::SnapshotStore;
+use super::snapshot::{MAX_CHAIN, SnapshotStore};
 use crate::command::{Command, CommandResponse};
 use crate::metrics::Metrics;
+use crate::sqlite::checkpoint::{Checkpoint, Outcome};
 use crate::sqlite::{self, exec, reader::ReadPool};
 use crate::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -24,7 +33,7 @@ type Reply<T> = oneshot::Sender<Result<T, String>>;
 enum Op {
     Apply(Vec<Entry>, Reply<Vec<CommandResponse>>),
     AppliedState(Reply<(Option<LogId>, StoredMembership)>),
-    Build(Reply<(SnapshotMeta, PathBuf)>),
+    Build(Reply<SnapshotMeta>),
     Install(Box<SnapshotMeta>, PathBuf, Reply<()>),
 }
 
@@ -32,6 +41,7 @@ enum Op {
 #[derive(Clone)]
 pub struct StateMachine {
     ops: mpsc::Sender<Op>,
+    db_path: PathBuf,
     store: Arc<SnapshotStore>,
     receiving: Arc<Mutex<Option<PathBuf>>>,
 }
@@ -45,6 +55,8 @@ struct Worker {
     reads: ReadPool,
     metrics: Arc<Metrics>,
     snapshot_seq: u64,
+    control: Arc<SnapshotControl>,
+    starve_limit: Duration,
 }
 
 impl StateMachine {
@@ -54,6 +66,8 @@ impl StateMachine {
         snapshot_dir: PathBuf,
         reads: ReadPool,
         metrics: Arc<Metrics>,
+        control: Arc<SnapshotControl>,
+        starve_limit: Duration,
     ) -> crate::Result<Self> {
         let conn = sqlite::open_writer(db_path)?;
         let applied =
@@ -74,7 +88,12 @@ impl StateMachine {
             reads,
             metrics,
             snapshot_seq: 0,
+            control,
+            starve_limit,
         };
+        // The last connection to close checkpoints the WAL away, so after a restart the WAL no
+        // longer holds every frame since the last snapshot: the next snapshot must be full.
+        worker.control.health().full_needed = true;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -82,6 +101,7 @@ impl StateMachine {
             .map_err(|e| crate::Error::io("starting the sqlite writer thread", e))?;
         Ok(Self {
             ops: tx,
+            db_path: db_path.to_owned(),
             store,
             receiving: Arc::new(Mutex::new(None)),
         })
@@ -261,6 +281,8 @@ impl Worker {
         })();
         let _ = std::fs::remove_file(&tmp);
         self.reads.reset();
+        // The backup API may checkpoint while replacing pages; only a full snapshot is safe next.
+        self.control.health().full_needed = true;
         match result {
             Ok(()) => CommandResponse::default(),
             Err(e) => CommandResponse {
@@ -270,59 +292,195 @@ impl Worker {
         }
     }
 
-    fn build(&mut self) -> crate::Result<(SnapshotMeta, PathBuf)> {
-        let started = Instant::now();
+    fn snapshot_meta(&mut self) -> crate::Result<SnapshotMeta> {
         let Some(last) = self.applied else {
             return Err(crate::Error::Internal("nothing applied yet".into()));
         };
         self.snapshot_seq += 1;
-        let meta = SnapshotMeta {
+        Ok(SnapshotMeta {
             last_log_id: Some(last),
             last_membership: self.membership.clone(),
             snapshot_id: format!(
                 "{}-{}-{}",
                 last.leader_id.term, last.index, self.snapshot_seq
             ),
-        };
-        let tmp = self.store.temp_path("build");
-        let _ = std::fs::remove_file(&tmp);
-        self.conn.backup(
-            rusqlite::MAIN_DB,
-            &tmp,
-            None::<fn(rusqlite::backup::Progress)>,
-        )?;
-        self.store
-            .commit(&meta, &tmp)
-            .map_err(|e| crate::Error::io("committing snapshot", e))?;
-        // The snapshot holds every applied page, so the WAL can be folded into the database.
-        let (busy, log, done): (i64, i64, i64) =
-            self.conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?;
-        if busy != 0 || log != done {
-            tracing::warn!(
-                busy,
-                log,
-                checkpointed = done,
-                "WAL checkpoint incomplete; will retry at the next snapshot"
-            );
+        })
+    }
+
+    fn wal_path(&self) -> PathBuf {
+        let mut p = self.db_path.clone().into_os_string();
+        p.push("-wal");
+        PathBuf::from(p)
+    }
+
+    /// Builds a snapshot at the applied index. Incremental when the chain allows it: the WAL
+    /// frames since the last snapshot, then a TRUNCATE checkpoint. If the checkpoint does not
+    /// complete (a reader holds the WAL), the copy is discarded and a full snapshot is taken
+    /// instead: no frame is lost, the failure is counted and shown, and retried with backoff.
+    fn build(&mut self) -> crate::Result<SnapshotMeta> {
+        let started = Instant::now();
+        let meta = self.snapshot_meta()?;
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        let chain_len = self
+            .store
+            .chain()
+            .map_err(|e| crate::Error::io("reading snapshot chain", e))?
+            .len();
+        let forced = self
+            .control
+            .force_full
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        let full_needed = self.control.health().full_needed;
+        let want_full = forced || full_needed || chain_len == 0 || chain_len >= MAX_CHAIN;
+        if !want_full {
+            match self.incremental(&meta) {
+                Ok(None) => {
+                    let mut h = self.control.health();
+                    h.checkpoint_ok();
+                    h.succeeded(index, Kind::Incremental, started);
+                    h.wal_bytes = file_len(&self.wal_path());
+                    drop(h);
+                    self.metrics
+                        .snapshots_built
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(
+                        index,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "incremental snapshot taken"
+                    );
+                    return Ok(meta);
+                }
+                Ok(Some(cp)) => {
+                    tracing::warn!(
+                        index,
+                        busy = cp.busy,
+                        log = cp.log,
+                        checkpointed = cp.checkpointed,
+                        "{}; falling back to a full snapshot",
+                        cp.describe()
+                    );
+                    let mut h = self.control.health();
+                    h.failed(Kind::Incremental, cp.describe(), Some(cp));
+                    h.fallbacks_to_full += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(index, error = %e, "incremental snapshot failed; falling back to a full snapshot");
+                    let mut h = self.control.health();
+                    h.failed(Kind::Incremental, e.to_string(), None);
+                    h.fallbacks_to_full += 1;
+                }
+            }
+            self.full(&meta)?;
+            let mut h = self.control.health();
+            h.succeeded(index, Kind::Full, started);
+            h.full_needed = false;
+            h.wal_bytes = file_len(&self.wal_path());
+            drop(h);
+            self.starvation_measures();
+        } else {
+            self.full(&meta)?;
+            let cp = crate::sqlite::checkpoint::truncate(&self.conn, CHECKPOINT_WAIT)?;
+            let mut h = self.control.health();
+            h.succeeded(index, Kind::Full, started);
+            h.full_needed = false;
+            h.wal_bytes = file_len(&self.wal_path());
+            if cp.outcome() == Outcome::Complete {
+                h.checkpoint_ok();
+            } else {
+                tracing::warn!(
+                    index,
+                    busy = cp.busy,
+                    log = cp.log,
+                    checkpointed = cp.checkpointed,
+                    "{} after a full snapshot",
+                    cp.describe()
+                );
+                h.failed(Kind::Full, cp.describe(), Some(cp));
+                drop(h);
+                self.starvation_measures();
+            }
         }
         self.metrics
             .snapshots_built
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
-            index = last.index,
+            index,
+            forced,
+            full_needed,
             took_ms = started.elapsed().as_millis() as u64,
-            "snapshot built"
+            "full snapshot taken"
         );
-        let path = self
-            .store
-            .current()
-            .map_err(|e| crate::Error::io("reading snapshot back", e))?
-            .map(|(_, p)| p)
-            .ok_or_else(|| crate::Error::Internal("snapshot vanished after commit".into()))?;
-        Ok((meta, path))
+        Ok(meta)
+    }
+
+    /// Copies the WAL and checkpoints it. `Ok(None)` when committed; `Ok(Some(cp))` when the
+    /// checkpoint did not complete and the copy was discarded.
+    fn incremental(&mut self, meta: &SnapshotMeta) -> crate::Result<Option<Checkpoint>> {
+        let tmp = self.store.temp_path("wal");
+        // No write is in progress: this thread is the only writer, so the WAL holds exactly the
+        // committed frames since the last reset.
+        std::fs::copy(self.wal_path(), &tmp).map_err(|e| crate::Error::io("copying the WAL", e))?;
+        crate::failpoint("snapshot-after-wal-copy");
+        let cp = crate::sqlite::checkpoint::truncate(&self.conn, CHECKPOINT_WAIT)?;
+        if cp.outcome() != Outcome::Complete {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(Some(cp));
+        }
+        if let Err(e) = self.store.commit(meta, Kind::Incremental, &tmp) {
+            // The WAL is already reset, so the chain lost these frames: only a full snapshot
+            // can follow.
+            self.control.health().full_needed = true;
+            let _ = std::fs::remove_file(&tmp);
+            return Err(crate::Error::io("committing incremental snapshot", e));
+        }
+        Ok(None)
+    }
+
+    fn full(&mut self, meta: &SnapshotMeta) -> crate::Result<()> {
+        let tmp = self.store.temp_path("full");
+        self.conn.backup(
+            rusqlite::MAIN_DB,
+            &tmp,
+            None::<fn(rusqlite::backup::Progress)>,
+        )?;
+        crate::failpoint("snapshot-after-full-copy");
+        self.store.commit(meta, Kind::Full, &tmp).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            crate::Error::io("committing full snapshot", e)
+        })?;
+        Ok(())
+    }
+
+    /// A checkpoint starved for longer than the limit interrupts our own readers holding the
+    /// WAL (reads are bounded by `db_timeout` anyway) and tries once more, so the WAL stays
+    /// bounded even with `db_timeout=0`.
+    fn starvation_measures(&mut self) {
+        let starving = self
+            .control
+            .health()
+            .failing_since
+            .is_some_and(|t| t.elapsed() >= self.starve_limit);
+        if !starving {
+            return;
+        }
+        let n = self.reads.interrupt_all();
+        tracing::warn!(limit = ?self.starve_limit, interrupted = n, "WAL checkpoint starved past the limit: interrupting readers");
+        std::thread::sleep(Duration::from_millis(100));
+        match crate::sqlite::checkpoint::truncate(&self.conn, CHECKPOINT_WAIT) {
+            Ok(cp) if cp.outcome() == Outcome::Complete => {
+                // Frames are gone from the WAL but may postdate the last snapshot.
+                let mut h = self.control.health();
+                h.checkpoint_ok();
+                h.full_needed = true;
+                h.wal_bytes = 0;
+                tracing::info!("WAL reset after interrupting readers; next snapshot will be full");
+            }
+            Ok(cp) => tracing::warn!(
+                "{} even after interrupting our readers: an external process holds the database open",
+                cp.describe()
+            ),
+            Err(e) => tracing::warn!(error = %e, "checkpoint after interrupting readers failed"),
+        }
     }
 
     fn install(&mut self, meta: &SnapshotMeta, received: &Path) -> crate::Result<()> {
@@ -333,13 +491,17 @@ impl Worker {
                 r.get::<_, i64>(0)
             })?;
         }
-        self.store
-            .commit(meta, received)
-            .map_err(|e| crate::Error::io("storing received snapshot", e))?;
-        let (_, snap) = self
+        let sidecar = self
             .store
-            .current()
+            .commit(meta, Kind::Full, received)
+            .map_err(|e| crate::Error::io("storing received snapshot", e))?;
+        let snap = self
+            .store
+            .chain()
             .map_err(|e| crate::Error::io("reading received snapshot", e))?
+            .into_iter()
+            .find(|(s, _)| s.seq == sidecar.seq)
+            .map(|(_, p)| p)
             .ok_or_else(|| crate::Error::Internal("snapshot vanished after commit".into()))?;
         // Fold and close the old database, remove its WAL (stale frames must never be replayed
         // onto the new file), then move a copy of the snapshot into place.
@@ -372,6 +534,8 @@ impl Worker {
         self.save_progress()?;
         self.conn.execute_batch("COMMIT")?;
         self.reads.reset();
+        // The database now equals the new base and its WAL starts empty: the chain is valid.
+        self.control.health().full_needed = false;
         self.metrics
             .snapshots_installed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -382,10 +546,12 @@ impl Worker {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (meta, path) = self
+        // openraft keeps only the meta of a built snapshot; the data for a follower comes from
+        // get_current_snapshot, which materialises the chain.
+        let meta = self
             .call(Op::Build, ErrorSubject::StateMachine, ErrorVerb::Write)
             .await?;
-        let file = tokio::fs::File::open(&path)
+        let file = tokio::fs::File::open(&self.db_path)
             .await
             .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
         Ok(Snapshot {
@@ -467,7 +633,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let store = self.store.clone();
-        let current = tokio::task::spawn_blocking(move || store.current())
+        let dest = self.store.temp_path("materialized");
+        let d = dest.clone();
+        let res = tokio::task::spawn_blocking(move || store.materialize(&d))
             .await
             .map_err(|e| {
                 io_err(
@@ -475,16 +643,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     ErrorVerb::Read,
                     std::io::Error::other(e.to_string()),
                 )
-            })?
-            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
-        let Some((sidecar, path)) = current else {
-            return Ok(None);
+            })?;
+        let meta = match res {
+            Ok(Some(meta)) => meta,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                let _ = std::fs::remove_file(&dest);
+                return Err(io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e));
+            }
         };
-        let file = tokio::fs::File::open(&path)
+        let file = tokio::fs::File::open(&dest)
             .await
             .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        // Unlinked at once: the open handle keeps the data until the transfer ends.
+        let _ = std::fs::remove_file(&dest);
         Ok(Some(Snapshot {
-            meta: sidecar.meta,
+            meta,
             snapshot: Box::new(file),
         }))
     }

@@ -1,5 +1,6 @@
 //! SQLite access: connection setup, statement execution, the read pool, and SQL rewriting.
 
+pub mod checkpoint;
 pub mod exec;
 pub mod reader;
 pub mod rewrite;

@@ -22,6 +22,9 @@ struct Inner {
     permits: Semaphore,
     /// Bumped when the database file is replaced; connections from an older epoch are dropped.
     epoch: std::sync::atomic::AtomicU64,
+    /// Interrupt handles of reads in flight, for a starved checkpoint.
+    active: Mutex<std::collections::HashMap<u64, rusqlite::InterruptHandle>>,
+    next_read: std::sync::atomic::AtomicU64,
 }
 
 impl ReadPool {
@@ -32,6 +35,8 @@ impl ReadPool {
                 idle: Mutex::new(Vec::new()),
                 permits: Semaphore::new(size.max(1)),
                 epoch: Default::default(),
+                active: Mutex::default(),
+                next_read: Default::default(),
             }),
         }
     }
@@ -46,6 +51,15 @@ impl ReadPool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+    }
+
+    /// Interrupts every read in flight; returns how many.
+    pub fn interrupt_all(&self) -> usize {
+        let active = self.inner.active.lock().unwrap_or_else(|e| e.into_inner());
+        for h in active.values() {
+            h.interrupt();
+        }
+        active.len()
     }
 
     /// Runs read-only statements. `timeout` bounds each statement (rqlite's `db_timeout`), so a
@@ -74,8 +88,21 @@ impl ReadPool {
                 let deadline = Instant::now() + t;
                 conn.progress_handler(1000, Some(move || Instant::now() > deadline))?;
             }
+            let id = inner
+                .next_read
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            inner
+                .active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, conn.get_interrupt_handle());
             // One read transaction so that all statements see the same snapshot.
             let results = read_tx(&conn, &stmts, mode);
+            inner
+                .active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
             conn.progress_handler(0, None::<fn() -> bool>)?;
             if inner.epoch.load(std::sync::atomic::Ordering::SeqCst) == epoch {
                 inner

@@ -34,6 +34,7 @@ pub struct Member {
     pub dir: PathBuf,
     pub log: PathBuf,
     pub extra: Vec<String>,
+    pub env: Vec<(String, String)>,
     pub child: Option<Child>,
 }
 
@@ -62,6 +63,7 @@ impl Member {
             ])
             .args(args)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -91,6 +93,22 @@ impl Member {
             if Instant::now() > deadline {
                 let _ = c.kill();
                 panic!("member {} did not exit within 20s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the process to exit by itself (e.g. at a failpoint) and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("member running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("member {} still running after {timeout:?}", self.name);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -150,6 +168,7 @@ impl Cluster {
             dir,
             log,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             child: None,
         });
         self.members.len() - 1
@@ -239,6 +258,28 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("no leader within 30s");
+    }
+
+    /// `POST /snapshot[?type=full]` on member `i`; the snapshot health it answers with.
+    pub async fn snapshot(&self, i: usize, full: bool) -> Value {
+        let q = if full { "?type=full" } else { "" };
+        let r = self
+            .http
+            .post(format!("{}/snapshot{q}", self.url(i)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "POST /snapshot{q} on member {i}");
+        r.json::<Value>().await.unwrap()["snapshot"].clone()
+    }
+
+    /// A stable digest of a table's rows on member `i` (local read).
+    pub async fn dump(&self, i: usize, table: &str) -> String {
+        let v = self
+            .query(i, &format!("SELECT * FROM {table} ORDER BY 1"), "none")
+            .await;
+        let text = v["results"][0]["values"].to_string();
+        format!("{:08x}:{}", crc32fast::hash(text.as_bytes()), text.len())
     }
 
     pub async fn execute(&self, i: usize, body: Value) -> reqwest::Result<Value> {

