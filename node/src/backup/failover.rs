@@ -178,3 +178,51 @@ fn describe(list: &[(String, String)]) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::config::StorageConfig;
+
+    fn file_storage(root: &std::path::Path, name: &str) -> Storage {
+        let c: StorageConfig = serde_json::from_value(serde_json::json!({
+            "name": name, "type": "file", "path": root.join(name),
+        }))
+        .unwrap();
+        Storage::open(&c, Duration::from_secs(2), Duration::from_secs(5)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn dead_primary_is_passed_over_and_cached_until_the_ttl() {
+        let root = std::env::temp_dir().join(format!("lc-failover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let storages = vec![file_storage(&root, "a"), file_storage(&root, "b")];
+        let cache = StatusCache::new(&root);
+        let ttl = Duration::from_secs(60);
+        assert_eq!(
+            writable(&storages, &cache, ttl, &[]).await.unwrap().index,
+            0
+        );
+        // Make "a" unwritable: its directory becomes a plain file.
+        std::fs::remove_dir_all(root.join("a")).unwrap();
+        std::fs::write(root.join("a"), b"x").unwrap();
+        // The cached "alive" still holds within the TTL...
+        assert_eq!(
+            writable(&storages, &cache, ttl, &[]).await.unwrap().index,
+            0
+        );
+        // ...and after it, "a" is probed, found dead, and "b" takes the write.
+        let c = writable(&storages, &cache, Duration::ZERO, &[])
+            .await
+            .unwrap();
+        assert_eq!(c.index, 1);
+        assert_eq!(c.passed_over[0].0, "a");
+        // With "b" excluded and "a" cached dead, "a" is re-checked before giving up.
+        let err = writable(&storages, &cache, ttl, &[1]).await.unwrap_err();
+        assert!(err.to_string().contains("no writable storage"), "{err}");
+        // Reads do not trust a failed write check (a read-only bucket is still readable).
+        assert!(readable(&storages, &cache, ttl).await.unwrap().contains(&1));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
