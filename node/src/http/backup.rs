@@ -2,11 +2,11 @@
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use openraft::error::{ClientWriteError, RaftError};
 
-use super::forward::{Original, to_leader};
+use super::forward::Incoming;
 use super::render::{self, Flags};
 use super::{AppState, json_response, text_error};
 use crate::command::{Command, Mode, Statement};
@@ -36,9 +36,7 @@ fn backup_file(db: &std::path::Path, dest: &std::path::Path) -> crate::Result<Ve
 pub async fn backup(
     State(node): State<AppState>,
     RawQuery(raw): RawQuery,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    incoming: Incoming,
 ) -> Response {
     let flags = match Flags::parse(raw.as_deref()) {
         Ok(f) => f,
@@ -56,19 +54,7 @@ pub async fn backup(
         );
     }
     if !flags.noleader && !node.is_leader() {
-        let leader = node.leader().map(|(_, i)| i);
-        return to_leader(
-            &node,
-            leader,
-            &flags,
-            Original {
-                method: &method,
-                uri: &uri,
-                headers: &headers,
-                body: Bytes::new(),
-            },
-        )
-        .await;
+        return incoming.to_leader(&node, &flags, Bytes::new()).await;
     }
     let db = node.db_path.clone();
     let dest = node.config.data_dir.join(format!(
@@ -97,9 +83,7 @@ pub async fn backup(
 pub async fn load(
     State(node): State<AppState>,
     RawQuery(raw): RawQuery,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    incoming: Incoming,
     body: Bytes,
 ) -> Response {
     let flags = match Flags::parse(raw.as_deref()) {
@@ -113,19 +97,7 @@ pub async fn load(
         );
     }
     if !node.is_leader() {
-        let leader = node.leader().map(|(_, i)| i);
-        return to_leader(
-            &node,
-            leader,
-            &flags,
-            Original {
-                method: &method,
-                uri: &uri,
-                headers: &headers,
-                body,
-            },
-        )
-        .await;
+        return incoming.to_leader(&node, &flags, body).await;
     }
     let cmd = if body.starts_with(SQLITE_HEADER) {
         Command::Load {
@@ -173,18 +145,7 @@ pub async fn load(
             json_response(body)
         }
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            to_leader(
-                &node,
-                f.leader_node,
-                &flags,
-                Original {
-                    method: &method,
-                    uri: &uri,
-                    headers: &headers,
-                    body,
-                },
-            )
-            .await
+            incoming.forward(&node, f.leader_node, &flags, body).await
         }
         Err(e) => text_error(
             StatusCode::SERVICE_UNAVAILABLE,

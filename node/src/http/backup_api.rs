@@ -2,19 +2,17 @@
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::forward::{Original, to_leader};
+use super::forward::Incoming;
 use super::render::{Flags, to_json};
 use super::{AppState, json_response, text_error};
 
 pub async fn push(
     State(node): State<AppState>,
     RawQuery(raw): RawQuery,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    incoming: Incoming,
     body: Bytes,
 ) -> Response {
     let flags = match Flags::parse(raw.as_deref()) {
@@ -28,19 +26,7 @@ pub async fn push(
         );
     };
     if !flags.noleader && !node.is_leader() {
-        let leader = node.leader().map(|(_, i)| i);
-        return to_leader(
-            &node,
-            leader,
-            &flags,
-            Original {
-                method: &method,
-                uri: &uri,
-                headers: &headers,
-                body,
-            },
-        )
-        .await;
+        return incoming.to_leader(&node, &flags, body).await;
     }
     match manager.push_db(&node.db_path, &node.info.name).await {
         Ok(report) => json_response(to_json(&report, flags.pretty)),

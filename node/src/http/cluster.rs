@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
-use super::forward::{Original, to_leader};
+use super::forward::Incoming;
 use super::render::{Flags, to_json};
 use super::{AppState, json_response, text_error};
 use crate::{MemberInfo, NodeId};
@@ -199,26 +199,12 @@ pub async fn leader(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Re
 pub async fn step_down(
     State(node): State<AppState>,
     RawQuery(raw): RawQuery,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    incoming: Incoming,
     body: Bytes,
 ) -> Response {
     let flags = flags_or_400!(raw);
     if !node.is_leader() {
-        let leader = node.leader().map(|(_, i)| i);
-        return to_leader(
-            &node,
-            leader,
-            &flags,
-            Original {
-                method: &method,
-                uri: &uri,
-                headers: &headers,
-                body,
-            },
-        )
-        .await;
+        return incoming.to_leader(&node, &flags, body).await;
     }
     match node
         .transfer_leadership(flags.timeout.unwrap_or(Duration::from_secs(10)))
@@ -261,9 +247,7 @@ fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberInfo>>) 
 pub async fn remove(
     State(node): State<AppState>,
     RawQuery(raw): RawQuery,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    incoming: Incoming,
     body: Bytes,
 ) -> Response {
     let flags = flags_or_400!(raw);
@@ -274,19 +258,7 @@ pub async fn remove(
         );
     };
     if !node.is_leader() {
-        let leader = node.leader().map(|(_, i)| i);
-        return to_leader(
-            &node,
-            leader,
-            &flags,
-            Original {
-                method: &method,
-                uri: &uri,
-                headers: &headers,
-                body,
-            },
-        )
-        .await;
+        return incoming.to_leader(&node, &flags, body).await;
     }
     let Some((rid, voter)) = find_member(&node, &id) else {
         return text_error(StatusCode::NOT_FOUND, &format!("node {id} is not a member"));
@@ -323,9 +295,7 @@ fn yes() -> bool {
 pub async fn join(
     State(node): State<AppState>,
     RawQuery(raw): RawQuery,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    incoming: Incoming,
     body: Bytes,
 ) -> Response {
     let flags = flags_or_400!(raw);
@@ -348,19 +318,7 @@ pub async fn join(
         );
     };
     if !node.is_leader() {
-        let leader = node.leader().map(|(_, i)| i);
-        return to_leader(
-            &node,
-            leader,
-            &flags,
-            Original {
-                method: &method,
-                uri: &uri,
-                headers: &headers,
-                body,
-            },
-        )
-        .await;
+        return incoming.to_leader(&node, &flags, body).await;
     }
     let info = MemberInfo {
         name: req.id.clone(),

@@ -1,6 +1,8 @@
 //! Sending a request on to the leader, or redirecting the client there (`?redirect`).
 
 use axum::body::Bytes;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
@@ -80,5 +82,54 @@ pub async fn to_leader(
                 leader.api_addr
             ),
         ),
+    }
+}
+
+/// What a handler needs to pass a request on to the leader: method, URI and headers.
+pub struct Incoming {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Incoming {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
+impl Incoming {
+    /// Relays to `leader` (or redirects, with `?redirect`).
+    pub async fn forward(
+        &self,
+        node: &Node,
+        leader: Option<MemberInfo>,
+        flags: &Flags,
+        body: Bytes,
+    ) -> Response {
+        to_leader(
+            node,
+            leader,
+            flags,
+            Original {
+                method: &self.method,
+                uri: &self.uri,
+                headers: &self.headers,
+                body,
+            },
+        )
+        .await
+    }
+
+    /// Relays to the leader this member currently knows.
+    pub async fn to_leader(&self, node: &Node, flags: &Flags, body: Bytes) -> Response {
+        self.forward(node, node.leader().map(|(_, i)| i), flags, body)
+            .await
     }
 }

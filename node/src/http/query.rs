@@ -4,12 +4,12 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use serde_json::Value as Json;
 
-use super::forward::{Original, to_leader};
+use super::forward::Incoming;
 use super::render::{self, Flags, Level};
 use super::{AppState, json_response, text_error};
 use crate::command::{Command, Mode, ParamValue, Params, Statement, StmtResult};
@@ -102,22 +102,16 @@ fn drop_empty(stmts: &mut Vec<Statement>) {
 struct Ctx<'a> {
     node: &'a Node,
     flags: Flags,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    incoming: Incoming,
     body: Bytes,
     started: Instant,
 }
 
 impl Ctx<'_> {
     async fn forward(self, leader: Option<crate::MemberInfo>) -> Response {
-        let original = Original {
-            method: &self.method,
-            uri: &self.uri,
-            headers: &self.headers,
-            body: self.body.clone(),
-        };
-        to_leader(self.node, leader, &self.flags, original).await
+        self.incoming
+            .forward(self.node, leader, &self.flags, self.body.clone())
+            .await
     }
 
     fn reply(&self, results: &[StmtResult], error: Option<&str>) -> Response {
@@ -231,14 +225,12 @@ fn bad_request(msg: &str) -> Response {
 }
 
 macro_rules! ctx {
-    ($node:expr, $raw:expr, $method:expr, $uri:expr, $headers:expr, $body:expr) => {
+    ($node:expr, $raw:expr, $incoming:expr, $body:expr) => {
         match Flags::parse($raw.as_deref()) {
             Ok(flags) => Ctx {
                 node: &$node,
                 flags,
-                method: $method,
-                uri: $uri,
-                headers: $headers,
+                incoming: $incoming,
                 body: $body,
                 started: Instant::now(),
             },
@@ -250,12 +242,10 @@ macro_rules! ctx {
 pub async fn execute(
     State(node): State<AppState>,
     RawQuery(raw): RawQuery,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    incoming: Incoming,
     body: Bytes,
 ) -> Response {
-    let ctx = ctx!(node, raw, method, uri, headers, body);
+    let ctx = ctx!(node, raw, incoming, body);
     let mut stmts = match parse_body(&ctx.body) {
         Ok(s) => s,
         Err(e) => return bad_request(e),
@@ -270,13 +260,11 @@ pub async fn execute(
 pub async fn query(
     State(node): State<AppState>,
     RawQuery(raw): RawQuery,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    incoming: Incoming,
     body: Bytes,
 ) -> Response {
-    let mut ctx = ctx!(node, raw, method, uri, headers, body);
-    let mut stmts = if ctx.method == Method::GET {
+    let mut ctx = ctx!(node, raw, incoming, body);
+    let mut stmts = if ctx.incoming.method == Method::GET {
         match ctx.flags.q.take() {
             Some(q) if !q.trim().is_empty() => vec![Statement::new(q)],
             _ => return bad_request("query parameter not set"),
@@ -298,12 +286,10 @@ pub async fn query(
 pub async fn request(
     State(node): State<AppState>,
     RawQuery(raw): RawQuery,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    incoming: Incoming,
     body: Bytes,
 ) -> Response {
-    let ctx = ctx!(node, raw, method, uri, headers, body);
+    let ctx = ctx!(node, raw, incoming, body);
     let mut stmts = match parse_body(&ctx.body) {
         Ok(s) => s,
         Err(e) => return bad_request(e),
