@@ -106,16 +106,23 @@ impl Connection {
     }
 }
 
-impl RaftNetwork<TypeConfig> for Connection {
-    async fn append_entries(
+impl Connection {
+    /// One RPC: transport failures become `Unreachable`/`Network`, the receiver's Raft error a
+    /// `RemoteError`.
+    async fn rpc<Req, Resp, E>(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        kind: u8,
+        req: &Req,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberInfo, RaftError<NodeId>>>
+    ) -> Result<Resp, RPCError<NodeId, MemberInfo, E>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
     {
         let ttl = option.hard_ttl();
-        let res: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = self
-            .call(KIND_APPEND, &rpc, ttl)
+        let res: Result<Resp, E> = self
+            .call(kind, req, ttl)
             .await
             .map_err(|e| self.rpc_error(e, ttl))?;
         res.map_err(|e| {
@@ -125,6 +132,17 @@ impl RaftNetwork<TypeConfig> for Connection {
                 e,
             ))
         })
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberInfo, RaftError<NodeId>>>
+    {
+        self.rpc(KIND_APPEND, &rpc, option).await
     }
 
     async fn install_snapshot(
@@ -135,18 +153,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, MemberInfo, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        let ttl = option.hard_ttl();
-        let res: Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> =
-            self.call(KIND_SNAPSHOT, &rpc, ttl)
-                .await
-                .map_err(|e| self.rpc_error(e, ttl))?;
-        res.map_err(|e| {
-            RPCError::RemoteError(RemoteError::new_with_node(
-                self.target,
-                self.node.clone(),
-                e,
-            ))
-        })
+        self.rpc(KIND_SNAPSHOT, &rpc, option).await
     }
 
     async fn vote(
@@ -154,18 +161,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MemberInfo, RaftError<NodeId>>> {
-        let ttl = option.hard_ttl();
-        let res: Result<VoteResponse<NodeId>, RaftError<NodeId>> = self
-            .call(KIND_VOTE, &rpc, ttl)
-            .await
-            .map_err(|e| self.rpc_error(e, ttl))?;
-        res.map_err(|e| {
-            RPCError::RemoteError(RemoteError::new_with_node(
-                self.target,
-                self.node.clone(),
-                e,
-            ))
-        })
+        self.rpc(KIND_VOTE, &rpc, option).await
     }
 }
 
