@@ -8,7 +8,7 @@ step() { printf '\n== %s\n' "$*"; }
 started=$(date +%s)
 step "cargo fmt --check"
 cargo fmt --all -- --check
-step "cargo clippy (node, operator)"
+step "cargo clippy (workspace)"
 cargo clippy --workspace --all-targets -- -D warnings
 step "CRDs match the Rust types"
 cargo run -q -p litecluster-operator -- crd | diff -u crds/sqliteclusters.litecluster.io.yaml - \
