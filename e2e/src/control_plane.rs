@@ -43,6 +43,17 @@ pub struct Options {
     pub extra_apiserver_args: Vec<String>,
     pub extra_controller_manager_args: Vec<String>,
     pub extra_scheduler_args: Vec<String>,
+    /// Give pods a network (a bridge and a namespace per pod, see
+    /// [`crate::network`]); the cluster CIDR and the apiserver's advertise
+    /// address then come from the allocated network. Needs root.
+    pub pod_network: bool,
+    /// Where the kubelets find the programs images map to
+    /// (`litecluster-node`, `litecluster-operator`); None: the directory of
+    /// the `litecluster-e2e` binary (`$CARGO_TARGET_DIR/<profile>`), or
+    /// `$LITECLUSTER_E2E_IMAGE_BIN_DIR`.
+    pub image_bin_dir: Option<PathBuf>,
+    /// Extra image map entries `REPO=PATH` for the kubelets.
+    pub images: Vec<String>,
 }
 
 impl Options {
@@ -59,6 +70,9 @@ impl Options {
             extra_apiserver_args: Vec::new(),
             extra_controller_manager_args: Vec::new(),
             extra_scheduler_args: Vec::new(),
+            pod_network: true,
+            image_bin_dir: None,
+            images: Vec::new(),
         }
     }
 
@@ -126,6 +140,11 @@ pub struct ControlPlane {
     pub etcd_url: String,
     pub service_cidr: String,
     pub cluster_cidr: String,
+    /// The pod network (bridge, gateway = the apiserver's address for pods).
+    pub network: Option<crate::network::PodNetwork>,
+    pub api_port: u16,
+    image_bin_dir: Option<PathBuf>,
+    images: Vec<String>,
     procs: Vec<Proc>,
     active: bool,
 }
@@ -149,8 +168,28 @@ impl ControlPlane {
         }
         fs::create_dir_all(&opts.run_dir)?;
         let run_dir = opts.run_dir.canonicalize()?;
+        let mut opts = opts;
+        let network = if opts.pod_network {
+            let net = crate::network::PodNetwork::allocate(&run_dir)?;
+            opts.cluster_cidr = net.cidr.clone();
+            opts.advertise_address = Some(net.gateway.clone());
+            log(&format!("pod network {} on bridge {}", net.cidr, net.bridge));
+            Some(net)
+        } else {
+            None
+        };
         let t = Instant::now();
-        let pki = Pki::generate(&run_dir.join("pki"), &[format!("IP:{}", opts.service_ip)])?;
+        let mut sans = vec![format!("IP:{}", opts.service_ip)];
+        if let Some(n) = &network {
+            sans.push(format!("IP:{}", n.gateway));
+        }
+        let pki = match Pki::generate(&run_dir.join("pki"), &sans) {
+            Ok(p) => p,
+            Err(e) => {
+                crate::network::cleanup(&run_dir);
+                return Err(e);
+            }
+        };
         log(&format!(
             "certificates in {:.1}s",
             t.elapsed().as_secs_f64()
@@ -192,6 +231,10 @@ impl ControlPlane {
             etcd_url: etcd_url.clone(),
             service_cidr: opts.service_cidr.clone(),
             cluster_cidr: opts.cluster_cidr.clone(),
+            network,
+            api_port,
+            image_bin_dir: opts.image_bin_dir.clone(),
+            images: opts.images.clone(),
             procs: Vec::new(),
             active: true,
         };
@@ -226,7 +269,11 @@ impl ControlPlane {
         let pki = cp.pki.clone();
         let mut api_args = vec![
             format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1".into(),
+            // All addresses: pods reach it on the bridge address.
+            format!(
+                "--bind-address={}",
+                if cp.network.is_some() { "0.0.0.0" } else { "127.0.0.1" }
+            ),
             format!("--secure-port={api_port}"),
             format!("--cert-dir={}", p(&run_dir.join("apiserver-certs"))),
             format!("--tls-cert-file={}", p(&pki.apiserver.cert)),
@@ -418,6 +465,37 @@ impl ControlPlane {
     pub fn add_nodes(&mut self, names: &[&str]) -> Result<()> {
         let exe = kubelet_exe()?;
         let t = Instant::now();
+        let pod_args = match self.network.clone() {
+            None => Vec::new(),
+            Some(net) => {
+                if !self.procs.iter().any(|p| p.name == "addons") {
+                    let args = vec![
+                        "addons".to_string(),
+                        format!("--kubeconfig={}", self.kubeconfig.display()),
+                        format!("--run-dir={}", self.run_dir.display()),
+                        format!("--api-host={}", net.gateway),
+                    ];
+                    self.spawn("addons", &exe, &args)?;
+                }
+                let bin_dir = self
+                    .image_bin_dir
+                    .clone()
+                    .or_else(|| env::var_os("LITECLUSTER_E2E_IMAGE_BIN_DIR").map(PathBuf::from))
+                    .or_else(|| exe.parent().map(Path::to_path_buf))
+                    .context("no image bin dir")?;
+                let mut a = vec![
+                    format!("--run-dir={}", self.run_dir.display()),
+                    format!("--bridge={}", net.bridge),
+                    format!("--gateway={}", net.gateway),
+                    format!("--prefix-len={}", net.prefix_len),
+                    format!("--api-port={}", self.api_port),
+                    format!("--netns-prefix={}", net.netns_prefix()),
+                    format!("--bin-dir={}", bin_dir.display()),
+                ];
+                a.extend(self.images.iter().map(|i| format!("--image={i}")));
+                a
+            }
+        };
         for name in names {
             let cred = self.pki.issue(
                 &format!("kubelet-{name}"),
@@ -438,6 +516,8 @@ impl ControlPlane {
                 format!("--kubeconfig={}", kubeconfig.display()),
                 format!("--node-name={name}"),
             ];
+            let mut args = args;
+            args.extend(pod_args.iter().cloned());
             self.spawn(&format!("kubelet-{name}"), &exe, &args)?;
         }
         for name in names {
@@ -571,6 +651,7 @@ impl ControlPlane {
             p.stop(GRACE);
         }
         self.procs.clear();
+        crate::network::cleanup(&self.run_dir);
         remove_run_dir(&self.run_dir)
     }
 
@@ -640,6 +721,7 @@ pub fn down(run_dir: &Path) -> Result<()> {
             run_dir.display()
         ));
     }
+    crate::network::cleanup(run_dir);
     remove_run_dir(run_dir)
 }
 

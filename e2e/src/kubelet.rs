@@ -37,37 +37,67 @@ pub struct NodeAgentArgs {
     pub kubeconfig: std::path::PathBuf,
     pub node_name: String,
     pub node_ip: String,
+    /// Pods: None runs no pods (heartbeat only).
+    pub pods: Option<crate::pods::PodConfig>,
+}
+
+/// `--flag value` / `--flag=value` arguments; a flag may repeat.
+pub struct Flags(Vec<(String, String)>);
+
+impl Flags {
+    pub fn parse(args: &[String]) -> Result<Flags> {
+        let mut out = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let Some(flag) = a.strip_prefix("--") else {
+                anyhow::bail!("unexpected argument {a}");
+            };
+            let (k, v) = match flag.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (
+                    flag.to_string(),
+                    it.next().cloned().context(format!("--{flag} needs a value"))?,
+                ),
+            };
+            out.push((k, v));
+        }
+        Ok(Flags(out))
+    }
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+    }
+    pub fn all(&self, k: &str) -> Vec<String> {
+        self.0.iter().filter(|(n, _)| n == k).map(|(_, v)| v.clone()).collect()
+    }
+    pub fn req(&self, k: &str) -> Result<String> {
+        self.get(k).map(str::to_string).context(format!("--{k} is required"))
+    }
 }
 
 impl NodeAgentArgs {
-    /// Parses `--kubeconfig F --node-name N [--node-ip IP]` (also `--flag=value`).
+    /// Parses `--kubeconfig F --node-name N [--node-ip IP]` and, to run pods,
+    /// `--run-dir D --bridge B --gateway IP --prefix-len 16 --api-port P
+    /// --netns-prefix X --bin-dir D [--image REPO=PATH]...`.
     pub fn parse(args: &[String]) -> Result<NodeAgentArgs> {
-        let mut kubeconfig = None;
-        let mut node_name = None;
-        let mut node_ip = "127.0.0.1".to_string();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let (flag, inline) = match a.split_once('=') {
-                Some((f, v)) => (f, Some(v.to_string())),
-                None => (a.as_str(), None),
-            };
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| it.next().cloned())
-                    .context(format!("{flag} needs a value"))
-            };
-            match flag {
-                "--kubeconfig" => kubeconfig = Some(value()?.into()),
-                "--node-name" => node_name = Some(value()?),
-                "--node-ip" => node_ip = value()?,
-                _ => anyhow::bail!("unknown kubelet argument {a}"),
-            }
-        }
+        let f = Flags::parse(args)?;
+        let pods = match f.get("run-dir") {
+            None => None,
+            Some(run_dir) => Some(crate::pods::PodConfig {
+                run_dir: run_dir.into(),
+                bridge: f.req("bridge")?,
+                gateway: f.req("gateway")?,
+                prefix_len: f.req("prefix-len")?.parse()?,
+                api_port: f.req("api-port")?.parse()?,
+                netns_prefix: f.req("netns-prefix")?,
+                images: crate::pods::image_map(std::path::Path::new(&f.req("bin-dir")?), &f.all("image"))?,
+                exe: std::env::current_exe()?,
+            }),
+        };
         Ok(NodeAgentArgs {
-            kubeconfig: kubeconfig.context("--kubeconfig is required")?,
-            node_name: node_name.context("--node-name is required")?,
-            node_ip,
+            kubeconfig: f.req("kubeconfig")?.into(),
+            node_name: f.req("node-name")?,
+            node_ip: f.get("node-ip").unwrap_or("127.0.0.1").to_string(),
+            pods,
         })
     }
 }
@@ -78,13 +108,18 @@ pub async fn run(args: NodeAgentArgs) -> Result<()> {
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
     let client = Client::try_from(config)?;
     let nodes: Api<Node> = Api::all(client.clone());
-    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let name = args.node_name.as_str();
 
     let since = Time(Timestamp::now());
     register(&nodes, &args, &since).await?;
     eprintln!("kubelet {name}: registered Node (ip {})", args.node_ip);
 
+    let mut pods = match &args.pods {
+        Some(cfg) => Some(crate::pods::PodManager::new(client, cfg.clone(), name).await?),
+        None => None,
+    };
+    let mut pod_tick = tokio::time::interval(std::time::Duration::from_millis(500));
     let mut tick = tokio::time::interval(HEARTBEAT);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -98,11 +133,19 @@ pub async fn run(args: NodeAgentArgs) -> Result<()> {
                     eprintln!("kubelet {name}: updating status: {e:#}");
                 }
             }
+            _ = pod_tick.tick(), if pods.is_some() => {
+                if let Some(p) = pods.as_mut() {
+                    p.sync().await;
+                }
+            }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
     eprintln!("kubelet {name}: stopping");
+    if let Some(p) = pods.as_mut() {
+        p.shutdown().await;
+    }
     Ok(())
 }
 

@@ -16,9 +16,13 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+pub mod addons;
 pub mod binaries;
 pub mod control_plane;
 pub mod kubelet;
+pub mod network;
+pub mod pods;
+pub mod stack;
 pub mod pki;
 mod process;
 

@@ -3,6 +3,7 @@
 //! ```text
 //! litecluster-e2e build            # build/cache the binaries, print the bin dir
 //! litecluster-e2e up [RUN_DIR]     # start etcd + control plane, leave it running
+//! litecluster-e2e demo [RUN_DIR]   # up + helm install of the operator + examples/minimal.yaml, wait Ready
 //! litecluster-e2e down [RUN_DIR]   # stop everything started in RUN_DIR, remove it
 //! litecluster-e2e kubelet --kubeconfig F --node-name N   # a node agent (started by `up`)
 //! ```
@@ -11,6 +12,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use litecluster_e2e::{
+    stack::Stack,
     ControlPlane, Options, control_plane::default_run_dir, down, ensure_binaries,
 };
 
@@ -35,7 +37,15 @@ fn main() -> ExitCode {
             );
             Ok(())
         }),
+        Some("demo") => demo(run_dir()),
         Some("down") => down(&run_dir()),
+        Some("pod-exec") => litecluster_e2e::pods::pod_exec(&args[1..]),
+        Some("addons") => litecluster_e2e::addons::AddonsArgs::parse(&args[1..]).and_then(|a| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(litecluster_e2e::addons::run(a))
+        }),
         Some("kubelet") => litecluster_e2e::kubelet::NodeAgentArgs::parse(&args[1..]).and_then(|a| {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -44,7 +54,7 @@ fn main() -> ExitCode {
                 .block_on(litecluster_e2e::kubelet::run(a))
         }),
         _ => {
-            eprintln!("usage: litecluster-e2e build | up [RUN_DIR] | down [RUN_DIR] | kubelet --kubeconfig F --node-name N");
+            eprintln!("usage: litecluster-e2e build | up [RUN_DIR] | demo [RUN_DIR] | down [RUN_DIR] | kubelet --kubeconfig F --node-name N");
             return ExitCode::from(2);
         }
     };
@@ -55,4 +65,47 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The newcomer's path: the whole stack, the minimal example Ready, left running.
+fn demo(run_dir: PathBuf) -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    let started = Instant::now();
+    let stack = litecluster_e2e::stack::Stack::up(Options::new(run_dir))?;
+    let example = litecluster_e2e::binaries::workspace_root().join("examples/minimal.yaml");
+    let t = Instant::now();
+    let result = stack.apply_file("default", &example).and_then(|_| {
+        stack.wait_ready("default", "mydb", 3, Duration::from_secs(300))
+    });
+    let status = match result {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}", stack.diagnostics(Some("default")));
+            return Err(e);
+        }
+    };
+    let leader = status["leader"].as_str().unwrap_or_default().to_string();
+    let ip = stack.pod_ip("default", &leader)?.unwrap_or_default();
+    let dir = stack.cp.run_dir.clone();
+    eprintln!(
+        "SqliteCluster default/mydb Ready 3/3 in {:.1}s (whole stack {:.1}s); leader {leader}",
+        t.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    let Stack { cp } = stack;
+    let dir2 = cp.detach();
+    debug_assert_eq!(dir, dir2);
+    println!(
+        "\nThe stack is running (logs: {d}/logs, pod logs: {d}/pods/<ns>_<pod>/<container>.log).\n\
+         \n  source {d}/env                       # KUBECONFIG, helm and the control-plane binaries\n\
+         \x20 kubectl get slc,pods -o wide\n\
+         \x20 curl -XPOST 'http://{ip}:4001/db/execute?pretty' -d '[\"CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)\", [\"INSERT INTO t(v) VALUES(?)\", \"hello\"]]'\n\
+         \x20 curl 'http://{ip}:4001/db/query?pretty&level=strong&q=SELECT+*+FROM+t'\n\
+         \x20 kubectl scale slc/mydb --replicas=5\n\
+         \nPods are reachable from this machine at their IPs; inside pods, \
+         mydb-N.mydb-headless.default.svc.cluster.local resolves.\n\
+         Stop everything: cargo run -p litecluster-e2e -- down {d}\n",
+        d = dir.display()
+    );
+    Ok(())
 }
