@@ -1,0 +1,469 @@
+//! The user's path end to end, against one shared stack (control plane,
+//! three process-backed nodes, the operator installed by helm). Each scenario
+//! works in a namespace of its own, so they run side by side; the stack is
+//! started by the first scenario and stopped when the last one finishes
+//! (also on panic). A failing scenario prints the operator's and the
+//! members' logs and the Events.
+//!
+//! `CARGO_TARGET_DIR=target-e2e cargo test -p litecluster-e2e --test scenarios`
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use litecluster_e2e::{
+    Options,
+    stack::{OPERATOR_NS, OPERATOR_SA, Stack, http},
+};
+
+static SHARED: Mutex<(Option<Arc<Stack>>, usize)> = Mutex::new((None, 0));
+
+/// A user of the shared stack; the last one to drop stops it.
+struct Lease {
+    stack: Arc<Stack>,
+    ns: String,
+    started: Instant,
+}
+
+impl Lease {
+    fn get(ns: &str) -> Lease {
+        let stack = {
+            let mut g = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+            if g.0.is_none() {
+                let s = Stack::up(Options::for_test("scenarios")).expect("bringing up the stack");
+                g.0 = Some(Arc::new(s));
+            }
+            g.1 += 1;
+            g.0.clone().unwrap()
+        };
+        stack
+            .cp
+            .kubectl_ok(&["create", "namespace", ns])
+            .expect("creating the namespace");
+        Lease {
+            stack,
+            ns: ns.to_string(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs the scenario body; on error prints diagnostics and panics.
+    fn run(&self, f: impl FnOnce(&Stack, &str) -> Result<()>) {
+        let r = f(&self.stack, &self.ns);
+        eprintln!(
+            "[scenario {}] {} in {:.1}s",
+            self.ns,
+            if r.is_ok() { "passed" } else { "FAILED" },
+            self.started.elapsed().as_secs_f64()
+        );
+        if let Err(e) = r {
+            eprintln!("{}", self.stack.diagnostics(Some(&self.ns)));
+            panic!("scenario {} failed: {e:#}", self.ns);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut g = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        g.1 -= 1;
+        if g.1 == 0 {
+            // Last user: stop everything (processes, namespaces, bridge, run dir).
+            g.0 = None;
+        }
+    }
+}
+
+fn cluster_yaml(name: &str, replicas: u32, voters: u32) -> String {
+    format!(
+        "apiVersion: litecluster.io/v1alpha1\nkind: SqliteCluster\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  voters: {voters}\n  storage:\n    size: 1Gi\n"
+    )
+}
+
+fn ready_timeout() -> Duration {
+    Duration::from_secs(240)
+}
+
+/// Address `ip:4001` of a member pod.
+fn member(s: &Stack, ns: &str, pod: &str) -> Result<String> {
+    let ip = s.pod_ip(ns, pod)?.with_context(|| format!("pod {pod} has no IP"))?;
+    Ok(format!("{ip}:4001"))
+}
+
+fn execute(addr: &str, body: &str) -> Result<serde_json::Value> {
+    let (code, text) = http("POST", addr, "/db/execute", Some(body))?;
+    ensure!(code == 200, "execute on {addr}: HTTP {code}: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    if let Some(err) = v["results"].as_array().and_then(|r| r.iter().find_map(|x| x["error"].as_str())) {
+        bail!("execute on {addr}: {err}");
+    }
+    Ok(v)
+}
+
+/// Single-column integer query result.
+fn query_ints(addr: &str, sql: &str, level: &str) -> Result<Vec<i64>> {
+    let q: String = sql
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (code, text) = http("GET", addr, &format!("/db/query?level={level}&q={q}"), None)?;
+    ensure!(code == 200, "query on {addr}: HTTP {code}: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    let r = &v["results"][0];
+    if let Some(e) = r["error"].as_str() {
+        bail!("query on {addr}: {e}");
+    }
+    Ok(r["values"]
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|row| row[0].as_i64()).collect())
+        .unwrap_or_default())
+}
+
+/// Raft members as the leader reports them (`/nodes`): (id, voter).
+fn raft_members(addr: &str) -> Result<Vec<(String, bool)>> {
+    let (code, text) = http("GET", addr, "/nodes?nonvoters", None)?;
+    ensure!(code == 200, "/nodes on {addr}: HTTP {code}: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    let mut out = Vec::new();
+    let mut push = |id: &str, n: &serde_json::Value| out.push((id.to_string(), n["voter"].as_bool().unwrap_or(false)));
+    match &v {
+        serde_json::Value::Object(m) => m.iter().for_each(|(k, n)| push(n["id"].as_str().unwrap_or(k), n)),
+        serde_json::Value::Array(a) => a.iter().for_each(|n| push(n["id"].as_str().unwrap_or_default(), n)),
+        _ => bail!("unexpected /nodes body {text}"),
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn create_ready(s: &Stack, ns: &str, name: &str, replicas: u32) -> Result<serde_json::Value> {
+    s.apply_yaml(ns, &cluster_yaml(name, replicas, replicas.min(3)))?;
+    s.wait_ready(ns, name, replicas.into(), ready_timeout())
+}
+
+// ---------------------------------------------------------------- install
+
+#[test]
+fn install_example_becomes_ready_3_of_3_with_a_leader() {
+    Lease::get("s-install").run(|s, ns| {
+        let t = Instant::now();
+        let example = litecluster_e2e::binaries::workspace_root().join("examples/minimal.yaml");
+        s.apply_file(ns, &example)?;
+        let st = s.wait_ready(ns, "mydb", 3, ready_timeout())?;
+        eprintln!("mydb Ready 3/3 in {:.1}s", t.elapsed().as_secs_f64());
+        let leader = st["leader"].as_str().context("no leader")?;
+        ensure!(leader.starts_with("mydb-"), "leader {leader}");
+        ensure!(st["voters"].as_i64() == Some(3), "voters {}", st["voters"]);
+        ensure!(st["readyMembers"].as_str() == Some("3/3"), "readyMembers {}", st["readyMembers"]);
+        // The leader's own view agrees.
+        let members = raft_members(&member(s, ns, leader)?)?;
+        ensure!(members.len() == 3 && members.iter().all(|m| m.1), "raft members {members:?}");
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------- replication
+
+#[test]
+fn replication_writes_through_one_member_read_back_from_all() {
+    Lease::get("s-replication").run(|s, ns| {
+        let st = create_ready(s, ns, "repl", 3)?;
+        let leader = st["leader"].as_str().unwrap_or_default().to_string();
+        // Write through a follower: it forwards to the leader.
+        let follower = (0..3).map(|i| format!("repl-{i}")).find(|p| *p != leader).unwrap();
+        let addr = member(s, ns, &follower)?;
+        execute(&addr, r#"["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"]"#)?;
+        let stmts: Vec<String> = (1..=50).map(|i| format!(r#"["INSERT INTO t(id, v) VALUES(?, ?)", {i}, "v{i}"]"#)).collect();
+        execute(&addr, &format!("[{}]", stmts.join(",")))?;
+        let want: Vec<i64> = (1..=50).collect();
+        for i in 0..3 {
+            let a = member(s, ns, &format!("repl-{i}"))?;
+            s.wait_for(&format!("50 rows on repl-{i}"), Duration::from_secs(30), || {
+                Ok((query_ints(&a, "SELECT id FROM t ORDER BY id", "none")? == want).then_some(()))
+            })?;
+        }
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------- failover
+
+#[test]
+fn deleting_the_leader_while_writing_loses_no_acknowledged_write() {
+    Lease::get("s-failover").run(|s, ns| {
+        let st = create_ready(s, ns, "fo", 3)?;
+        let old_leader = st["leader"].as_str().unwrap_or_default().to_string();
+        let addrs: Vec<String> = (0..3).map(|i| member(s, ns, &format!("fo-{i}"))).collect::<Result<_>>()?;
+        execute(&addrs[0], r#"["CREATE TABLE w (id INTEGER PRIMARY KEY)"]"#)?;
+
+        // A writer that tries every member in turn; records acknowledged ids.
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::<i64>::new()));
+        let writer = {
+            let (stop, acked, addrs) = (stop.clone(), acked.clone(), addrs.clone());
+            thread::spawn(move || {
+                let mut id = 0i64;
+                let mut target = 0usize;
+                let mut errors = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    id += 1;
+                    let body = format!(r#"[["INSERT INTO w(id) VALUES(?)", {id}]]"#);
+                    match execute(&addrs[target % addrs.len()], &body) {
+                        Ok(_) => acked.lock().unwrap().push(id),
+                        Err(_) => {
+                            errors += 1;
+                            target += 1;
+                            thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+                errors
+            })
+        };
+        thread::sleep(Duration::from_secs(2));
+        let before = acked.lock().unwrap().len();
+        s.cp.kubectl_ok(&["delete", "pod", &old_leader, "-n", ns, "--wait=false"])?;
+        let t = Instant::now();
+        let new_leader = s.wait_for("a new leader in status", Duration::from_secs(90), || {
+            let st = s.cluster(ns, "fo")?["status"].clone();
+            Ok(st["leader"].as_str().filter(|l| *l != old_leader).map(str::to_string))
+        })?;
+        eprintln!("new leader {new_leader} in status {:.1}s after deleting {old_leader}", t.elapsed().as_secs_f64());
+        // Writes continue after the failover.
+        let after_failover = acked.lock().unwrap().len();
+        s.wait_for("writes acknowledged after the failover", Duration::from_secs(30), || {
+            Ok((acked.lock().unwrap().len() > after_failover + 10).then_some(()))
+        })?;
+        s.wait_ready(ns, "fo", 3, ready_timeout())?;
+        stop.store(true, Ordering::Relaxed);
+        let errors = writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))?;
+        let acked = acked.lock().unwrap().clone();
+        ensure!(before > 0, "no write acknowledged before the failover");
+        let leader_addr = member(s, ns, &new_leader)?;
+        let stored: BTreeSet<i64> = query_ints(&leader_addr, "SELECT id FROM w", "strong")?.into_iter().collect();
+        let lost: Vec<i64> = acked.iter().filter(|i| !stored.contains(i)).copied().collect();
+        eprintln!("{} writes acknowledged, {errors} failed attempts, {} rows stored", acked.len(), stored.len());
+        ensure!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------- scaling
+
+#[test]
+fn scale_to_5_and_back_to_3_membership_follows_nothing_lost() {
+    Lease::get("s-scale").run(|s, ns| {
+        create_ready(s, ns, "sc", 3)?;
+        let a0 = member(s, ns, "sc-0")?;
+        execute(&a0, r#"["CREATE TABLE t (id INTEGER PRIMARY KEY)", "INSERT INTO t(id) VALUES(1)", "INSERT INTO t(id) VALUES(2)"]"#)?;
+
+        s.cp.kubectl_ok(&["scale", "slc/sc", "--replicas=5", "-n", ns])?;
+        let st = s.wait_ready(ns, "sc", 5, ready_timeout())?;
+        let leader = st["leader"].as_str().unwrap_or_default().to_string();
+        let members = s.wait_for("5 Raft members, 3 voters", Duration::from_secs(60), || {
+            let m = raft_members(&member(s, ns, &leader)?)?;
+            Ok((m.len() == 5 && m.iter().filter(|x| x.1).count() == 3).then_some(m))
+        })?;
+        for (id, voter) in &members {
+            let ordinal: u32 = id.rsplit('-').next().unwrap_or_default().parse().unwrap_or(99);
+            ensure!(*voter == (ordinal < 3), "member {id}: voter={voter}; want voters sc-0..2, learners beyond");
+        }
+        execute(&member(s, ns, "sc-4")?, r#"[["INSERT INTO t(id) VALUES(?)", 3]]"#)?;
+        for i in 0..5 {
+            let a = member(s, ns, &format!("sc-{i}"))?;
+            s.wait_for(&format!("rows on sc-{i}"), Duration::from_secs(30), || {
+                Ok((query_ints(&a, "SELECT id FROM t ORDER BY id", "none")? == [1, 2, 3]).then_some(()))
+            })?;
+        }
+
+        s.cp.kubectl_ok(&["scale", "slc/sc", "--replicas=3", "-n", ns])?;
+        let st = s.wait_ready(ns, "sc", 3, ready_timeout())?;
+        let leader = st["leader"].as_str().unwrap_or_default().to_string();
+        s.wait_for("3 Raft members", Duration::from_secs(60), || {
+            let m = raft_members(&member(s, ns, &leader)?)?;
+            Ok((m.len() == 3 && m.iter().all(|x| x.1)).then_some(()))
+        })?;
+        s.wait_for("pods sc-3 and sc-4 gone", Duration::from_secs(90), || {
+            Ok((s.pod_ip(ns, "sc-3")?.is_none() && s.pod_ip(ns, "sc-4")?.is_none()).then_some(()))
+        })?;
+        ensure!(
+            query_ints(&member(s, ns, &leader)?, "SELECT id FROM t ORDER BY id", "strong")? == [1, 2, 3],
+            "rows changed by scaling"
+        );
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------- autoscaling
+
+#[test]
+fn hpa_aimed_at_the_cluster_is_accepted_and_resolves_its_scale_target() {
+    Lease::get("s-hpa").run(|s, ns| {
+        s.apply_yaml(ns, &cluster_yaml("reads", 1, 1))?;
+        s.wait_ready(ns, "reads", 1, ready_timeout())?;
+        s.apply_yaml(
+            ns,
+            "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: reads\nspec:\n  \
+             scaleTargetRef:\n    apiVersion: litecluster.io/v1alpha1\n    kind: SqliteCluster\n    name: reads\n  \
+             minReplicas: 1\n  maxReplicas: 3\n  metrics:\n  - type: Resource\n    resource:\n      name: cpu\n      \
+             target:\n        type: Utilization\n        averageUtilization: 70\n",
+        )?;
+        // The HPA controller read the scale subresource (replicas and selector);
+        // with no metrics server it cannot compute a recommendation, which is fine here.
+        let cond = s.wait_for("HPA AbleToScale=True", Duration::from_secs(90), || {
+            let out = s.cp.kubectl_ok(&["get", "hpa", "reads", "-n", ns, "-o", "json"])?;
+            let v: serde_json::Value = serde_json::from_str(&out)?;
+            Ok(v["status"]["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "AbleToScale" && c["status"] == "True"))
+                .cloned())
+        })?;
+        eprintln!("AbleToScale: {}", cond["reason"]);
+        let scale = s.cp.kubectl_ok(&["get", "--raw", &format!("/apis/litecluster.io/v1alpha1/namespaces/{ns}/sqliteclusters/reads/scale")])?;
+        let v: serde_json::Value = serde_json::from_str(&scale)?;
+        ensure!(v["status"]["replicas"].as_i64() == Some(1), "scale status {v}");
+        ensure!(
+            v["status"]["selector"].as_str().is_some_and(|sel| sel.contains("app.kubernetes.io/instance=reads")),
+            "scale selector {v}"
+        );
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------- validation
+
+#[test]
+fn invalid_clusters_are_rejected_with_the_cel_messages() {
+    Lease::get("s-invalid").run(|s, ns| {
+        let cases = [
+            ("replicas: 0\n  voters: 1", "replicas must be at least 1"),
+            ("replicas: 3\n  voters: 2", "voters must be a positive odd number"),
+            ("replicas: 3\n  voters: 3\n  imagePullPolicy: Sometimes", "imagePullPolicy must be Always, IfNotPresent or Never"),
+        ];
+        for (spec, message) in cases {
+            let yaml = format!(
+                "apiVersion: litecluster.io/v1alpha1\nkind: SqliteCluster\nmetadata:\n  name: bad\nspec:\n  {spec}\n  storage:\n    size: 1Gi\n"
+            );
+            match s.apply_yaml(ns, &yaml) {
+                Ok(out) => bail!("accepted invalid spec {spec:?}: {out}"),
+                Err(e) => ensure!(e.to_string().contains(message), "spec {spec:?}: error {e:#} lacks {message:?}"),
+            }
+        }
+        let bad_size = "apiVersion: litecluster.io/v1alpha1\nkind: SqliteCluster\nmetadata:\n  name: bad\nspec:\n  replicas: 1\n  voters: 1\n  storage:\n    size: lots\n";
+        let e = s.apply_yaml(ns, bad_size).err().context("accepted storage.size: lots")?;
+        ensure!(e.to_string().contains("storage.size must be a quantity"), "{e:#}");
+        // Immutable-ish rules on update: size cannot shrink.
+        s.apply_yaml(ns, &cluster_yaml("grow", 1, 1))?;
+        let shrink = cluster_yaml("grow", 1, 1).replace("1Gi", "500Mi");
+        let e = s.apply_yaml(ns, &shrink).err().context("accepted a shrinking storage.size")?;
+        ensure!(e.to_string().contains("storage.size cannot shrink"), "{e:#}");
+        s.cp.kubectl_ok(&["delete", "slc", "grow", "-n", ns, "--wait=false"])?;
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------- RBAC
+
+#[test]
+fn operator_service_account_can_do_its_job_and_nothing_more() {
+    Lease::get("s-rbac").run(|s, _ns| {
+        let sa = format!("system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}");
+        let can = |verb: &str, res: &str, ns: Option<&str>| -> Result<bool> {
+            let (res, sub) = res.split_once('/').map_or((res, None), |(r, s)| (r, Some(s)));
+            let sub = sub.map(|s| format!("--subresource={s}"));
+            let mut args = vec!["auth", "can-i", verb, res, "--as", &sa];
+            if let Some(s) = &sub {
+                args.push(s);
+            }
+            if let Some(n) = ns {
+                args.extend(["-n", n]);
+            }
+            let out = s.cp.kubectl_output(&args)?;
+            Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
+        };
+        for (verb, res) in [
+            ("watch", "sqliteclusters.litecluster.io"),
+            ("patch", "sqliteclusters.litecluster.io/status"),
+            ("patch", "statefulsets.apps"),
+            ("list", "pods"),
+            ("patch", "services"),
+            ("create", "events.events.k8s.io"),
+        ] {
+            ensure!(can(verb, res, Some("default"))?, "operator cannot {verb} {res}");
+        }
+        ensure!(can("update", "leases.coordination.k8s.io", Some(OPERATOR_NS))?, "operator cannot update its Lease");
+        for (verb, res, ns) in [
+            ("delete", "pods", Some("default")),
+            ("list", "secrets", Some("default")),
+            ("create", "sqliteclusters.litecluster.io", Some("default")),
+            ("patch", "sqliteclusters.litecluster.io", Some("default")),
+            ("delete", "persistentvolumeclaims", Some("default")),
+            ("create", "clusterrolebindings.rbac.authorization.k8s.io", None),
+            ("get", "nodes", None),
+            ("update", "leases.coordination.k8s.io", Some("default")),
+        ] {
+            ensure!(!can(verb, res, ns)?, "operator may {verb} {res} (should be denied)");
+        }
+        // And it really works under that account: its pod runs with a projected token.
+        let ready = s.cp.kubectl_ok(&[
+            "get", "deploy", OPERATOR_SA, "-n", OPERATOR_NS, "-o", "jsonpath={.status.availableReplicas}",
+        ])?;
+        ensure!(ready.trim() == "1", "operator Deployment available replicas {ready:?}");
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------- pause
+
+#[test]
+fn pause_annotation_stops_reconciling() {
+    Lease::get("s-pause").run(|s, ns| {
+        create_ready(s, ns, "pz", 1)?;
+        s.cp.kubectl_ok(&["annotate", "slc", "pz", "-n", ns, "litecluster.io/paused=true"])?;
+        thread::sleep(Duration::from_secs(3));
+        s.cp.kubectl_ok(&["delete", "service", "pz-readonly", "-n", ns])?;
+        s.cp.kubectl_ok(&["patch", "slc", "pz", "-n", ns, "--type=merge", "-p", r#"{"spec":{"replicas":2}}"#])?;
+        thread::sleep(Duration::from_secs(15));
+        let sts = s.cp.kubectl_ok(&["get", "sts", "pz", "-n", ns, "-o", "jsonpath={.spec.replicas}"])?;
+        ensure!(sts.trim() == "1", "paused cluster's StatefulSet changed to {sts} replicas");
+        ensure!(
+            !s.cp.kubectl_output(&["get", "service", "pz-readonly", "-n", ns])?.status.success(),
+            "paused cluster's Service was recreated"
+        );
+        s.cp.kubectl_ok(&["annotate", "slc", "pz", "-n", ns, "litecluster.io/paused-"])?;
+        s.wait_for("Service recreated after unpausing", Duration::from_secs(60), || {
+            Ok(s.cp.kubectl_output(&["get", "service", "pz-readonly", "-n", ns])?.status.success().then_some(()))
+        })?;
+        s.wait_ready(ns, "pz", 2, ready_timeout())?;
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------- garbage collection
+
+#[test]
+fn deleting_the_cluster_garbage_collects_what_it_owned() {
+    Lease::get("s-gc").run(|s, ns| {
+        create_ready(s, ns, "gc", 1)?;
+        let owned = "statefulsets,services,poddisruptionbudgets,serviceaccounts,configmaps,pods";
+        let list = |sel: &str| s.cp.kubectl_ok(&["get", owned, "-n", ns, "-l", sel, "-o", "name"]);
+        let before = list("app.kubernetes.io/instance=gc")?;
+        ensure!(before.contains("statefulset.apps/gc") && before.contains("service/gc"), "owned objects: {before}");
+        s.cp.kubectl_ok(&["delete", "slc", "gc", "-n", ns, "--wait=false"])?;
+        s.wait_for("owned objects gone", Duration::from_secs(120), || {
+            let left = s.cp.kubectl_ok(&["get", "statefulsets,services,poddisruptionbudgets,pods", "-n", ns, "-o", "name"])?;
+            let sa = s.cp.kubectl_output(&["get", "serviceaccount", "gc-node", "-n", ns])?;
+            Ok((left.trim().is_empty() && !sa.status.success()).then_some(()))
+        })?;
+        Ok(())
+    });
+}
