@@ -293,17 +293,13 @@ impl Worker {
     }
 
     fn snapshot_meta(&mut self) -> crate::Result<SnapshotMeta> {
-        let Some(last) = self.applied else {
-            return Err(crate::Error::Internal("nothing applied yet".into()));
-        };
+        // Nothing applied yet is a valid (empty) snapshot: openraft treats a build error as fatal.
+        let (term, index) = self.applied.map_or((0, 0), |l| (l.leader_id.term, l.index));
         self.snapshot_seq += 1;
         Ok(SnapshotMeta {
-            last_log_id: Some(last),
+            last_log_id: self.applied,
             last_membership: self.membership.clone(),
-            snapshot_id: format!(
-                "{}-{}-{}",
-                last.leader_id.term, last.index, self.snapshot_seq
-            ),
+            snapshot_id: format!("{term}-{index}-{}", self.snapshot_seq),
         })
     }
 
