@@ -136,7 +136,9 @@ async fn hosts(client: &Client, args: &AddonsArgs) -> Result<String> {
         };
         let not_ready_ok = spec.publish_not_ready_addresses == Some(true);
         for p in &pods {
-            if p.namespace().as_deref() != Some(ns.as_str()) || p.metadata.deletion_timestamp.is_some() {
+            if p.namespace().as_deref() != Some(ns.as_str())
+                || p.metadata.deletion_timestamp.is_some()
+            {
                 continue;
             }
             let labels = p.labels();
@@ -186,7 +188,9 @@ async fn provision(client: &Client, args: &AddonsArgs) -> Result<()> {
             .as_ref()
             .and_then(|r| r.requests.as_ref())
             .and_then(|r| r.get("storage").cloned())
-            .unwrap_or(k8s_openapi::apimachinery::pkg::api::resource::Quantity("1Gi".into()));
+            .unwrap_or(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                "1Gi".into(),
+            ));
         let pv = PersistentVolume {
             metadata: ObjectMeta {
                 name: Some(pv_name.clone()),
@@ -219,7 +223,11 @@ async fn provision(client: &Client, args: &AddonsArgs) -> Result<()> {
             ..Default::default()
         };
         match pvs.create(&PostParams::default(), &pv).await {
-            Ok(_) => eprintln!("addons: provisioned {pv_name} for {ns}/{} at {}", c.name_any(), dir.display()),
+            Ok(_) => eprintln!(
+                "addons: provisioned {pv_name} for {ns}/{} at {}",
+                c.name_any(),
+                dir.display()
+            ),
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(e) => return Err(e).context("creating PersistentVolume"),
         }

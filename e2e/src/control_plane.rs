@@ -173,7 +173,10 @@ impl ControlPlane {
             let net = crate::network::PodNetwork::allocate(&run_dir)?;
             opts.cluster_cidr = net.cidr.clone();
             opts.advertise_address = Some(net.gateway.clone());
-            log(&format!("pod network {} on bridge {}", net.cidr, net.bridge));
+            log(&format!(
+                "pod network {} on bridge {}",
+                net.cidr, net.bridge
+            ));
             Some(net)
         } else {
             None
@@ -272,7 +275,11 @@ impl ControlPlane {
             // All addresses: pods reach it on the bridge address.
             format!(
                 "--bind-address={}",
-                if cp.network.is_some() { "0.0.0.0" } else { "127.0.0.1" }
+                if cp.network.is_some() {
+                    "0.0.0.0"
+                } else {
+                    "127.0.0.1"
+                }
             ),
             format!("--secure-port={api_port}"),
             format!("--cert-dir={}", p(&run_dir.join("apiserver-certs"))),

@@ -1,7 +1,7 @@
-//! The node half of the process-backed kubelet (first slice): registers a
-//! Node, keeps its Lease in `kube-node-lease` renewed and its Ready condition
-//! fresh, as a real kubelet does. Running the Pods bound to the node as local
-//! processes is the next slice.
+//! The node half of the process-backed kubelet: registers a Node, keeps its
+//! Lease in `kube-node-lease` renewed and its Ready condition fresh, as a real
+//! kubelet does, and (with `--run-dir` and the network flags) runs the Pods
+//! bound to the node through [`crate::pods::PodManager`].
 //!
 //! Runs as `litecluster-e2e kubelet --kubeconfig F --node-name N [--node-ip IP]`,
 //! started by [`crate::ControlPlane::add_nodes`] with a client certificate for
@@ -56,7 +56,9 @@ impl Flags {
                 Some((k, v)) => (k.to_string(), v.to_string()),
                 None => (
                     flag.to_string(),
-                    it.next().cloned().context(format!("--{flag} needs a value"))?,
+                    it.next()
+                        .cloned()
+                        .context(format!("--{flag} needs a value"))?,
                 ),
             };
             out.push((k, v));
@@ -64,13 +66,23 @@ impl Flags {
         Ok(Flags(out))
     }
     pub fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
     }
     pub fn all(&self, k: &str) -> Vec<String> {
-        self.0.iter().filter(|(n, _)| n == k).map(|(_, v)| v.clone()).collect()
+        self.0
+            .iter()
+            .filter(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
     pub fn req(&self, k: &str) -> Result<String> {
-        self.get(k).map(str::to_string).context(format!("--{k} is required"))
+        self.get(k)
+            .map(str::to_string)
+            .context(format!("--{k} is required"))
     }
 }
 
@@ -89,7 +101,10 @@ impl NodeAgentArgs {
                 prefix_len: f.req("prefix-len")?.parse()?,
                 api_port: f.req("api-port")?.parse()?,
                 netns_prefix: f.req("netns-prefix")?,
-                images: crate::pods::image_map(std::path::Path::new(&f.req("bin-dir")?), &f.all("image"))?,
+                images: crate::pods::image_map(
+                    std::path::Path::new(&f.req("bin-dir")?),
+                    &f.all("image"),
+                )?,
                 exe: std::env::current_exe()?,
             }),
         };

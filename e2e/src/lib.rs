@@ -21,10 +21,10 @@ pub mod binaries;
 pub mod control_plane;
 pub mod kubelet;
 pub mod network;
-pub mod pods;
-pub mod stack;
 pub mod pki;
+pub mod pods;
 mod process;
+pub mod stack;
 
 pub use binaries::{Binaries, K8S_VERSION, ensure_binaries};
 pub use control_plane::{ControlPlane, Options, down};

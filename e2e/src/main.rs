@@ -12,8 +12,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use litecluster_e2e::{
-    stack::Stack,
-    ControlPlane, Options, control_plane::default_run_dir, down, ensure_binaries,
+    ControlPlane, Options, control_plane::default_run_dir, down, ensure_binaries, stack::Stack,
 };
 
 fn main() -> ExitCode {
@@ -74,9 +73,9 @@ fn demo(run_dir: PathBuf) -> anyhow::Result<()> {
     let stack = litecluster_e2e::stack::Stack::up(Options::new(run_dir))?;
     let example = litecluster_e2e::binaries::workspace_root().join("examples/minimal.yaml");
     let t = Instant::now();
-    let result = stack.apply_file("default", &example).and_then(|_| {
-        stack.wait_ready("default", "mydb", 3, Duration::from_secs(300))
-    });
+    let result = stack
+        .apply_file("default", &example)
+        .and_then(|_| stack.wait_ready("default", "mydb", 3, Duration::from_secs(300)));
     let status = match result {
         Ok(s) => s,
         Err(e) => {

@@ -116,8 +116,14 @@ pub fn setup_pod(
     ip(&["-n", netns, "route", "add", "default", "via", gateway])?;
     let etc = Path::new("/etc/netns").join(netns);
     fs::create_dir_all(&etc)?;
-    fs::write(etc.join("hosts"), format!("127.0.0.1 localhost\n{ip_addr} {netns}\n"))?;
-    fs::write(etc.join("resolv.conf"), "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")?;
+    fs::write(
+        etc.join("hosts"),
+        format!("127.0.0.1 localhost\n{ip_addr} {netns}\n"),
+    )?;
+    fs::write(
+        etc.join("resolv.conf"),
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    )?;
     Ok(())
 }
 

@@ -113,17 +113,17 @@ pub fn expand(s: &str, env: &[(String, String)]) -> String {
                 i += 2;
                 continue;
             }
-            if b[i + 1] == b'(' {
-                if let Some(end) = s[i + 2..].find(')') {
-                    let name = &s[i + 2..i + 2 + end];
-                    if let Some((_, v)) = env.iter().rev().find(|(k, _)| k == name) {
-                        out.push_str(v);
-                    } else {
-                        out.push_str(&s[i..i + 3 + end]);
-                    }
-                    i += 3 + end;
-                    continue;
+            if b[i + 1] == b'('
+                && let Some(end) = s[i + 2..].find(')')
+            {
+                let name = &s[i + 2..i + 2 + end];
+                if let Some((_, v)) = env.iter().rev().find(|(k, _)| k == name) {
+                    out.push_str(v);
+                } else {
+                    out.push_str(&s[i..i + 3 + end]);
                 }
+                i += 3 + end;
+                continue;
             }
         }
         let ch = s[i..].chars().next().unwrap();
@@ -242,7 +242,10 @@ impl PodManager {
             .collect();
         for uid in gone {
             if let Some(mut p) = self.pods.remove(&uid) {
-                log(&self.node, &format!("pod {}/{} gone from the API: killing", p.ns, p.name));
+                log(
+                    &self.node,
+                    &format!("pod {}/{} gone from the API: killing", p.ns, p.name),
+                );
                 for c in &mut p.containers {
                     signal(c, Signal::SIGKILL);
                     reap(c);
@@ -268,13 +271,20 @@ impl PodManager {
                 }
                 match self.start_pod(pod).await {
                     Ok(rt) => {
-                        log(&self.node, &format!("started pod {}/{} at {}", rt.ns, rt.name, rt.ip));
+                        log(
+                            &self.node,
+                            &format!("started pod {}/{} at {}", rt.ns, rt.name, rt.ip),
+                        );
                         self.pods.insert(uid.clone(), rt);
                     }
                     Err(e) => {
                         log(
                             &self.node,
-                            &format!("starting pod {}/{}: {e:#}", pod.namespace().unwrap_or_default(), pod.name_any()),
+                            &format!(
+                                "starting pod {}/{}: {e:#}",
+                                pod.namespace().unwrap_or_default(),
+                                pod.name_any()
+                            ),
                         );
                         continue;
                     }
@@ -285,10 +295,16 @@ impl PodManager {
                 let grace = pod
                     .metadata
                     .deletion_grace_period_seconds
-                    .or(pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+                    .or(pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds))
                     .unwrap_or(30)
                     .max(0) as u64;
-                log(&self.node, &format!("pod {}/{} deleted: SIGTERM, grace {grace}s", rt.ns, rt.name));
+                log(
+                    &self.node,
+                    &format!("pod {}/{} deleted: SIGTERM, grace {grace}s", rt.ns, rt.name),
+                );
                 rt.terminating = Some(Instant::now() + Duration::from_secs(grace));
                 for c in &mut rt.containers {
                     c.restart_at = None;
@@ -334,7 +350,10 @@ impl PodManager {
                     c.restart_at = None;
                     c.restart_count += 1;
                     if let Err(e) = spawn(c, &rt.netns, &self.cfg.exe) {
-                        eprintln!("kubelet: restarting {}/{} {}: {e:#}", rt.ns, rt.name, c.spec.name);
+                        eprintln!(
+                            "kubelet: restarting {}/{} {}: {e:#}",
+                            rt.ns, rt.name, c.spec.name
+                        );
                         c.restart_at = Some(now + c.backoff);
                     }
                 }
@@ -344,10 +363,24 @@ impl PodManager {
                         (true, c.spec.liveness_probe.clone()),
                     ] {
                         let Some(probe) = probe else { continue };
-                        let st = if liveness { &mut c.liveness } else { &mut c.readiness };
+                        let st = if liveness {
+                            &mut c.liveness
+                        } else {
+                            &mut c.readiness
+                        };
                         if st.next <= now {
-                            st.next = now + Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
-                            probes.push((uid.clone(), i, liveness, probe, rt.ip.clone(), c.spec.clone()));
+                            st.next = now
+                                + Duration::from_secs(
+                                    probe.period_seconds.unwrap_or(10).max(1) as u64
+                                );
+                            probes.push((
+                                uid.clone(),
+                                i,
+                                liveness,
+                                probe,
+                                rt.ip.clone(),
+                                c.spec.clone(),
+                            ));
                         }
                     }
                 }
@@ -366,10 +399,18 @@ impl PodManager {
             })
             .collect();
         for h in handles {
-            let Ok((uid, i, liveness, probe, ok)) = h.await else { continue };
-            let Some(rt) = self.pods.get_mut(&uid) else { continue };
+            let Ok((uid, i, liveness, probe, ok)) = h.await else {
+                continue;
+            };
+            let Some(rt) = self.pods.get_mut(&uid) else {
+                continue;
+            };
             let c = &mut rt.containers[i];
-            let st = if liveness { &mut c.liveness } else { &mut c.readiness };
+            let st = if liveness {
+                &mut c.liveness
+            } else {
+                &mut c.readiness
+            };
             if ok {
                 st.ok += 1;
                 st.fail = 0;
@@ -384,7 +425,10 @@ impl PodManager {
             let (ok_n, fail_n) = (st.ok, st.fail);
             if liveness {
                 if fail_n >= fail_t && c.child.is_some() {
-                    eprintln!("kubelet: pod {}/{} container {} failed liveness: restarting", rt.ns, rt.name, c.spec.name);
+                    eprintln!(
+                        "kubelet: pod {}/{} container {} failed liveness: restarting",
+                        rt.ns, rt.name, c.spec.name
+                    );
                     c.liveness.fail = 0;
                     signal(c, Signal::SIGKILL);
                 }
@@ -402,7 +446,9 @@ impl PodManager {
             .filter_map(|(uid, rt)| {
                 let deadline = rt.terminating?;
                 let all_exited = rt.containers.iter_mut().all(|c| {
-                    c.child.as_mut().is_none_or(|ch| ch.try_wait().ok().flatten().is_some())
+                    c.child
+                        .as_mut()
+                        .is_none_or(|ch| ch.try_wait().ok().flatten().is_some())
                 });
                 if all_exited {
                     return Some(uid.clone());
@@ -423,7 +469,10 @@ impl PodManager {
                     reap(c);
                 }
                 self.teardown(&rt);
-                if let Some(pod) = list.iter().find(|p| p.uid().as_deref() == Some(uid.as_str())) {
+                if let Some(pod) = list
+                    .iter()
+                    .find(|p| p.uid().as_deref() == Some(uid.as_str()))
+                {
                     self.final_delete(pod).await;
                 }
                 log(&self.node, &format!("pod {}/{} terminated", rt.ns, rt.name));
@@ -431,26 +480,29 @@ impl PodManager {
         }
 
         // Status and hosts files.
-        let cluster_hosts = fs::read_to_string(self.cfg.run_dir.join("cluster-hosts")).unwrap_or_default();
+        let cluster_hosts =
+            fs::read_to_string(self.cfg.run_dir.join("cluster-hosts")).unwrap_or_default();
         let pods_api: Api<Pod> = Api::all(self.client.clone());
         for pod in &list {
-            let Some(rt) = pod.uid().and_then(|u| self.pods.get_mut(&u)) else { continue };
+            let Some(rt) = pod.uid().and_then(|u| self.pods.get_mut(&u)) else {
+                continue;
+            };
             let status = pod_status(rt, &self.host_ip, pod);
             if rt.last_status.as_ref() != Some(&status) {
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), &rt.ns);
                 match api
-                    .patch_status(&rt.name, &PatchParams::default(), &Patch::Strategic(serde_json::json!({ "status": status })))
+                    .patch_status(
+                        &rt.name,
+                        &PatchParams::default(),
+                        &Patch::Strategic(serde_json::json!({ "status": status })),
+                    )
                     .await
                 {
                     Ok(_) => rt.last_status = Some(status),
                     Err(e) => eprintln!("kubelet: status of {}/{}: {e}", rt.ns, rt.name),
                 }
             }
-            let hosts = format!(
-                "127.0.0.1 localhost\n{} {}\n{cluster_hosts}",
-                rt.ip,
-                pod.spec.as_ref().and_then(|s| s.hostname.clone()).unwrap_or_else(|| rt.name.clone())
-            );
+            let hosts = hosts_file(pod, &rt.ip, &cluster_hosts);
             if hosts != rt.hosts {
                 // In place: the file is bind-mounted over the pod's /etc/hosts.
                 let path = Path::new("/etc/netns").join(&rt.netns).join("hosts");
@@ -464,7 +516,8 @@ impl PodManager {
     }
 
     async fn final_delete(&self, pod: &Pod) {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
             preconditions: Some(Preconditions {
@@ -473,10 +526,10 @@ impl PodManager {
             }),
             ..Default::default()
         };
-        if let Err(e) = api.delete(&pod.name_any(), &dp).await {
-            if !matches!(&e, kube::Error::Api(ae) if ae.code == 404 || ae.code == 409) {
-                eprintln!("kubelet: deleting {}: {e}", pod.name_any());
-            }
+        if let Err(e) = api.delete(&pod.name_any(), &dp).await
+            && !matches!(&e, kube::Error::Api(ae) if ae.code == 404 || ae.code == 409)
+        {
+            eprintln!("kubelet: deleting {}: {e}", pod.name_any());
         }
     }
 
@@ -511,7 +564,16 @@ impl PodManager {
             &self.cfg.gateway,
         )?;
         self.used_ips.insert(last);
-        let result = self.start_containers(pod, &spec, &ns, &name, &ip, &netns).await;
+        // Names resolve from the first instruction on.
+        let cluster_hosts =
+            fs::read_to_string(self.cfg.run_dir.join("cluster-hosts")).unwrap_or_default();
+        let _ = fs::write(
+            Path::new("/etc/netns").join(&netns).join("hosts"),
+            hosts_file(pod, &ip, &cluster_hosts),
+        );
+        let result = self
+            .start_containers(pod, &spec, &ns, &name, &ip, &netns)
+            .await;
         match result {
             Ok(containers) => Ok(PodRt {
                 ns,
@@ -519,7 +581,10 @@ impl PodManager {
                 netns,
                 host_if,
                 ip,
-                restart_policy: spec.restart_policy.clone().unwrap_or_else(|| "Always".into()),
+                restart_policy: spec
+                    .restart_policy
+                    .clone()
+                    .unwrap_or_else(|| "Always".into()),
                 containers,
                 started: Timestamp::now(),
                 terminating: None,
@@ -560,26 +625,44 @@ impl PodManager {
             let (program, mut args) = match c.command.as_ref().filter(|c| !c.is_empty()) {
                 Some(cmd) => {
                     let base = cmd[0].rsplit('/').next().unwrap_or(&cmd[0]).to_string();
-                    let p = resolve_image(&self.cfg.images, &base).unwrap_or_else(|| PathBuf::from(&cmd[0]));
+                    let p = resolve_image(&self.cfg.images, &base)
+                        .unwrap_or_else(|| PathBuf::from(&cmd[0]));
                     (p, cmd[1..].to_vec())
                 }
                 None => (
-                    image_prog.with_context(|| format!("no program for image {image:?} (use --image REPO=PATH)"))?,
+                    image_prog.with_context(|| {
+                        format!("no program for image {image:?} (use --image REPO=PATH)")
+                    })?,
                     Vec::new(),
                 ),
             };
             if !program.is_file() {
-                bail!("program {} for image {image} does not exist (build it first)", program.display());
+                bail!(
+                    "program {} for image {image} does not exist (build it first)",
+                    program.display()
+                );
             }
             args.extend(c.args.iter().flatten().cloned());
 
             let mut env: Vec<(String, String)> = vec![
-                ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
-                ("HOSTNAME".into(), spec.hostname.clone().unwrap_or_else(|| name.to_string())),
+                (
+                    "PATH".into(),
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                ),
+                (
+                    "HOSTNAME".into(),
+                    spec.hostname.clone().unwrap_or_else(|| name.to_string()),
+                ),
                 ("HOME".into(), dir.display().to_string()),
                 ("KUBERNETES_SERVICE_HOST".into(), self.cfg.gateway.clone()),
-                ("KUBERNETES_SERVICE_PORT".into(), self.cfg.api_port.to_string()),
-                ("KUBERNETES_SERVICE_PORT_HTTPS".into(), self.cfg.api_port.to_string()),
+                (
+                    "KUBERNETES_SERVICE_PORT".into(),
+                    self.cfg.api_port.to_string(),
+                ),
+                (
+                    "KUBERNETES_SERVICE_PORT_HTTPS".into(),
+                    self.cfg.api_port.to_string(),
+                ),
             ];
             for e in c.env.iter().flatten() {
                 let value = if let Some(v) = &e.value {
@@ -589,10 +672,16 @@ impl PodManager {
                         field(pod, &f.field_path, ip, &self.host_ip)
                             .with_context(|| format!("env {}: fieldRef {}", e.name, f.field_path))?
                     } else if let Some(r) = &src.config_map_key_ref {
-                        let cm: ConfigMap = Api::namespaced(self.client.clone(), ns).get(&r.name).await?;
-                        cm.data.and_then(|d| d.get(&r.key).cloned()).unwrap_or_default()
+                        let cm: ConfigMap = Api::namespaced(self.client.clone(), ns)
+                            .get(&r.name)
+                            .await?;
+                        cm.data
+                            .and_then(|d| d.get(&r.key).cloned())
+                            .unwrap_or_default()
                     } else if let Some(r) = &src.secret_key_ref {
-                        let s: Secret = Api::namespaced(self.client.clone(), ns).get(&r.name).await?;
+                        let s: Secret = Api::namespaced(self.client.clone(), ns)
+                            .get(&r.name)
+                            .await?;
                         s.data
                             .and_then(|d| d.get(&r.key).cloned())
                             .map(|b| String::from_utf8_lossy(&b.0).into_owned())
@@ -635,14 +724,23 @@ impl PodManager {
                     ok: 0,
                     fail: 0,
                     next: Instant::now()
-                        + Duration::from_secs(c.readiness_probe.as_ref().and_then(|p| p.initial_delay_seconds).unwrap_or(0) as u64),
+                        + Duration::from_secs(
+                            c.readiness_probe
+                                .as_ref()
+                                .and_then(|p| p.initial_delay_seconds)
+                                .unwrap_or(0) as u64,
+                        ),
                 },
                 liveness: Probing {
                     ok: 0,
                     fail: 0,
                     next: Instant::now()
                         + Duration::from_secs(
-                            c.liveness_probe.as_ref().and_then(|p| p.initial_delay_seconds).unwrap_or(0).max(10) as u64,
+                            c.liveness_probe
+                                .as_ref()
+                                .and_then(|p| p.initial_delay_seconds)
+                                .unwrap_or(0)
+                                .max(10) as u64,
                         ),
                 },
             };
@@ -660,7 +758,9 @@ impl PodManager {
             return Ok(PathBuf::from(&h.path));
         }
         if let Some(c) = &v.persistent_volume_claim {
-            let pvc: PersistentVolumeClaim = Api::namespaced(self.client.clone(), &ns).get(&c.claim_name).await?;
+            let pvc: PersistentVolumeClaim = Api::namespaced(self.client.clone(), &ns)
+                .get(&c.claim_name)
+                .await?;
             let pv_name = pvc
                 .spec
                 .and_then(|s| s.volume_name)
@@ -676,26 +776,62 @@ impl PodManager {
         }
         fs::create_dir_all(dir)?;
         if let Some(cm) = &v.config_map {
-            self.write_config_map(&ns, &cm.name, cm.items.as_deref(), cm.optional == Some(true), dir).await?;
+            self.write_config_map(
+                &ns,
+                &cm.name,
+                cm.items.as_deref(),
+                cm.optional == Some(true),
+                dir,
+            )
+            .await?;
         } else if let Some(s) = &v.secret {
             let n = s.secret_name.clone().unwrap_or_default();
-            self.write_secret(&ns, &n, s.items.as_deref(), s.optional == Some(true), dir).await?;
+            self.write_secret(&ns, &n, s.items.as_deref(), s.optional == Some(true), dir)
+                .await?;
         } else if let Some(d) = &v.downward_api {
-            write_downward(pod, d.items.as_deref().unwrap_or_default(), ip, &self.host_ip, dir)?;
+            write_downward(
+                pod,
+                d.items.as_deref().unwrap_or_default(),
+                ip,
+                &self.host_ip,
+                dir,
+            )?;
         } else if let Some(p) = &v.projected {
             for src in p.sources.iter().flatten() {
                 if let Some(t) = &src.service_account_token {
-                    let token = self.token(pod, t.audience.clone(), t.expiration_seconds).await?;
+                    let token = self
+                        .token(pod, t.audience.clone(), t.expiration_seconds)
+                        .await?;
                     write_file(dir, &t.path, token.as_bytes())?;
                 }
                 if let Some(cm) = &src.config_map {
-                    self.write_config_map(&ns, &cm.name, cm.items.as_deref(), cm.optional == Some(true), dir).await?;
+                    self.write_config_map(
+                        &ns,
+                        &cm.name,
+                        cm.items.as_deref(),
+                        cm.optional == Some(true),
+                        dir,
+                    )
+                    .await?;
                 }
                 if let Some(s) = &src.secret {
-                    self.write_secret(&ns, &s.name, s.items.as_deref(), s.optional == Some(true), dir).await?;
+                    self.write_secret(
+                        &ns,
+                        &s.name,
+                        s.items.as_deref(),
+                        s.optional == Some(true),
+                        dir,
+                    )
+                    .await?;
                 }
                 if let Some(d) = &src.downward_api {
-                    write_downward(pod, d.items.as_deref().unwrap_or_default(), ip, &self.host_ip, dir)?;
+                    write_downward(
+                        pod,
+                        d.items.as_deref().unwrap_or_default(),
+                        ip,
+                        &self.host_ip,
+                        dir,
+                    )?;
                 }
             }
         }
@@ -711,7 +847,10 @@ impl PodManager {
         optional: bool,
         dir: &Path,
     ) -> Result<()> {
-        let cm = match Api::<ConfigMap>::namespaced(self.client.clone(), ns).get(name).await {
+        let cm = match Api::<ConfigMap>::namespaced(self.client.clone(), ns)
+            .get(name)
+            .await
+        {
             Ok(cm) => cm,
             Err(kube::Error::Api(e)) if e.code == 404 && optional => return Ok(()),
             Err(e) => return Err(e).with_context(|| format!("configMap {name}")),
@@ -722,7 +861,12 @@ impl PodManager {
             .into_iter()
             .map(|(k, v)| (k, v.into_bytes()))
             .collect();
-        data.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
+        data.extend(
+            cm.binary_data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0)),
+        );
         write_items(dir, &data, items)
     }
 
@@ -734,13 +878,20 @@ impl PodManager {
         optional: bool,
         dir: &Path,
     ) -> Result<()> {
-        let s = match Api::<Secret>::namespaced(self.client.clone(), ns).get(name).await {
+        let s = match Api::<Secret>::namespaced(self.client.clone(), ns)
+            .get(name)
+            .await
+        {
             Ok(s) => s,
             Err(kube::Error::Api(e)) if e.code == 404 && optional => return Ok(()),
             Err(e) => return Err(e).with_context(|| format!("secret {name}")),
         };
-        let mut data: BTreeMap<String, Vec<u8>> =
-            s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+        let mut data: BTreeMap<String, Vec<u8>> = s
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
         data.extend(
             s.string_data
                 .unwrap_or_default()
@@ -750,7 +901,12 @@ impl PodManager {
         write_items(dir, &data, items)
     }
 
-    async fn token(&self, pod: &Pod, audience: Option<String>, expiration: Option<i64>) -> Result<String> {
+    async fn token(
+        &self,
+        pod: &Pod,
+        audience: Option<String>,
+        expiration: Option<i64>,
+    ) -> Result<String> {
         let ns = pod.namespace().unwrap_or_default();
         let sa = pod
             .spec
@@ -775,7 +931,9 @@ impl PodManager {
             .create_token_request(&sa, &PostParams::default(), &req)
             .await
             .with_context(|| format!("TokenRequest for serviceaccount {ns}/{sa}"))?;
-        out.status.map(|s| s.token).context("TokenRequest without a token")
+        out.status
+            .map(|s| s.token)
+            .context("TokenRequest without a token")
     }
 
     /// On kubelet shutdown: SIGTERM every container, SIGKILL after 3 s, remove the namespaces.
@@ -788,9 +946,11 @@ impl PodManager {
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline
             && self.pods.values_mut().any(|rt| {
-                rt.containers
-                    .iter_mut()
-                    .any(|c| c.child.as_mut().is_some_and(|ch| ch.try_wait().ok().flatten().is_none()))
+                rt.containers.iter_mut().any(|c| {
+                    c.child
+                        .as_mut()
+                        .is_some_and(|ch| ch.try_wait().ok().flatten().is_none())
+                })
             })
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -804,6 +964,20 @@ impl PodManager {
             self.teardown(&rt);
         }
     }
+}
+
+/// The pod's /etc/hosts: localhost, its own names, then the cluster's.
+fn hosts_file(pod: &Pod, ip: &str, cluster_hosts: &str) -> String {
+    let spec = pod.spec.as_ref();
+    let host = spec
+        .and_then(|s| s.hostname.clone())
+        .unwrap_or_else(|| pod.name_any());
+    let mut own = host.clone();
+    if let Some(sub) = spec.and_then(|s| s.subdomain.as_deref()) {
+        let ns = pod.namespace().unwrap_or_default();
+        own = format!("{host}.{sub}.{ns}.svc.cluster.local {host}.{sub}.{ns}.svc {host}");
+    }
+    format!("127.0.0.1 localhost\n{ip} {own}\n{cluster_hosts}")
 }
 
 /// `<run_dir>/pods/<ns>_<pod>`: container logs (`<container>.log`) and volumes.
@@ -826,7 +1000,9 @@ fn spawn(c: &mut ContainerRt, netns: &str, exe: &Path) -> Result<()> {
         .stdout(out)
         .stderr(err)
         .process_group(0);
-    let child = cmd.spawn().with_context(|| format!("starting {}", c.program.display()))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", c.program.display()))?;
     c.child = Some(child);
     c.started_at = Some(Timestamp::now());
     c.ready = false;
@@ -836,10 +1012,10 @@ fn spawn(c: &mut ContainerRt, netns: &str, exe: &Path) -> Result<()> {
 }
 
 fn signal(c: &mut ContainerRt, sig: Signal) {
-    if let Some(ch) = c.child.as_mut() {
-        if ch.try_wait().ok().flatten().is_none() {
-            let _ = nix::sys::signal::killpg(Pid::from_raw(ch.id() as i32), sig);
-        }
+    if let Some(ch) = c.child.as_mut()
+        && ch.try_wait().ok().flatten().is_none()
+    {
+        let _ = nix::sys::signal::killpg(Pid::from_raw(ch.id() as i32), sig);
     }
 }
 
@@ -856,14 +1032,22 @@ fn field(pod: &Pod, path: &str, ip: &str, host_ip: &str) -> Result<String> {
         "metadata.namespace" => pod.namespace().unwrap_or_default(),
         "metadata.uid" => pod.uid().unwrap_or_default(),
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
+        "spec.serviceAccountName" => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
         "status.podIP" => ip.to_string(),
         "status.podIPs" => ip.to_string(),
         "status.hostIP" | "status.hostIPs" => host_ip.to_string(),
         p => {
-            if let Some(k) = p.strip_prefix("metadata.labels['").and_then(|k| k.strip_suffix("']")) {
+            if let Some(k) = p
+                .strip_prefix("metadata.labels['")
+                .and_then(|k| k.strip_suffix("']"))
+            {
                 pod.labels().get(k).cloned().unwrap_or_default()
-            } else if let Some(k) = p.strip_prefix("metadata.annotations['").and_then(|k| k.strip_suffix("']")) {
+            } else if let Some(k) = p
+                .strip_prefix("metadata.annotations['")
+                .and_then(|k| k.strip_suffix("']"))
+            {
                 pod.annotations().get(k).cloned().unwrap_or_default()
             } else {
                 bail!("unsupported fieldPath {p}")
@@ -880,7 +1064,11 @@ fn write_file(dir: &Path, rel: &str, data: &[u8]) -> Result<()> {
     fs::write(&path, data).with_context(|| format!("writing {}", path.display()))
 }
 
-fn write_items(dir: &Path, data: &BTreeMap<String, Vec<u8>>, items: Option<&[KeyToPath]>) -> Result<()> {
+fn write_items(
+    dir: &Path,
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+) -> Result<()> {
     match items {
         Some(items) if !items.is_empty() => {
             for i in items {
@@ -898,10 +1086,20 @@ fn write_items(dir: &Path, data: &BTreeMap<String, Vec<u8>>, items: Option<&[Key
     Ok(())
 }
 
-fn write_downward(pod: &Pod, items: &[DownwardAPIVolumeFile], ip: &str, host_ip: &str, dir: &Path) -> Result<()> {
+fn write_downward(
+    pod: &Pod,
+    items: &[DownwardAPIVolumeFile],
+    ip: &str,
+    host_ip: &str,
+    dir: &Path,
+) -> Result<()> {
     for i in items {
         if let Some(f) = &i.field_ref {
-            write_file(dir, &i.path, field(pod, &f.field_path, ip, host_ip)?.as_bytes())?;
+            write_file(
+                dir,
+                &i.path,
+                field(pod, &f.field_path, ip, host_ip)?.as_bytes(),
+            )?;
         }
     }
     Ok(())
@@ -925,7 +1123,9 @@ async fn run_probe(p: &Probe, ip: &str, c: &Container) -> bool {
     let fut = async {
         if let Some(h) = &p.http_get {
             let port = probe_port(&h.port, c)?;
-            let mut s = tokio::net::TcpStream::connect((ip, port as u16)).await.ok()?;
+            let mut s = tokio::net::TcpStream::connect((ip, port as u16))
+                .await
+                .ok()?;
             let path = h.path.as_deref().unwrap_or("/");
             s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: kube-probe/1.33\r\n\r\n").as_bytes())
                 .await
@@ -937,7 +1137,11 @@ async fn run_probe(p: &Probe, ip: &str, c: &Container) -> bool {
             Some((200..400).contains(&code))
         } else if let Some(t) = &p.tcp_socket {
             let port = probe_port(&t.port, c)?;
-            Some(tokio::net::TcpStream::connect((ip, port as u16)).await.is_ok())
+            Some(
+                tokio::net::TcpStream::connect((ip, port as u16))
+                    .await
+                    .is_ok(),
+            )
         } else {
             // exec/grpc probes are not supported: treat as passing.
             Some(true)
@@ -958,9 +1162,7 @@ fn pod_status(rt: &mut PodRt, host_ip: &str, pod: &Pod) -> serde_json::Value {
         any_running |= running;
         all_ready &= c.ready && running;
         any_pending_restart |= c.restart_at.is_some();
-        let term = |(code, reason, s, f): &(i32, String, Timestamp, Timestamp)| {
-            serde_json::json!({"terminated": {"exitCode": code, "reason": reason, "startedAt": t(s), "finishedAt": t(f)}})
-        };
+        let term = |(code, reason, s, f): &(i32, String, Timestamp, Timestamp)| serde_json::json!({"terminated": {"exitCode": code, "reason": reason, "startedAt": t(s), "finishedAt": t(f)}});
         let state = if running {
             serde_json::json!({"running": {"startedAt": c.started_at.as_ref().map(t)}})
         } else if c.restart_at.is_some() {
@@ -1004,7 +1206,10 @@ fn pod_status(rt: &mut PodRt, host_ip: &str, pod: &Pod) -> serde_json::Value {
         .map(|c| {
             (
                 c.type_.clone(),
-                (c.status.clone(), serde_json::to_value(&c.last_transition_time).unwrap_or_default()),
+                (
+                    c.status.clone(),
+                    serde_json::to_value(&c.last_transition_time).unwrap_or_default(),
+                ),
             )
         })
         .collect();
@@ -1040,7 +1245,10 @@ fn pod_status(rt: &mut PodRt, host_ip: &str, pod: &Pod) -> serde_json::Value {
 /// namespace); bind-mounts each volume at its mount path, then execs the
 /// program (same pid, so signals reach it directly).
 pub fn pod_exec(args: &[String]) -> Result<()> {
-    let sep = args.iter().position(|a| a == "--").context("pod-exec: missing --")?;
+    let sep = args
+        .iter()
+        .position(|a| a == "--")
+        .context("pod-exec: missing --")?;
     let mut it = args[..sep].iter();
     while let Some(a) = it.next() {
         if a != "--mount" {
@@ -1084,8 +1292,14 @@ mod tests {
             resolve_image(&m, "ghcr.io/litecluster/litecluster-node:0.1.0"),
             Some(PathBuf::from("/b/litecluster-node"))
         );
-        assert_eq!(resolve_image(&m, "quay.io/x/y:1"), Some(PathBuf::from("/opt/y")));
-        assert_eq!(resolve_image(&m, "localhost:5000/litecluster-operator"), Some(PathBuf::from("/b/litecluster-operator")));
+        assert_eq!(
+            resolve_image(&m, "quay.io/x/y:1"),
+            Some(PathBuf::from("/opt/y"))
+        );
+        assert_eq!(
+            resolve_image(&m, "localhost:5000/litecluster-operator"),
+            Some(PathBuf::from("/b/litecluster-operator"))
+        );
         assert_eq!(resolve_image(&m, "busybox"), None);
     }
 }

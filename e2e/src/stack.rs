@@ -33,7 +33,11 @@ pub fn ensure_workspace_binaries() -> Result<PathBuf> {
     let profile_dir = exe
         .ancestors()
         .skip(1)
-        .find(|d| d.join("litecluster-e2e").is_file() || d.file_name().is_some_and(|n| n == "debug" || n == "release"))
+        .find(|d| {
+            d.join("litecluster-e2e").is_file()
+                || d.file_name()
+                    .is_some_and(|n| n == "debug" || n == "release")
+        })
         .context("cannot locate the cargo profile directory")?
         .to_path_buf();
     if env::var("LITECLUSTER_E2E_SKIP_BUILD").is_ok_and(|v| v == "1") {
@@ -44,7 +48,15 @@ pub fn ensure_workspace_binaries() -> Result<PathBuf> {
     let t = Instant::now();
     let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root())
-        .args(["build", "--bin", "litecluster-node", "--bin", "litecluster-operator", "--bin", "litecluster-e2e"])
+        .args([
+            "build",
+            "--bin",
+            "litecluster-node",
+            "--bin",
+            "litecluster-operator",
+            "--bin",
+            "litecluster-e2e",
+        ])
         .env("CARGO_TARGET_DIR", target_dir);
     if release {
         cmd.arg("--release");
@@ -97,9 +109,21 @@ impl Stack {
             .helm()
             .args(["upgrade", "--install", RELEASE])
             .arg(&chart)
-            .args(["--namespace", OPERATOR_NS, "--create-namespace", "--wait", "--timeout", "180s"])
+            .args([
+                "--namespace",
+                OPERATOR_NS,
+                "--create-namespace",
+                "--wait",
+                "--timeout",
+                "180s",
+            ])
             // Text logs read better in failure reports.
-            .args(["--set", "logFormat=text", "--set", "logLevel=info\\,litecluster_operator=debug"])
+            .args([
+                "--set",
+                "logFormat=text",
+                "--set",
+                "logLevel=info\\,litecluster_operator=debug",
+            ])
             .output()
             .context("running helm")?;
         if !out.status.success() {
@@ -140,12 +164,19 @@ impl Stack {
 
     /// The SqliteCluster as JSON.
     pub fn cluster(&self, ns: &str, name: &str) -> Result<serde_json::Value> {
-        let out = self.cp.kubectl_ok(&["get", "sqlitecluster", name, "-n", ns, "-o", "json"])?;
+        let out = self
+            .cp
+            .kubectl_ok(&["get", "sqlitecluster", name, "-n", ns, "-o", "json"])?;
         Ok(serde_json::from_str(&out)?)
     }
 
     /// Polls `f` every 500 ms until it returns Some, or fails after `timeout`.
-    pub fn wait_for<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Result<Option<T>>,
+    ) -> Result<T> {
         let deadline = Instant::now() + timeout;
         let mut last = None;
         loop {
@@ -163,24 +194,43 @@ impl Stack {
 
     /// Waits until the cluster's Ready condition is True with `replicas`
     /// ready members and a leader; returns the status.
-    pub fn wait_ready(&self, ns: &str, name: &str, replicas: i64, timeout: Duration) -> Result<serde_json::Value> {
-        self.wait_for(&format!("SqliteCluster {ns}/{name} Ready {replicas}/{replicas}"), timeout, || {
-            let c = self.cluster(ns, name)?;
-            let st = &c["status"];
-            let ready = st["conditions"]
-                .as_array()
-                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
-            let ok = ready
-                && st["readyReplicas"].as_i64() == Some(replicas)
-                && st["replicas"].as_i64() == Some(replicas)
-                && st["leader"].as_str().is_some_and(|l| !l.is_empty());
-            Ok(ok.then(|| st.clone()))
-        })
+    pub fn wait_ready(
+        &self,
+        ns: &str,
+        name: &str,
+        replicas: i64,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        self.wait_for(
+            &format!("SqliteCluster {ns}/{name} Ready {replicas}/{replicas}"),
+            timeout,
+            || {
+                let c = self.cluster(ns, name)?;
+                let st = &c["status"];
+                let ready = st["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
+                let ok = ready
+                    && st["readyReplicas"].as_i64() == Some(replicas)
+                    && st["replicas"].as_i64() == Some(replicas)
+                    && st["leader"].as_str().is_some_and(|l| !l.is_empty());
+                Ok(ok.then(|| st.clone()))
+            },
+        )
     }
 
     /// IP of a pod (None until it has one).
     pub fn pod_ip(&self, ns: &str, pod: &str) -> Result<Option<String>> {
-        let out = self.cp.kubectl_output(&["get", "pod", pod, "-n", ns, "-o", "jsonpath={.status.podIP}"])?;
+        let out = self.cp.kubectl_output(&[
+            "get",
+            "pod",
+            pod,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.status.podIP}",
+        ])?;
         let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
         Ok((out.status.success() && !ip.is_empty()).then_some(ip))
     }
@@ -194,16 +244,46 @@ impl Stack {
     pub fn diagnostics(&self, ns: Option<&str>) -> String {
         let mut s = String::from("\n========== litecluster-e2e diagnostics ==========\n");
         let k = |args: &[&str]| match self.cp.kubectl_output(args) {
-            Ok(o) => format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
             Err(e) => format!("{e:#}"),
         };
-        s += &format!("--- kubectl get sqliteclusters,statefulsets,pods,pvc -A -o wide\n{}", k(&["get", "sqliteclusters,statefulsets,pods,pvc", "-A", "-o", "wide"]));
+        s += &format!(
+            "--- kubectl get sqliteclusters,statefulsets,pods,pvc -A -o wide\n{}",
+            k(&[
+                "get",
+                "sqliteclusters,statefulsets,pods,pvc",
+                "-A",
+                "-o",
+                "wide"
+            ])
+        );
         if let Some(ns) = ns {
-            s += &format!("--- sqliteclusters -n {ns} -o yaml (status)\n{}", k(&["get", "sqliteclusters", "-n", ns, "-o", "jsonpath={range .items[*]}{.metadata.name}: {.status}{\"\\n\"}{end}"]));
+            s += &format!(
+                "--- sqliteclusters -n {ns} -o yaml (status)\n{}",
+                k(&[
+                    "get",
+                    "sqliteclusters",
+                    "-n",
+                    ns,
+                    "-o",
+                    "jsonpath={range .items[*]}{.metadata.name}: {.status}{\"\\n\"}{end}"
+                ])
+            );
         }
         s += &format!(
             "--- Events\n{}",
-            k(&["get", "events", "-A", "--sort-by=.lastTimestamp", "-o", "custom-columns=NS:.metadata.namespace,LAST:.lastTimestamp,TYPE:.type,REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message"])
+            k(&[
+                "get",
+                "events",
+                "-A",
+                "--sort-by=.lastTimestamp",
+                "-o",
+                "custom-columns=NS:.metadata.namespace,LAST:.lastTimestamp,TYPE:.type,REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message"
+            ])
         );
         // Every pod's container logs: the operator's and the members'.
         let pods_root = self.cp.run_dir.join("pods");
@@ -211,14 +291,26 @@ impl Stack {
             let mut dirs: Vec<_> = entries.flatten().map(|e| e.path()).collect();
             dirs.sort();
             for d in dirs {
-                let name = d.file_name().unwrap_or_default().to_string_lossy().into_owned();
-                let relevant = name.starts_with(OPERATOR_NS) || ns.is_none_or(|n| name.starts_with(&format!("{n}_")));
+                let name = d
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                let relevant = name.starts_with(OPERATOR_NS)
+                    || ns.is_none_or(|n| name.starts_with(&format!("{n}_")));
                 if !relevant {
                     continue;
                 }
                 if let Ok(files) = std::fs::read_dir(&d) {
-                    for f in files.flatten().filter(|f| f.path().extension().is_some_and(|e| e == "log")) {
-                        s += &format!("--- log {} (last 60 lines)\n{}\n", f.path().display(), tail(&f.path(), 60));
+                    for f in files
+                        .flatten()
+                        .filter(|f| f.path().extension().is_some_and(|e| e == "log"))
+                    {
+                        s += &format!(
+                            "--- log {} (last 60 lines)\n{}\n",
+                            f.path().display(),
+                            tail(&f.path(), 60)
+                        );
                     }
                 }
             }
@@ -250,10 +342,23 @@ pub fn http(method: &str, addr: &str, path: &str, body: Option<&str>) -> Result<
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").context("malformed HTTP response")?;
-    let code: u16 = head.split_whitespace().nth(1).context("no status")?.parse()?;
-    let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
-    let body = if chunked { dechunk(rest) } else { rest.to_string() };
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    let code: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
     Ok((code, body))
 }
 
@@ -261,7 +366,9 @@ fn dechunk(s: &str) -> String {
     let mut out = String::new();
     let mut rest = s;
     while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || after.len() < n {
             break;
         }

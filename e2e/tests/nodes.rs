@@ -27,7 +27,13 @@ fn scenario(cp: &mut ControlPlane) -> anyhow::Result<()> {
     cp.add_nodes(&["node-a", "node-b"])?;
     for n in ["node-a", "node-b"] {
         let cidr = cp.kubectl_ok(&["get", "node", n, "-o", "jsonpath={.spec.podCIDR}"])?;
-        anyhow::ensure!(cidr.starts_with("10.244."), "{n} podCIDR {cidr:?}");
+        // A /24 of the cluster CIDR (the pod network's 10.<200+N>.0.0/16).
+        let prefix = cp.cluster_cidr.trim_end_matches("0.0/16").to_string();
+        anyhow::ensure!(
+            cidr.starts_with(&prefix) && cidr.ends_with("/24"),
+            "{n} podCIDR {cidr:?} not in {}",
+            cp.cluster_cidr
+        );
         let holder = cp.kubectl_ok(&[
             "-n",
             "kube-node-lease",

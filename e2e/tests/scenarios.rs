@@ -93,7 +93,9 @@ fn ready_timeout() -> Duration {
 
 /// Address `ip:4001` of a member pod.
 fn member(s: &Stack, ns: &str, pod: &str) -> Result<String> {
-    let ip = s.pod_ip(ns, pod)?.with_context(|| format!("pod {pod} has no IP"))?;
+    let ip = s
+        .pod_ip(ns, pod)?
+        .with_context(|| format!("pod {pod} has no IP"))?;
     Ok(format!("{ip}:4001"))
 }
 
@@ -101,7 +103,10 @@ fn execute(addr: &str, body: &str) -> Result<serde_json::Value> {
     let (code, text) = http("POST", addr, "/db/execute", Some(body))?;
     ensure!(code == 200, "execute on {addr}: HTTP {code}: {text}");
     let v: serde_json::Value = serde_json::from_str(&text)?;
-    if let Some(err) = v["results"].as_array().and_then(|r| r.iter().find_map(|x| x["error"].as_str())) {
+    if let Some(err) = v["results"]
+        .as_array()
+        .and_then(|r| r.iter().find_map(|x| x["error"].as_str()))
+    {
         bail!("execute on {addr}: {err}");
     }
     Ok(v)
@@ -112,7 +117,9 @@ fn query_ints(addr: &str, sql: &str, level: &str) -> Result<Vec<i64>> {
     let q: String = sql
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect();
@@ -135,10 +142,16 @@ fn raft_members(addr: &str) -> Result<Vec<(String, bool)>> {
     ensure!(code == 200, "/nodes on {addr}: HTTP {code}: {text}");
     let v: serde_json::Value = serde_json::from_str(&text)?;
     let mut out = Vec::new();
-    let mut push = |id: &str, n: &serde_json::Value| out.push((id.to_string(), n["voter"].as_bool().unwrap_or(false)));
+    let mut push = |id: &str, n: &serde_json::Value| {
+        out.push((id.to_string(), n["voter"].as_bool().unwrap_or(false)))
+    };
     match &v {
-        serde_json::Value::Object(m) => m.iter().for_each(|(k, n)| push(n["id"].as_str().unwrap_or(k), n)),
-        serde_json::Value::Array(a) => a.iter().for_each(|n| push(n["id"].as_str().unwrap_or_default(), n)),
+        serde_json::Value::Object(m) => m
+            .iter()
+            .for_each(|(k, n)| push(n["id"].as_str().unwrap_or(k), n)),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .for_each(|n| push(n["id"].as_str().unwrap_or_default(), n)),
         _ => bail!("unexpected /nodes body {text}"),
     }
     out.sort();
@@ -163,10 +176,17 @@ fn install_example_becomes_ready_3_of_3_with_a_leader() {
         let leader = st["leader"].as_str().context("no leader")?;
         ensure!(leader.starts_with("mydb-"), "leader {leader}");
         ensure!(st["voters"].as_i64() == Some(3), "voters {}", st["voters"]);
-        ensure!(st["readyMembers"].as_str() == Some("3/3"), "readyMembers {}", st["readyMembers"]);
+        ensure!(
+            st["readyMembers"].as_str() == Some("3/3"),
+            "readyMembers {}",
+            st["readyMembers"]
+        );
         // The leader's own view agrees.
         let members = raft_members(&member(s, ns, leader)?)?;
-        ensure!(members.len() == 3 && members.iter().all(|m| m.1), "raft members {members:?}");
+        ensure!(
+            members.len() == 3 && members.iter().all(|m| m.1),
+            "raft members {members:?}"
+        );
         Ok(())
     });
 }
@@ -179,17 +199,32 @@ fn replication_writes_through_one_member_read_back_from_all() {
         let st = create_ready(s, ns, "repl", 3)?;
         let leader = st["leader"].as_str().unwrap_or_default().to_string();
         // Write through a follower: it forwards to the leader.
-        let follower = (0..3).map(|i| format!("repl-{i}")).find(|p| *p != leader).unwrap();
+        let follower = (0..3)
+            .map(|i| format!("repl-{i}"))
+            .find(|p| *p != leader)
+            .unwrap();
         let addr = member(s, ns, &follower)?;
-        execute(&addr, r#"["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"]"#)?;
-        let stmts: Vec<String> = (1..=50).map(|i| format!(r#"["INSERT INTO t(id, v) VALUES(?, ?)", {i}, "v{i}"]"#)).collect();
+        execute(
+            &addr,
+            r#"["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"]"#,
+        )?;
+        let stmts: Vec<String> = (1..=50)
+            .map(|i| format!(r#"["INSERT INTO t(id, v) VALUES(?, ?)", {i}, "v{i}"]"#))
+            .collect();
         execute(&addr, &format!("[{}]", stmts.join(",")))?;
         let want: Vec<i64> = (1..=50).collect();
         for i in 0..3 {
             let a = member(s, ns, &format!("repl-{i}"))?;
-            s.wait_for(&format!("50 rows on repl-{i}"), Duration::from_secs(30), || {
-                Ok((query_ints(&a, "SELECT id FROM t ORDER BY id", "none")? == want).then_some(()))
-            })?;
+            s.wait_for(
+                &format!("50 rows on repl-{i}"),
+                Duration::from_secs(30),
+                || {
+                    Ok(
+                        (query_ints(&a, "SELECT id FROM t ORDER BY id", "none")? == want)
+                            .then_some(()),
+                    )
+                },
+            )?;
         }
         Ok(())
     });
@@ -202,7 +237,9 @@ fn deleting_the_leader_while_writing_loses_no_acknowledged_write() {
     Lease::get("s-failover").run(|s, ns| {
         let st = create_ready(s, ns, "fo", 3)?;
         let old_leader = st["leader"].as_str().unwrap_or_default().to_string();
-        let addrs: Vec<String> = (0..3).map(|i| member(s, ns, &format!("fo-{i}"))).collect::<Result<_>>()?;
+        let addrs: Vec<String> = (0..3)
+            .map(|i| member(s, ns, &format!("fo-{i}")))
+            .collect::<Result<_>>()?;
         execute(&addrs[0], r#"["CREATE TABLE w (id INTEGER PRIMARY KEY)"]"#)?;
 
         // A writer that tries every member in turn; records acknowledged ids.
@@ -235,23 +272,43 @@ fn deleting_the_leader_while_writing_loses_no_acknowledged_write() {
         let t = Instant::now();
         let new_leader = s.wait_for("a new leader in status", Duration::from_secs(90), || {
             let st = s.cluster(ns, "fo")?["status"].clone();
-            Ok(st["leader"].as_str().filter(|l| *l != old_leader).map(str::to_string))
+            Ok(st["leader"]
+                .as_str()
+                .filter(|l| *l != old_leader)
+                .map(str::to_string))
         })?;
-        eprintln!("new leader {new_leader} in status {:.1}s after deleting {old_leader}", t.elapsed().as_secs_f64());
+        eprintln!(
+            "new leader {new_leader} in status {:.1}s after deleting {old_leader}",
+            t.elapsed().as_secs_f64()
+        );
         // Writes continue after the failover.
         let after_failover = acked.lock().unwrap().len();
-        s.wait_for("writes acknowledged after the failover", Duration::from_secs(30), || {
-            Ok((acked.lock().unwrap().len() > after_failover + 10).then_some(()))
-        })?;
+        s.wait_for(
+            "writes acknowledged after the failover",
+            Duration::from_secs(30),
+            || Ok((acked.lock().unwrap().len() > after_failover + 10).then_some(())),
+        )?;
         s.wait_ready(ns, "fo", 3, ready_timeout())?;
         stop.store(true, Ordering::Relaxed);
-        let errors = writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))?;
+        let errors = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))?;
         let acked = acked.lock().unwrap().clone();
         ensure!(before > 0, "no write acknowledged before the failover");
         let leader_addr = member(s, ns, &new_leader)?;
-        let stored: BTreeSet<i64> = query_ints(&leader_addr, "SELECT id FROM w", "strong")?.into_iter().collect();
-        let lost: Vec<i64> = acked.iter().filter(|i| !stored.contains(i)).copied().collect();
-        eprintln!("{} writes acknowledged, {errors} failed attempts, {} rows stored", acked.len(), stored.len());
+        let stored: BTreeSet<i64> = query_ints(&leader_addr, "SELECT id FROM w", "strong")?
+            .into_iter()
+            .collect();
+        let lost: Vec<i64> = acked
+            .iter()
+            .filter(|i| !stored.contains(i))
+            .copied()
+            .collect();
+        eprintln!(
+            "{} writes acknowledged, {errors} failed attempts, {} rows stored",
+            acked.len(),
+            stored.len()
+        );
         ensure!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
         Ok(())
     });
@@ -378,7 +435,9 @@ fn operator_service_account_can_do_its_job_and_nothing_more() {
     Lease::get("s-rbac").run(|s, _ns| {
         let sa = format!("system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}");
         let can = |verb: &str, res: &str, ns: Option<&str>| -> Result<bool> {
-            let (res, sub) = res.split_once('/').map_or((res, None), |(r, s)| (r, Some(s)));
+            let (res, sub) = res
+                .split_once('/')
+                .map_or((res, None), |(r, s)| (r, Some(s)));
             let sub = sub.map(|s| format!("--subresource={s}"));
             let mut args = vec!["auth", "can-i", verb, res, "--as", &sa];
             if let Some(s) = &sub {
@@ -398,26 +457,48 @@ fn operator_service_account_can_do_its_job_and_nothing_more() {
             ("patch", "services"),
             ("create", "events.events.k8s.io"),
         ] {
-            ensure!(can(verb, res, Some("default"))?, "operator cannot {verb} {res}");
+            ensure!(
+                can(verb, res, Some("default"))?,
+                "operator cannot {verb} {res}"
+            );
         }
-        ensure!(can("update", "leases.coordination.k8s.io", Some(OPERATOR_NS))?, "operator cannot update its Lease");
+        ensure!(
+            can("update", "leases.coordination.k8s.io", Some(OPERATOR_NS))?,
+            "operator cannot update its Lease"
+        );
         for (verb, res, ns) in [
             ("delete", "pods", Some("default")),
             ("list", "secrets", Some("default")),
             ("create", "sqliteclusters.litecluster.io", Some("default")),
             ("patch", "sqliteclusters.litecluster.io", Some("default")),
             ("delete", "persistentvolumeclaims", Some("default")),
-            ("create", "clusterrolebindings.rbac.authorization.k8s.io", None),
+            (
+                "create",
+                "clusterrolebindings.rbac.authorization.k8s.io",
+                None,
+            ),
             ("get", "nodes", None),
             ("update", "leases.coordination.k8s.io", Some("default")),
         ] {
-            ensure!(!can(verb, res, ns)?, "operator may {verb} {res} (should be denied)");
+            ensure!(
+                !can(verb, res, ns)?,
+                "operator may {verb} {res} (should be denied)"
+            );
         }
         // And it really works under that account: its pod runs with a projected token.
         let ready = s.cp.kubectl_ok(&[
-            "get", "deploy", OPERATOR_SA, "-n", OPERATOR_NS, "-o", "jsonpath={.status.availableReplicas}",
+            "get",
+            "deploy",
+            OPERATOR_SA,
+            "-n",
+            OPERATOR_NS,
+            "-o",
+            "jsonpath={.status.availableReplicas}",
         ])?;
-        ensure!(ready.trim() == "1", "operator Deployment available replicas {ready:?}");
+        ensure!(
+            ready.trim() == "1",
+            "operator Deployment available replicas {ready:?}"
+        );
         Ok(())
     });
 }
@@ -428,21 +509,59 @@ fn operator_service_account_can_do_its_job_and_nothing_more() {
 fn pause_annotation_stops_reconciling() {
     Lease::get("s-pause").run(|s, ns| {
         create_ready(s, ns, "pz", 1)?;
-        s.cp.kubectl_ok(&["annotate", "slc", "pz", "-n", ns, "litecluster.io/paused=true"])?;
+        s.cp.kubectl_ok(&[
+            "annotate",
+            "slc",
+            "pz",
+            "-n",
+            ns,
+            "litecluster.io/paused=true",
+        ])?;
         thread::sleep(Duration::from_secs(3));
         s.cp.kubectl_ok(&["delete", "service", "pz-readonly", "-n", ns])?;
-        s.cp.kubectl_ok(&["patch", "slc", "pz", "-n", ns, "--type=merge", "-p", r#"{"spec":{"replicas":2}}"#])?;
+        s.cp.kubectl_ok(&[
+            "patch",
+            "slc",
+            "pz",
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":2}}"#,
+        ])?;
         thread::sleep(Duration::from_secs(15));
-        let sts = s.cp.kubectl_ok(&["get", "sts", "pz", "-n", ns, "-o", "jsonpath={.spec.replicas}"])?;
-        ensure!(sts.trim() == "1", "paused cluster's StatefulSet changed to {sts} replicas");
+        let sts = s.cp.kubectl_ok(&[
+            "get",
+            "sts",
+            "pz",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ])?;
         ensure!(
-            !s.cp.kubectl_output(&["get", "service", "pz-readonly", "-n", ns])?.status.success(),
+            sts.trim() == "1",
+            "paused cluster's StatefulSet changed to {sts} replicas"
+        );
+        ensure!(
+            !s.cp
+                .kubectl_output(&["get", "service", "pz-readonly", "-n", ns])?
+                .status
+                .success(),
             "paused cluster's Service was recreated"
         );
         s.cp.kubectl_ok(&["annotate", "slc", "pz", "-n", ns, "litecluster.io/paused-"])?;
-        s.wait_for("Service recreated after unpausing", Duration::from_secs(60), || {
-            Ok(s.cp.kubectl_output(&["get", "service", "pz-readonly", "-n", ns])?.status.success().then_some(()))
-        })?;
+        s.wait_for(
+            "Service recreated after unpausing",
+            Duration::from_secs(60),
+            || {
+                Ok(s.cp
+                    .kubectl_output(&["get", "service", "pz-readonly", "-n", ns])?
+                    .status
+                    .success()
+                    .then_some(()))
+            },
+        )?;
         s.wait_ready(ns, "pz", 2, ready_timeout())?;
         Ok(())
     });
@@ -455,13 +574,26 @@ fn deleting_the_cluster_garbage_collects_what_it_owned() {
     Lease::get("s-gc").run(|s, ns| {
         create_ready(s, ns, "gc", 1)?;
         let owned = "statefulsets,services,poddisruptionbudgets,serviceaccounts,configmaps,pods";
-        let list = |sel: &str| s.cp.kubectl_ok(&["get", owned, "-n", ns, "-l", sel, "-o", "name"]);
+        let list = |sel: &str| {
+            s.cp.kubectl_ok(&["get", owned, "-n", ns, "-l", sel, "-o", "name"])
+        };
         let before = list("app.kubernetes.io/instance=gc")?;
-        ensure!(before.contains("statefulset.apps/gc") && before.contains("service/gc"), "owned objects: {before}");
+        ensure!(
+            before.contains("statefulset.apps/gc") && before.contains("service/gc"),
+            "owned objects: {before}"
+        );
         s.cp.kubectl_ok(&["delete", "slc", "gc", "-n", ns, "--wait=false"])?;
         s.wait_for("owned objects gone", Duration::from_secs(120), || {
-            let left = s.cp.kubectl_ok(&["get", "statefulsets,services,poddisruptionbudgets,pods", "-n", ns, "-o", "name"])?;
-            let sa = s.cp.kubectl_output(&["get", "serviceaccount", "gc-node", "-n", ns])?;
+            let left = s.cp.kubectl_ok(&[
+                "get",
+                "statefulsets,services,poddisruptionbudgets,pods",
+                "-n",
+                ns,
+                "-o",
+                "name",
+            ])?;
+            let sa =
+                s.cp.kubectl_output(&["get", "serviceaccount", "gc-node", "-n", ns])?;
             Ok((left.trim().is_empty() && !sa.status.success()).then_some(()))
         })?;
         Ok(())
