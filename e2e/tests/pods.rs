@@ -88,7 +88,7 @@ spec:
         format!("name=probe ip={ip} ref=$(POD_NAME)"),
         "default".to_string(),
         "token-ok".to_string(),
-        format!("{ip}"),
+        ip.to_string(),
         format!("api={gateway}"),
     ] {
         assert!(
