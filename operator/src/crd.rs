@@ -167,11 +167,12 @@ pub struct BackupSpec {
     )]
     pub storages: Vec<BackupStorage>,
 
-    /// Cron schedule (five fields, UTC) of backups, for example `0 * * * *`.
-    #[serde(default = "default_backup_schedule")]
-    #[schemars(length(max = 100))]
-    #[x_kube(validation = Rule::new("size(self.split(' ').filter(f, f != '')) == 5").message("backup.schedule must be a five-field cron expression"))]
-    pub schedule: String,
+    /// Time between automatic backups taken by the leader, for example `30m` or `1h`. A backup
+    /// is skipped when nothing changed since the last one.
+    #[serde(default = "default_backup_interval")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("backup.interval must be a duration such as 30m or 1h"))]
+    pub interval: String,
 
     /// How many backups to keep in each storage; older ones are deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -346,8 +347,8 @@ fn default_voters() -> i32 {
 fn default_storage_size() -> String {
     "1Gi".into()
 }
-fn default_backup_schedule() -> String {
-    "0 * * * *".into()
+fn default_backup_interval() -> String {
+    "1h".into()
 }
 
 impl SqliteCluster {

@@ -313,6 +313,26 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
 
 #[cfg(test)]
 mod tests {
+    /// The exact shape `litecluster-operator` writes into the ConfigMap
+    /// (operator/src/resources/configmap.rs); both sides must keep agreeing.
+    #[test]
+    fn accepts_the_operators_config() {
+        let raw = r#"{
+          "storages": [{
+            "name": "primary", "type": "s3", "endpoint": "https://s3.example", "bucket": "b",
+            "prefix": "", "region": null,
+            "access_key_id_file": "/etc/litecluster/backup/primary/accessKeyId",
+            "secret_access_key_file": "/etc/litecluster/backup/primary/secretAccessKey"
+          }],
+          "interval": "1h",
+          "retention": {"keep": 3}
+        }"#;
+        let cfg = BackupConfig::parse(raw).unwrap();
+        assert_eq!(cfg.interval, Some(Duration::from_secs(3600)));
+        assert_eq!(cfg.storages[0].name, "primary");
+        assert_eq!(cfg.retention.keep, Some(3));
+    }
+
     use super::*;
 
     #[test]

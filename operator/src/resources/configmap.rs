@@ -21,17 +21,25 @@ pub fn desired_configmap(c: &SqliteCluster) -> Result<ConfigMap> {
             .storages
             .iter()
             .map(|s| {
+                // The node's backup config format (node/src/backup/config.rs); credentials
+                // are read from the mounted Secret's files.
+                let dir = format!("/etc/litecluster/backup/{}", s.name);
                 serde_json::json!({
                     "name": s.name,
+                    "type": "s3",
                     "endpoint": s.endpoint,
                     "bucket": s.bucket,
-                    "prefix": s.prefix,
+                    "prefix": s.prefix.clone().unwrap_or_default(),
                     "region": s.region,
-                    "credentials_dir": format!("/etc/litecluster/backup/{}", s.name),
+                    "access_key_id_file": format!("{dir}/accessKeyId"),
+                    "secret_access_key_file": format!("{dir}/secretAccessKey"),
                 })
             })
             .collect();
-        let doc = serde_json::json!({ "storages": storages, "schedule": backup.schedule, "retention": backup.retention });
+        let mut doc = serde_json::json!({ "storages": storages, "interval": backup.interval });
+        if let Some(keep) = backup.retention {
+            doc["retention"] = serde_json::json!({ "keep": keep });
+        }
         let text = serde_json::to_string_pretty(&doc).map_err(|source| Error::Serialize {
             what: "backup config",
             source,
@@ -73,16 +81,19 @@ mod tests {
         };
         c.spec.backup = Some(BackupSpec {
             storages: vec![storage("primary"), storage("fallback")],
-            schedule: "0 * * * *".into(),
+            interval: "1h".into(),
             retention: Some(3),
         });
         let data = desired_configmap(&c).unwrap().data.unwrap();
         let doc: serde_json::Value = serde_json::from_str(&data[BACKUP_CONFIG_KEY]).unwrap();
         assert_eq!(doc["storages"][0]["name"], "primary");
+        assert_eq!(doc["storages"][1]["type"], "s3");
         assert_eq!(
-            doc["storages"][1]["credentials_dir"],
-            "/etc/litecluster/backup/fallback"
+            doc["storages"][1]["secret_access_key_file"],
+            "/etc/litecluster/backup/fallback/secretAccessKey"
         );
+        assert_eq!(doc["interval"], "1h");
+        assert_eq!(doc["retention"]["keep"], 3);
         assert!(!data[BACKUP_CONFIG_KEY].contains("creds"));
     }
 }
