@@ -18,5 +18,5 @@ cargo test -p litecluster-node
 step "operator: unit and mocked-API reconcile tests"
 cargo test -p litecluster-operator
 step "e2e: real Kubernetes control plane built from k8s.io/kubernetes (cached after the first build)"
-cargo test -p litecluster-e2e
+cargo test -p litecluster-e2e -- --test-threads=4   # needs root and iproute2
 printf '\nall tests passed in %ss\n' "$(( $(date +%s) - started ))"
