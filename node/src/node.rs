@@ -286,15 +286,23 @@ impl Node {
         };
         // Let the target receive everything we have before it campaigns.
         let _ = self.raft.trigger().heartbeat().await;
-        while Instant::now() < deadline {
-            let _ =
-                crate::raft::network::request_election(&target.1.raft_addr, Duration::from_secs(2))
-                    .await;
-            let mut rx = self.raft.metrics();
-            let changed = tokio::time::timeout(Duration::from_millis(1500), async {
+        // Ask once: every request starts a new term, so repeating it while the old term winds
+        // down causes a storm of elections. Retry only while the target cannot be reached.
+        while let Err(e) =
+            crate::raft::network::request_election(&target.1.raft_addr, Duration::from_secs(2))
+                .await
+        {
+            if Instant::now() >= deadline {
+                bail!("hand-over target {} unreachable: {e}", target.0);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut rx = self.raft.metrics();
+        let moved =
+            tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), async {
                 loop {
                     {
-                        let m = rx.borrow();
+                        let m = rx.borrow_and_update();
                         if m.state != ServerState::Leader
                             && m.current_leader.is_some_and(|l| l != self.id)
                         {
@@ -307,9 +315,8 @@ impl Node {
                 }
             })
             .await;
-            if let Ok(Some(new_leader)) = changed {
-                return Ok(new_leader);
-            }
+        if let Ok(Some(new_leader)) = moved {
+            return Ok(new_leader);
         }
         bail!("leadership did not move within {timeout:?}")
     }
