@@ -14,12 +14,7 @@ step "CRDs match the Rust types"
 cargo run -q -p litecluster-operator -- crd | diff -u crds/sqliteclusters.litecluster.io.yaml - \
   || { echo "crds/ is stale: regenerate with 'cargo run -p litecluster-operator -- crd > crds/sqliteclusters.litecluster.io.yaml'"; exit 1; }
 step "node: unit and integration tests (real processes on loopback, pyrqlite, SeaweedFS S3)"
-if ! cargo test -p litecluster-node; then
-  # Known intermittent failure (election storm in multi-member tests, see the open issue):
-  # retried once, loudly; a failure that repeats still fails the run.
-  echo "WARNING: node tests failed; retrying once (known flaky multi-member tests)" >&2
-  cargo test -p litecluster-node
-fi
+cargo test -p litecluster-node
 step "operator: unit and mocked-API reconcile tests"
 cargo test -p litecluster-operator
 step "e2e: real Kubernetes control plane built from k8s.io/kubernetes (cached after the first build)"

@@ -771,9 +771,30 @@ fn write_kubeconfig(
     .with_context(|| format!("writing {}", path.display()))
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago, handed out once per process.
+///
+/// Ports come from below the kernel's ephemeral range (32768+ by default): a port
+/// from `bind(:0)` is ephemeral, and before the component binds it an outgoing
+/// connection (a client of the API server, say) may take it.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Spread concurrent processes apart by pid; the bind check covers the rest.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 97) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free TCP port on 127.0.0.1 in {LOW}..{}", LOW + SPAN)
 }
 
 /// Plain-HTTP GET on loopback; returns the whole response (headers and body).

@@ -37,6 +37,9 @@ pub struct Node {
     pub backup: Option<Arc<crate::backup::Manager>>,
     /// Snapshot health and requests for full snapshots.
     pub snapshots: Arc<SnapshotControl>,
+    /// Serialises membership changes made through this member: Raft allows one at a time, and
+    /// members joining together would otherwise see each other's change refused.
+    pub membership_lock: tokio::sync::Mutex<()>,
 }
 
 impl Node {
@@ -125,6 +128,7 @@ impl Node {
             leader_contact_ms,
             backup,
             snapshots,
+            membership_lock: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(crate::raft::scheduler::run(node.clone()));
         crate::backup::restore::at_start(&node).await?;
@@ -145,7 +149,7 @@ impl Node {
                 .context("bootstrapping a new cluster")?;
             tracing::info!(id = self.id, "bootstrapped a new single-member cluster");
         }
-        if !self.config.join.is_empty() && !self.is_member() {
+        if !self.config.join.is_empty() && !self.has_role(!self.config.non_voter) {
             let node = self.clone();
             tokio::spawn(async move { node.join_loop().await });
         } else if !initialized && !self.config.bootstrap {
@@ -156,14 +160,16 @@ impl Node {
         Ok(())
     }
 
-    fn is_member(&self) -> bool {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&self.id)
-            .is_some()
+    /// Whether our membership view has us as a voter (`voter`) or at least a member.
+    fn has_role(&self, voter: bool) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let ms = m.membership_config.membership();
+        if voter {
+            ms.voter_ids().any(|v| v == self.id)
+        } else {
+            ms.get_node(&self.id).is_some()
+        }
     }
 
     /// Asks the given members to add us until one of them (or the leader it forwards to) does.
@@ -201,7 +207,9 @@ impl Node {
                     }
                 }
             }
-            if self.is_member() {
+            // A leader busy with another change may refuse us after adding us as a learner:
+            // keep asking until we hold the role we asked for.
+            if self.has_role(!self.config.non_voter) {
                 tracing::info!("added to the cluster by the leader");
                 return;
             }
@@ -253,51 +261,78 @@ impl Node {
             .map_or(0.0, |d| d.as_secs_f64())
     }
 
-    /// Hands leadership to the most caught-up voter: it is asked to start an election, which it
-    /// wins because its log is complete; we wait until someone else leads.
+    /// Hands leadership to the most caught-up voter: once it holds our whole log it is asked
+    /// to start an election, and we wait until someone else leads.
+    ///
+    /// The other voters refuse votes while their leader lease from us holds, so the target's
+    /// first campaign may fail; it only makes us step down. Our own elections stay off until
+    /// leadership has moved, or we could win the next term back.
     pub async fn transfer_leadership(&self, timeout: Duration) -> anyhow::Result<NodeId> {
+        self.raft.runtime_config().elect(false);
+        let res = self.hand_over(timeout).await;
+        self.raft.runtime_config().elect(true);
+        res
+    }
+
+    async fn hand_over(&self, timeout: Duration) -> anyhow::Result<NodeId> {
         let deadline = Instant::now() + timeout;
-        let target = {
+        let (target, info) = {
             let m = self.raft.metrics();
             let m = m.borrow();
             if m.state != ServerState::Leader {
                 bail!("this member is not the leader");
             }
-            let voters: Vec<NodeId> = m
-                .membership_config
-                .membership()
+            let membership = m.membership_config.membership();
+            let matched = m.replication.clone().unwrap_or_default();
+            let best = membership
                 .voter_ids()
                 .filter(|v| *v != self.id)
-                .collect();
-            let matched = m.replication.clone().unwrap_or_default();
-            let best = voters
-                .into_iter()
                 .max_by_key(|v| matched.get(v).copied().flatten().map(|l| l.index));
             let Some(best) = best else {
                 bail!("no other voter to hand leadership to")
             };
-            let info = m
-                .membership_config
-                .membership()
+            let info = membership
                 .get_node(&best)
                 .cloned()
                 .context("voter without address")?;
             (best, info)
         };
-        // Let the target receive everything we have before it campaigns.
+        let mut rx = self.raft.metrics();
+        // A target missing entries would lose its election to the log check.
         let _ = self.raft.trigger().heartbeat().await;
-        // Ask once: every request starts a new term, so repeating it while the old term winds
-        // down causes a storm of elections. Retry only while the target cannot be reached.
+        let caught_up =
+            tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), async {
+                loop {
+                    {
+                        let m = rx.borrow_and_update();
+                        let ours = m.last_log_index;
+                        let theirs = m
+                            .replication
+                            .as_ref()
+                            .and_then(|r| r.get(&target).copied().flatten())
+                            .map(|l| l.index);
+                        if m.state != ServerState::Leader || theirs >= ours {
+                            return;
+                        }
+                    }
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await;
+        if caught_up.is_err() {
+            bail!("hand-over target {target} did not catch up within {timeout:?}");
+        }
+        // Ask once: every request starts a new term. Retry only while it cannot be reached.
         while let Err(e) =
-            crate::raft::network::request_election(&target.1.raft_addr, Duration::from_secs(2))
-                .await
+            crate::raft::network::request_election(&info.raft_addr, Duration::from_secs(2)).await
         {
             if Instant::now() >= deadline {
-                bail!("hand-over target {} unreachable: {e}", target.0);
+                bail!("hand-over target {target} unreachable: {e}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let mut rx = self.raft.metrics();
         let moved =
             tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), async {
                 loop {

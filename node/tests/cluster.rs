@@ -300,3 +300,19 @@ async fn sigterm_on_the_leader_hands_leadership_over() {
         .await
         .unwrap();
 }
+
+/// Members joining at the same moment: Raft takes one membership change at a time, so a join
+/// that races another must still end with the member voting, not stuck as a learner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_joining_together_all_become_voters() {
+    let c = Cluster::start("join-together", 5, &[]).await;
+    c.execute(4, create_table()).await.unwrap();
+    c.execute(4, json!([["INSERT INTO t(v) VALUES(?)", "five"]]))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        c.wait_caught_up(i).await;
+        let r = c.query(i, "SELECT v FROM t", "none").await;
+        assert_eq!(rows(&r), 1, "member {i}: {r}");
+    }
+}

@@ -260,6 +260,7 @@ pub async fn remove(
     if !node.is_leader() {
         return incoming.to_leader(&node, &flags, body).await;
     }
+    let _one_change = node.membership_lock.lock().await;
     let Some((rid, voter)) = find_member(&node, &id) else {
         return text_error(StatusCode::NOT_FOUND, &format!("node {id} is not a member"));
     };
@@ -320,6 +321,7 @@ pub async fn join(
     if !node.is_leader() {
         return incoming.to_leader(&node, &flags, body).await;
     }
+    let _one_change = node.membership_lock.lock().await;
     let info = MemberInfo {
         name: req.id.clone(),
         raft_addr: req.raft_addr,
