@@ -121,6 +121,16 @@ pub struct NodeConfig {
     /// Skip certificate verification when calling other members (testing only).
     #[arg(long, env = "LITECLUSTER_HTTP_INSECURE")]
     pub http_insecure: bool,
+    /// PEM certificate chain for mutual TLS between members on the Raft port; needs
+    /// `--raft-key` and `--raft-ca-cert`, and every member must use the same CA.
+    #[arg(long, env = "LITECLUSTER_RAFT_CERT", requires_all = ["raft_key", "raft_ca_cert"])]
+    pub raft_cert: Option<PathBuf>,
+    /// PEM private key for `--raft-cert`.
+    #[arg(long, env = "LITECLUSTER_RAFT_KEY", requires = "raft_cert")]
+    pub raft_key: Option<PathBuf>,
+    /// PEM CA bundle that signs every member's Raft certificate.
+    #[arg(long, env = "LITECLUSTER_RAFT_CA_CERT", requires = "raft_cert")]
+    pub raft_ca_cert: Option<PathBuf>,
     /// Take a snapshot after this many new log entries (rqlite's `-raft-snap`).
     #[arg(long, env = "LITECLUSTER_SNAPSHOT_THRESHOLD", default_value_t = 8192)]
     pub snapshot_threshold: u64,

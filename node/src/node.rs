@@ -40,6 +40,8 @@ pub struct Node {
     /// Serialises membership changes made through this member: Raft allows one at a time, and
     /// members joining together would otherwise see each other's change refused.
     pub membership_lock: tokio::sync::Mutex<()>,
+    /// Mutual TLS on the Raft port, when configured.
+    pub raft_tls: Option<crate::raft::tls::RaftTls>,
 }
 
 impl Node {
@@ -93,18 +95,35 @@ impl Node {
             "invalid raft timing flags (the election timeout must exceed the heartbeat interval)",
         )?;
 
+        let raft_tls = match (&config.raft_cert, &config.raft_key, &config.raft_ca_cert) {
+            (Some(cert), Some(key), Some(ca)) => {
+                Some(crate::raft::tls::RaftTls::load(cert, key, ca).context(
+                    "loading the Raft TLS files (--raft-cert, --raft-key, --raft-ca-cert)",
+                )?)
+            }
+            _ => None,
+        };
         let listener = tokio::net::TcpListener::bind(&config.raft_addr)
             .await
             .with_context(|| format!("binding raft address {}", config.raft_addr))?;
         let raft = Arc::new(
-            Raft::new(id, Arc::new(raft_config), NetworkFactory, log, sm)
-                .await
-                .context("starting raft")?,
+            Raft::new(
+                id,
+                Arc::new(raft_config),
+                NetworkFactory {
+                    tls: raft_tls.clone(),
+                },
+                log,
+                sm,
+            )
+            .await
+            .context("starting raft")?,
         );
         let started_at = Instant::now();
         let leader_contact_ms = Arc::new(AtomicU64::new(0));
         tokio::spawn(rpc::serve(
             listener,
+            raft_tls.clone(),
             raft.clone(),
             started_at,
             leader_contact_ms.clone(),
@@ -129,6 +148,7 @@ impl Node {
             backup,
             snapshots,
             membership_lock: tokio::sync::Mutex::new(()),
+            raft_tls,
         });
         tokio::spawn(crate::raft::scheduler::run(node.clone()));
         crate::backup::restore::at_start(&node).await?;
@@ -229,6 +249,22 @@ impl Node {
         ))
     }
 
+    /// The leader once one is known, waiting at most `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<(NodeId, MemberInfo)> {
+        let mut rx = self.raft.metrics();
+        tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(l) = self.leader() {
+                    return Some(l);
+                }
+                rx.changed().await.ok()?;
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// The current leader, if known, with its address.
     pub fn leader(&self) -> Option<(NodeId, MemberInfo)> {
         let m = self.raft.metrics();
@@ -325,8 +361,12 @@ impl Node {
             bail!("hand-over target {target} did not catch up within {timeout:?}");
         }
         // Ask once: every request starts a new term. Retry only while it cannot be reached.
-        while let Err(e) =
-            crate::raft::network::request_election(&info.raft_addr, Duration::from_secs(2)).await
+        while let Err(e) = crate::raft::network::request_election(
+            &info.raft_addr,
+            self.raft_tls.clone(),
+            Duration::from_secs(2),
+        )
+        .await
         {
             if Instant::now() >= deadline {
                 bail!("hand-over target {target} unreachable: {e}");

@@ -234,33 +234,7 @@ async fn basic_auth_enforces_permissions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tls_api_with_a_private_ca() {
     let mut c = Cluster::empty("tls");
-    let (ca, cert, key) = (
-        c.dir.join("ca.pem"),
-        c.dir.join("cert.pem"),
-        c.dir.join("key.pem"),
-    );
-    let d = c.dir.to_str().unwrap().to_owned();
-    std::fs::write(
-        c.dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    // A CA and a server certificate it signs (webpki refuses a CA certificate as a leaf).
-    let script = format!(
-        "set -e; cd {d}; \
-         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem; \
-         openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost -keyout key.pem -out server.csr; \
-         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out cert.pem"
-    );
-    let ok = Command::new("sh")
-        .args(["-c", &script])
-        .output()
-        .expect("openssl must be installed");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    let (ca, cert, key) = test_certs(&c.dir);
     c.add(
         "1",
         &[

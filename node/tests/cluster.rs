@@ -316,3 +316,46 @@ async fn members_joining_together_all_become_voters() {
         assert_eq!(rows(&r), 1, "member {i}: {r}");
     }
 }
+
+/// Mutual TLS on the Raft port: members with certificates from the cluster's CA replicate; a
+/// peer without one gets no answer, where a plain-TCP port would obey it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn raft_port_with_mutual_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = std::env::temp_dir().join(format!("lc-raft-tls-certs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = test_certs(&dir);
+    let (ca, cert, key) = (
+        ca.to_str().unwrap(),
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+    );
+    let flags = ["--raft-cert", cert, "--raft-key", key, "--raft-ca-cert", ca];
+    let c = Cluster::start("raft-tls", 3, &flags).await;
+    c.execute(0, create_table()).await.unwrap();
+    c.execute(0, json!([["INSERT INTO t(v) VALUES(?)", "sealed"]]))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        c.wait_caught_up(i).await;
+        assert_eq!(rows(&c.query(i, "SELECT v FROM t", "none").await), 1);
+    }
+
+    // An election request in plain TCP: a port without TLS would answer with a frame.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.members[1].raft))
+        .await
+        .unwrap();
+    let body = b"null";
+    s.write_u32(body.len() as u32 + 1).await.unwrap();
+    s.write_u8(4).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply)).await;
+    assert!(
+        !reply.contains(&b'{'),
+        "a peer without a certificate got an answer: {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -105,7 +105,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Incoming {
 }
 
 impl Incoming {
-    /// Relays to `leader` (or redirects, with `?redirect`).
+    /// Relays to `leader` (or redirects, with `?redirect`). With no leader known, as during an
+    /// election, waits a few election timeouts for one rather than failing the write at once.
     pub async fn forward(
         &self,
         node: &Node,
@@ -113,6 +114,13 @@ impl Incoming {
         flags: &Flags,
         body: Bytes,
     ) -> Response {
+        let leader = match leader {
+            Some(l) => Some(l),
+            None => node
+                .wait_for_leader(node.config.election_timeout * 3)
+                .await
+                .map(|(_, info)| info),
+        };
         to_leader(
             node,
             leader,

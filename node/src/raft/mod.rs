@@ -7,6 +7,7 @@ pub mod rpc;
 pub mod scheduler;
 pub mod snapshot;
 pub mod state_machine;
+pub mod tls;
 
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
 

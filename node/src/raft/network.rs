@@ -12,13 +12,16 @@ use openraft::raft::{
 };
 use tokio::io::{BufReader, BufWriter};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::rpc::{self, KIND_APPEND, KIND_ELECT, KIND_SNAPSHOT, KIND_VOTE};
+use super::tls::{self, RaftTls, ReadHalf, WriteHalf};
 use crate::{MemberInfo, NodeId, TypeConfig};
 
+/// Makes connections to other members, over TLS when the Raft port uses it.
 #[derive(Clone, Default)]
-pub struct NetworkFactory;
+pub struct NetworkFactory {
+    pub tls: Option<RaftTls>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Connection;
@@ -27,6 +30,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         Connection {
             target,
             node: node.clone(),
+            tls: self.tls.clone(),
             stream: None,
             buf: Vec::new(),
         }
@@ -36,7 +40,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct Connection {
     target: NodeId,
     node: MemberInfo,
-    stream: Option<(BufReader<OwnedReadHalf>, BufWriter<OwnedWriteHalf>)>,
+    tls: Option<RaftTls>,
+    stream: Option<(BufReader<ReadHalf>, BufWriter<WriteHalf>)>,
     buf: Vec<u8>,
 }
 
@@ -78,7 +83,13 @@ impl Connection {
                 .await
                 .map_err(CallError::Unreachable)?;
             s.set_nodelay(true).map_err(CallError::Unreachable)?;
-            let (r, w) = s.into_split();
+            let (r, w) = match &self.tls {
+                Some(t) => t
+                    .connect(&self.node.raft_addr, s)
+                    .await
+                    .map_err(CallError::Unreachable)?,
+                None => tls::plain(s),
+            };
             self.stream = Some((BufReader::new(r), BufWriter::new(w)));
         }
         let (r, w) = self.stream.as_mut().expect("connected above");
@@ -166,13 +177,18 @@ impl RaftNetwork<TypeConfig> for Connection {
 }
 
 /// Asks the member at `raft_addr` to start an election (leadership hand-over on shutdown).
-pub async fn request_election(raft_addr: &str, ttl: Duration) -> Result<(), String> {
+pub async fn request_election(
+    raft_addr: &str,
+    tls: Option<RaftTls>,
+    ttl: Duration,
+) -> Result<(), String> {
     let mut conn = Connection {
         target: 0,
         node: MemberInfo {
             raft_addr: raft_addr.to_owned(),
             ..MemberInfo::default()
         },
+        tls,
         stream: None,
         buf: Vec::new(),
     };

@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
+use super::tls::{self, RaftTls, ReadHalf, WriteHalf};
 use crate::Raft;
 
 pub const KIND_APPEND: u8 = 1;
@@ -56,6 +57,7 @@ pub async fn write_frame<W: AsyncWriteExt + Unpin>(
 /// `contact` records when an RPC from a leader last arrived (ms since `epoch`), for freshness.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<RaftTls>,
     raft: Arc<Raft>,
     epoch: Instant,
     contact: Arc<AtomicU64>,
@@ -69,9 +71,24 @@ pub async fn serve(
                 continue;
             }
         };
-        let (raft, contact) = (raft.clone(), contact.clone());
+        let (raft, contact, tls) = (raft.clone(), contact.clone(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_conn(stream, &raft, epoch, &contact).await
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "raft connection lost");
+                return;
+            }
+            let halves = match &tls {
+                Some(t) => match t.accept(stream).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        // Someone without our CA's certificate, or a member misconfigured.
+                        tracing::warn!(%peer, error = %e, "raft TLS handshake refused");
+                        return;
+                    }
+                },
+                None => tls::plain(stream),
+            };
+            if let Err(e) = serve_conn(halves, &raft, epoch, &contact).await
                 && e.kind() != std::io::ErrorKind::UnexpectedEof
             {
                 tracing::debug!(%peer, error = %e, "raft connection closed");
@@ -81,13 +98,11 @@ pub async fn serve(
 }
 
 async fn serve_conn(
-    stream: TcpStream,
+    (r, w): (ReadHalf, WriteHalf),
     raft: &Raft,
     epoch: Instant,
     contact: &AtomicU64,
 ) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
-    let (r, w) = stream.into_split();
     let (mut r, mut w) = (BufReader::new(r), BufWriter::new(w));
     let mut buf = Vec::new();
     loop {

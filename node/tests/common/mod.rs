@@ -377,3 +377,34 @@ pub fn create_table() -> Value {
 pub fn dir_exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// A private CA and one certificate it signs for 127.0.0.1/localhost, made with openssl in
+/// `dir`: returns (ca.pem, cert.pem, key.pem). The leaf has no extended key usage, so it serves
+/// as both a server and a client certificate.
+pub fn test_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    // webpki refuses a CA certificate as a leaf, hence two certificates.
+    let script = "set -e; \
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem; \
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost -keyout key.pem -out leaf.csr; \
+         openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out cert.pem";
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    )
+}
