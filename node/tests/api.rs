@@ -346,3 +346,43 @@ async fn backup_and_load_round_trip() {
     assert_eq!(r.status(), 400);
     assert_eq!(c.column(0, "SELECT count(*) FROM b").await[0], 2);
 }
+
+/// `/db/backup?fmt=sql` gives a dump that `/db/load` takes back: same rows, same types.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sql_dump_round_trip() {
+    let c = Cluster::start("sql-dump", 1, &[]).await;
+    c.execute(
+        0,
+        json!([
+            "CREATE TABLE d (id INTEGER PRIMARY KEY AUTOINCREMENT, t TEXT, r REAL, b BLOB)",
+            "CREATE INDEX d_t ON d(t)",
+            "INSERT INTO d(t, r, b) VALUES ('it''s', 2.0, x'00ff'), (NULL, 0.1, NULL)"
+        ]),
+    )
+    .await
+    .unwrap();
+    let r = c.get(0, "/db/backup?fmt=sql").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let dump = r.text().await.unwrap();
+    assert!(
+        dump.starts_with("PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;\n"),
+        "{dump}"
+    );
+    assert!(!dump.contains("_litecluster"), "bookkeeping leaked: {dump}");
+    let q = "SELECT id, typeof(r), quote(r), quote(b), quote(t) FROM d ORDER BY id";
+    let before = c.query(0, q, "strong").await["results"][0]["values"].clone();
+
+    c.execute(0, json!(["DROP TABLE d"])).await.unwrap();
+    let (status, body) = post(&c, "/db/load", dump).await;
+    assert_eq!(status, 200, "{body}");
+    let after = c.query(0, q, "strong").await["results"][0]["values"].clone();
+    assert_eq!(before, after);
+    assert_eq!(
+        c.column(0, "SELECT count(*) FROM sqlite_master WHERE name = 'd_t'")
+            .await[0],
+        1
+    );
+
+    let r = c.get(0, "/db/backup?fmt=csv").await.unwrap();
+    assert_eq!(r.status(), 400);
+}

@@ -33,6 +33,15 @@ fn backup_file(db: &std::path::Path, dest: &std::path::Path) -> crate::Result<Ve
     std::fs::read(dest).map_err(|e| crate::Error::io("reading backup copy", e))
 }
 
+/// The SQL dump, from one read transaction so it is consistent.
+fn dump_sql(db: &std::path::Path) -> crate::Result<String> {
+    let conn = crate::sqlite::open_reader(db)?;
+    let tx = conn.unchecked_transaction()?;
+    let mut out = String::new();
+    crate::sqlite::dump::dump(&tx, &mut out)?;
+    Ok(out)
+}
+
 pub async fn backup(
     State(node): State<AppState>,
     RawQuery(raw): RawQuery,
@@ -42,19 +51,39 @@ pub async fn backup(
         Ok(f) => f,
         Err(e) => return text_error(StatusCode::BAD_REQUEST, &e),
     };
-    if let Some(fmt) = raw.as_deref().and_then(|r| {
+    let fmt = raw.as_deref().and_then(|r| {
         form_urlencoded::parse(r.as_bytes())
             .find(|(k, _)| k == "fmt")
             .map(|(_, v)| v.into_owned())
-    }) && fmt != "binary"
-    {
-        return text_error(
-            StatusCode::BAD_REQUEST,
-            &format!("backup format {fmt:?} is not supported: use the default binary format"),
-        );
-    }
+    });
+    let sql = match fmt.as_deref() {
+        None | Some("") | Some("binary") => false,
+        Some("sql") => true,
+        Some(other) => {
+            return text_error(
+                StatusCode::BAD_REQUEST,
+                &format!("backup format {other:?} is not supported: use binary (default) or sql"),
+            );
+        }
+    };
     if !flags.noleader && !node.is_leader() {
         return incoming.to_leader(&node, &flags, Bytes::new()).await;
+    }
+    if sql {
+        let db = node.db_path.clone();
+        return match tokio::task::spawn_blocking(move || dump_sql(&db)).await {
+            Ok(Ok(text)) => {
+                ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+            }
+            Ok(Err(e)) => text_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("SQL dump failed: {e}"),
+            ),
+            Err(e) => text_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("SQL dump task failed: {e}"),
+            ),
+        };
     }
     let db = node.db_path.clone();
     let dest = node.config.data_dir.join(format!(

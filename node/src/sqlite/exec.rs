@@ -114,10 +114,11 @@ fn run_one(conn: &Connection, stmt: &Statement, mode: Mode) -> rusqlite::Result<
     }
     let mut prepared = match conn.prepare(&stmt.sql) {
         Ok(p) => p,
-        Err(rusqlite::Error::MultipleStatement)
-            if matches!(stmt.params, Params::None) && mode != Mode::Query =>
-        {
-            // Several statements in one string: run them all, report their combined effect.
+        // Several statements in one string (a dump, say): run them all, report their combined
+        // effect. rusqlite checks the tail by preparing it, so a later statement that needs an
+        // earlier one's table fails here with that error rather than `MultipleStatement`; for
+        // a single statement the batch just fails again with the same error.
+        Err(_) if matches!(stmt.params, Params::None) && mode != Mode::Query => {
             let before = conn.total_changes();
             conn.execute_batch(&stmt.sql)?;
             return Ok(execute_result(conn, before));
@@ -472,5 +473,34 @@ mod meta_tests {
             }
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod multi_statement_tests {
+    use super::*;
+
+    #[test]
+    fn a_string_of_statements_that_build_on_each_other_runs_whole() {
+        let c = Connection::open_in_memory().unwrap();
+        let sql = "PRAGMA foreign_keys=OFF;\nCREATE TABLE d (id INTEGER PRIMARY KEY, t TEXT);\n\
+                   INSERT INTO \"d\" VALUES(1,'x');\nCREATE INDEX d_t ON d(t);";
+        let r = run(&c, &[Statement::new(sql)], 0, true, Mode::Execute, false).unwrap();
+        assert_eq!(r[0].error, None);
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM d", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        // A single bad statement still reports its own error.
+        let r = run(
+            &c,
+            &[Statement::new("INSERT INTO nope VALUES(1)")],
+            0,
+            true,
+            Mode::Execute,
+            false,
+        )
+        .unwrap();
+        assert_eq!(r[0].error.as_deref(), Some("no such table: nope"));
     }
 }

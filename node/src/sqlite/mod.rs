@@ -1,6 +1,7 @@
 //! SQLite access: connection setup, statement execution, the read pool, and SQL rewriting.
 
 pub mod checkpoint;
+pub mod dump;
 pub mod exec;
 pub mod reader;
 pub mod rewrite;
