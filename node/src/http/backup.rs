@@ -75,6 +75,7 @@ pub async fn backup(
             Ok(Ok(text)) => {
                 ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
             }
+            Ok(Err(crate::Error::BadRequest(msg))) => text_error(StatusCode::BAD_REQUEST, &msg),
             Ok(Err(e)) => text_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("SQL dump failed: {e}"),
