@@ -1,9 +1,10 @@
 //! The `SqliteCluster` custom resource: what a user asks for (spec) and what the operator saw (status).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -153,6 +154,56 @@ pub struct SnapshotSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0").message("snapshot.trailingLogs cannot be negative"))]
     pub trailing_logs: Option<i64>,
+
+    /// Consecutive failed WAL checkpoints on one member after which the operator remediates:
+    /// first a full snapshot, then a restart of that member, then a rolling restart of every
+    /// member, one step at a time. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("snapshot.remediationThreshold must be at least 1"))]
+    pub remediation_threshold: Option<i64>,
+
+    /// How long a remediation step is given to clear the failures before the next step, for
+    /// example `5m` (the default) or `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("snapshot.remediationInterval must be a duration such as 30s, 5m or 1h"))]
+    pub remediation_interval: Option<String>,
+}
+
+/// Remediation threshold when `snapshot.remediationThreshold` is unset.
+pub const DEFAULT_REMEDIATION_THRESHOLD: u64 = 3;
+/// Wait between remediation steps when `snapshot.remediationInterval` is unset.
+pub const DEFAULT_REMEDIATION_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Parse a duration such as `90s`, `5m` or `1h30m` (units ms, s, m, h), the format the schema admits.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(1), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(60), 1)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(3600), 1)
+        } else {
+            return None;
+        };
+        total = total.checked_add(unit.checked_mul(u32::try_from(n).ok()?)?)?;
+        rest = &rest[len..];
+    }
+    Some(total)
 }
 
 /// Backups to object storage.
@@ -293,6 +344,94 @@ pub struct SqliteClusterStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+
+    /// Members whose pod runs the current pod template.
+    #[serde(default)]
+    pub updated_replicas: i32,
+
+    /// The rolling restart in progress, if any: members are replaced one at a time, learners
+    /// first, the leader last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+
+    /// The last member the operator restarted. The next restart waits until it is back, Ready
+    /// and caught up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart: Option<MemberRestart>,
+
+    /// Snapshot remediation in progress (or given up) for one member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remediation: Option<RemediationStatus>,
+}
+
+/// A rolling restart of the members onto a new pod template.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// StatefulSet revision the members are moving to.
+    pub revision: String,
+
+    /// Why the members restart, for example "image changed" or "pod template changed".
+    pub reason: String,
+
+    /// When the rolling restart began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+}
+
+/// A member pod the operator deleted so that it restarts.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberRestart {
+    /// Member (pod) name.
+    pub member: String,
+
+    /// UID of the deleted pod: the member is back once a pod with another UID is Ready.
+    pub pod_uid: String,
+
+    /// Why it was restarted.
+    pub reason: String,
+
+    /// When its pod was deleted.
+    pub at: Time,
+}
+
+/// The steps of snapshot remediation, in the order they are tried.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemediationStep {
+    /// A full snapshot was requested from the member.
+    FullSnapshot,
+    /// The member's pod was restarted.
+    Restart,
+    /// Every member was restarted, one at a time.
+    RollingUpgrade,
+    /// Every step was tried and the failures remain; the operator stopped escalating.
+    Exhausted,
+}
+
+/// Remediation of one member whose WAL checkpoints keep failing.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationStatus {
+    /// Member being remediated.
+    pub member: String,
+
+    /// Last step taken.
+    pub step: RemediationStep,
+
+    /// When the step took effect (for a restart: when the member was back). The next step
+    /// comes `snapshot.remediationInterval` after it. Unset while a restart is under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+
+    /// The member's consecutive failures when the step was taken.
+    #[serde(default)]
+    pub failures: u64,
+
+    /// Time of the member's last successful snapshot when the step was taken, as the member
+    /// reported it. Recovery needs a newer success: a restart alone also zeroes the counter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_success: Option<String>,
 }
 
 /// One member as seen through its pod and its `/status`.
@@ -366,6 +505,27 @@ impl SqliteCluster {
         self.spec.image.as_deref().unwrap_or(DEFAULT_IMAGE)
     }
 
+    /// `snapshot.remediationThreshold` or its default.
+    pub fn remediation_threshold(&self) -> u64 {
+        self.spec
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.remediation_threshold)
+            .and_then(|t| u64::try_from(t).ok())
+            .filter(|t| *t >= 1)
+            .unwrap_or(DEFAULT_REMEDIATION_THRESHOLD)
+    }
+
+    /// `snapshot.remediationInterval` or its default. The schema admits only parseable values.
+    pub fn remediation_interval(&self) -> Duration {
+        self.spec
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.remediation_interval.as_deref())
+            .and_then(parse_duration)
+            .unwrap_or(DEFAULT_REMEDIATION_INTERVAL)
+    }
+
     /// Number of voters the cluster runs with: `spec.voters`, capped by `spec.replicas`, rounded
     /// down to an odd number (an even count adds risk without adding fault tolerance).
     pub fn effective_voters(&self) -> i32 {
@@ -434,6 +594,8 @@ mod tests {
             "voters must be a positive odd number",
             "storage.size cannot shrink",
             "replicas must be at least 1",
+            "snapshot.remediationThreshold must be at least 1",
+            "snapshot.remediationInterval must be a duration",
         ] {
             assert!(text.contains(msg), "missing rule: {msg}");
         }
@@ -483,6 +645,31 @@ mod tests {
         assert_eq!(effective_voters(1, 5), 1);
         assert_eq!(effective_voters(4, 5), 3);
         assert_eq!(effective_voters(7, 5), 5);
+    }
+
+    #[test]
+    fn durations_parse_like_the_schema_admits() {
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        for bad in ["", "5", "m", "5d", "5m3", "-5m", "5 m"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn remediation_settings_default_and_override() {
+        let mut c = SqliteCluster::new("db", serde_json::from_str("{}").unwrap());
+        assert_eq!(c.remediation_threshold(), 3);
+        assert_eq!(c.remediation_interval(), Duration::from_secs(300));
+        c.spec.snapshot = Some(SnapshotSpec {
+            remediation_threshold: Some(5),
+            remediation_interval: Some("30s".into()),
+            ..Default::default()
+        });
+        assert_eq!(c.remediation_threshold(), 5);
+        assert_eq!(c.remediation_interval(), Duration::from_secs(30));
     }
 
     #[test]

@@ -145,6 +145,23 @@ pub struct JoinRequest {
     pub voter: bool,
 }
 
+/// What `POST /snapshot?type=full` achieved.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SnapshotOutcome {
+    /// The snapshot ran; the node's snapshot health afterwards.
+    Taken(Box<SnapshotHealth>),
+    /// Nothing new to snapshot (204).
+    NothingNew,
+    /// The node is still working on it (our timeout or its 504); `/status` will tell.
+    StillRunning,
+}
+
+/// Body of a 200 from `POST /snapshot`.
+#[derive(Deserialize)]
+struct SnapshotResponse {
+    snapshot: SnapshotHealth,
+}
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The node operations the reconciler needs. A trait so reconcile tests can fake the nodes.
@@ -157,6 +174,8 @@ pub trait NodeApi: Send + Sync {
     fn remove<'a>(&'a self, base: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>>;
     /// `POST /leader`: hand leadership to the most caught-up other voter.
     fn transfer_leadership<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// `POST /snapshot?type=full`: ask the node for a full snapshot now.
+    fn full_snapshot<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<SnapshotOutcome>>;
     /// The same client authenticating as `credentials` (nodes run with `--auth`).
     fn with_credentials(&self, credentials: Option<Credentials>) -> std::sync::Arc<dyn NodeApi>;
 }
@@ -293,6 +312,52 @@ impl NodeApi for HttpNodeClient {
         })
     }
 
+    fn full_snapshot<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<SnapshotOutcome>> {
+        Box::pin(async move {
+            let u = url(base, "/snapshot?type=full");
+            let r = self
+                .request(reqwest::Method::POST, &u)
+                .timeout(self.change_timeout);
+            // A full snapshot of a large database can outlast our timeout; the node keeps going,
+            // so a timeout means "running", not "failed".
+            let resp = match r.send().await {
+                Err(e) if e.is_timeout() => return Ok(SnapshotOutcome::StillRunning),
+                Err(e) => {
+                    return Err(Error::Node {
+                        node: base.to_string(),
+                        url: u,
+                        what: describe(&e),
+                    });
+                }
+                Ok(resp) => resp,
+            };
+            let status = resp.status();
+            if status == reqwest::StatusCode::NO_CONTENT {
+                return Ok(SnapshotOutcome::NothingNew);
+            }
+            if status == reqwest::StatusCode::GATEWAY_TIMEOUT {
+                return Ok(SnapshotOutcome::StillRunning);
+            }
+            if !status.is_success() {
+                let body = resp.text().await.unwrap_or_default();
+                return Err(Error::Node {
+                    node: base.to_string(),
+                    url: u,
+                    what: format!("answered {status}: {}", body.trim()),
+                });
+            }
+            let body = resp
+                .json::<SnapshotResponse>()
+                .await
+                .map_err(|e| Error::Node {
+                    node: base.to_string(),
+                    url: u,
+                    what: format!("unreadable /snapshot answer: {e}"),
+                })?;
+            Ok(SnapshotOutcome::Taken(Box::new(body.snapshot)))
+        })
+    }
+
     fn with_credentials(&self, credentials: Option<Credentials>) -> std::sync::Arc<dyn NodeApi> {
         std::sync::Arc::new(Self {
             credentials,
@@ -344,6 +409,69 @@ mod tests {
         assert!(err.contains("127.0.0.1:9/status"), "{err}");
         assert!(
             err.contains("connection failed") || err.contains("timed out"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn full_snapshot_maps_the_node_answers() {
+        use axum::extract::RawQuery;
+        use axum::http::StatusCode;
+        use axum::routing::post;
+        // Each prefix answers like the node does in one situation; all insist on type=full.
+        let full = |q: Option<String>| q.as_deref() == Some("type=full");
+        let app = axum::Router::new()
+            .route(
+                "/taken/snapshot",
+                post(move |RawQuery(q): RawQuery| async move {
+                    if !full(q) {
+                        return (StatusCode::BAD_REQUEST, String::new());
+                    }
+                    (
+                        StatusCode::OK,
+                        r#"{"snapshot":{"consecutive_failures":0,"full_needed":false,"last_success":{"index":9,"kind":"full","at":"t1","duration_ms":1}}}"#.into(),
+                    )
+                }),
+            )
+            .route(
+                "/nothing/snapshot",
+                post(|| async { StatusCode::NO_CONTENT }),
+            )
+            .route(
+                "/running/snapshot",
+                post(|| async { StatusCode::GATEWAY_TIMEOUT }),
+            )
+            .route(
+                "/broken/snapshot",
+                post(|| async { (StatusCode::SERVICE_UNAVAILABLE, "snapshot trigger failed") }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let c = HttpNodeClient::new(Duration::from_secs(2), Duration::from_secs(2)).unwrap();
+        let base = |p: &str| format!("http://{addr}/{p}");
+        match c.full_snapshot(&base("taken")).await.unwrap() {
+            SnapshotOutcome::Taken(h) => {
+                assert_eq!(h.consecutive_failures, 0);
+                assert_eq!(h.last_success.unwrap().index, 9);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            c.full_snapshot(&base("nothing")).await.unwrap(),
+            SnapshotOutcome::NothingNew
+        );
+        assert_eq!(
+            c.full_snapshot(&base("running")).await.unwrap(),
+            SnapshotOutcome::StillRunning
+        );
+        let err = c
+            .full_snapshot(&base("broken"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("503") && err.contains("trigger failed"),
             "{err}"
         );
     }

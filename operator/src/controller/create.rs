@@ -19,22 +19,24 @@ use tracing::info;
 use super::membership::statefulset_replicas;
 use super::observe::{ObservedCluster, desired, raft_members};
 use super::{Context, MANAGER};
+use crate::Result;
 use crate::crd::SqliteCluster;
+pub use crate::resources::spec_hash;
 use crate::resources::statefulset::{StatefulSetParams, desired_statefulset};
-use crate::resources::{configmap, pdb, serviceaccount, services};
-use crate::{Error, Result};
+use crate::resources::{RESTARTED_AT_ANNOTATION, configmap, pdb, serviceaccount, services};
 
 /// Annotation holding the hash of what the operator last applied.
 pub const HASH_ANNOTATION: &str = "litecluster.io/applied-hash";
 
-/// Apply every owned object that differs from its builder.
+/// Apply every owned object that differs from its builder. Returns whether the StatefulSet
+/// was written (its status then describes the previous template until its controller catches up).
 pub async fn reconcile_resources(
     cluster: &SqliteCluster,
     ctx: &Context,
     observed: &ObservedCluster,
     bootstrapped: bool,
     ns: &str,
-) -> Result<()> {
+) -> Result<bool> {
     let client = &ctx.client;
     ensure(
         &Api::<ServiceAccount>::namespaced(client.clone(), ns),
@@ -55,12 +57,44 @@ pub async fn reconcile_resources(
         pdb::desired_pdb(cluster),
     )
     .await?;
-    ensure(
-        &Api::<StatefulSet>::namespaced(client.clone(), ns),
-        desired_sts(cluster, ctx, observed, bootstrapped),
+    ensure_statefulset(
+        cluster,
+        ctx,
+        observed,
+        bootstrapped,
+        live_restarted_at(observed),
+        ns,
     )
-    .await?;
-    Ok(())
+    .await
+}
+
+/// Apply the StatefulSet with this `restartedAt` pod annotation. Returns whether it wrote.
+pub async fn ensure_statefulset(
+    cluster: &SqliteCluster,
+    ctx: &Context,
+    observed: &ObservedCluster,
+    bootstrapped: bool,
+    restarted_at: Option<String>,
+    ns: &str,
+) -> Result<bool> {
+    ensure(
+        &Api::<StatefulSet>::namespaced(ctx.client.clone(), ns),
+        desired_sts(cluster, ctx, observed, bootstrapped, restarted_at)?,
+    )
+    .await
+}
+
+/// The `restartedAt` pod annotation of the live StatefulSet. It is kept as it is: the
+/// StatefulSet itself is where it lives, so a lost status cannot drop it and restart everyone.
+pub fn live_restarted_at(observed: &ObservedCluster) -> Option<String> {
+    observed
+        .statefulset
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(RESTARTED_AT_ANNOTATION))
+        .cloned()
 }
 
 /// The StatefulSet with replicas from the membership rules (one while bootstrapping).
@@ -69,7 +103,8 @@ pub fn desired_sts(
     ctx: &Context,
     observed: &ObservedCluster,
     bootstrapped: bool,
-) -> StatefulSet {
+    restarted_at: Option<String>,
+) -> Result<StatefulSet> {
     let current = observed
         .statefulset
         .as_ref()
@@ -87,8 +122,9 @@ pub fn desired_sts(
         replicas: replicas as i32,
         bootstrap: !bootstrapped,
         cluster_domain: ctx.cluster_domain.clone(),
+        restarted_at,
     };
-    let mut sts = desired_statefulset(cluster, &params);
+    let mut sts = desired_statefulset(cluster, &params)?;
     // Volume claim templates are immutable: keep the live ones (volume growth is done on the PVCs).
     if let (Some(live), Some(spec)) = (
         observed.statefulset.as_ref().and_then(|s| s.spec.as_ref()),
@@ -96,7 +132,7 @@ pub fn desired_sts(
     ) {
         spec.volume_claim_templates = live.volume_claim_templates.clone();
     }
-    sts
+    Ok(sts)
 }
 
 /// Server-side apply `desired` unless the live object already carries its hash. Returns whether it wrote.
@@ -122,20 +158,6 @@ where
     )
     .await?;
     Ok(true)
-}
-
-/// FNV-1a of the object's JSON: stable across Rust releases (unlike `DefaultHasher`).
-pub fn spec_hash<T: Serialize>(obj: &T) -> Result<String> {
-    let bytes = serde_json::to_vec(obj).map_err(|source| Error::Serialize {
-        what: "owned object",
-        source,
-    })?;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    Ok(format!("{h:016x}"))
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! The `SqliteCluster` reconciler, split by concern: observe, create (owned objects), scale
-//! (membership changes), status.
+//! (membership changes), rollout (restarts), remediation (snapshot health), status.
 
 pub mod create;
 pub mod membership;
 pub mod observe;
+pub mod remediation;
+pub mod rollout;
 pub mod scale;
 pub mod status;
 
@@ -13,6 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -20,7 +23,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::crd::SqliteCluster;
+use crate::crd::{RemediationStatus, RemediationStep, SqliteCluster};
 use crate::metrics::Metrics;
 use crate::node_client::NodeApi;
 use crate::{Error, Result};
@@ -63,8 +66,25 @@ impl Context {
     }
 }
 
+/// What the rollout and remediation pass decided, for the status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Maintenance {
+    pub rollout: rollout::Outcome,
+    /// New `status.remediation`.
+    pub remediation: Option<RemediationStatus>,
+}
+
+impl Maintenance {
+    /// Whether something is under way that the next reconcile should look at soon.
+    fn busy(&self) -> bool {
+        self.rollout.rollout.is_some()
+            || !matches!(self.rollout.decision, rollout::Decision::UpToDate)
+    }
+}
+
 /// One pass over one cluster: observe, apply owned objects, make at most one membership change,
-/// record status. Requeues soon while something is changing, slowly when settled.
+/// then at most one restart or remediation step, record status. Requeues soon while something
+/// is changing, slowly when settled.
 pub async fn reconcile(cluster: Arc<SqliteCluster>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started();
     if cluster.paused() {
@@ -80,7 +100,8 @@ pub async fn reconcile(cluster: Arc<SqliteCluster>, ctx: Arc<Context>) -> Result
     let observed = observe::observe(&cluster, &ctx, nodes.as_ref(), &ns).await?;
     let bootstrapped = observe::bootstrapped(&cluster, &observed);
 
-    create::reconcile_resources(&cluster, &ctx, &observed, bootstrapped, &ns).await?;
+    let sts_written =
+        create::reconcile_resources(&cluster, &ctx, &observed, bootstrapped, &ns).await?;
 
     let action = if bootstrapped {
         membership::decide(
@@ -91,11 +112,98 @@ pub async fn reconcile(cluster: Arc<SqliteCluster>, ctx: Arc<Context>) -> Result
         membership::Action::Wait("bootstrapping the first member".into())
     };
     scale::reconcile_membership(&cluster, &ctx, nodes.as_ref(), &observed, &action).await?;
-    status::reconcile_status(&cluster, &ctx, &observed, &action, bootstrapped, &ns).await?;
+    let maintenance = if bootstrapped {
+        Some(
+            maintain(
+                &cluster,
+                &ctx,
+                nodes.as_ref(),
+                &observed,
+                &action,
+                sts_written,
+                &ns,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    status::reconcile_status(
+        &cluster,
+        &ctx,
+        &observed,
+        &action,
+        bootstrapped,
+        maintenance.as_ref(),
+        &ns,
+    )
+    .await?;
 
+    let remediating = maintenance
+        .as_ref()
+        .and_then(|m| m.remediation.as_ref())
+        .is_some_and(|r| r.step != RemediationStep::Exhausted);
     Ok(match action {
+        membership::Action::Nothing if maintenance.as_ref().is_some_and(Maintenance::busy) => {
+            Action::requeue(Duration::from_secs(5))
+        }
+        // Remediation waits minutes between steps; look often enough to notice recovery.
+        membership::Action::Nothing if remediating => Action::requeue(Duration::from_secs(15)),
         membership::Action::Nothing => Action::requeue(Duration::from_secs(60)),
         _ => Action::requeue(Duration::from_secs(5)),
+    })
+}
+
+/// Snapshot remediation, then the rollout: at most one disruptive step per pass, none while a
+/// membership change is under way or the StatefulSet was just rewritten (its status would
+/// still describe the old template).
+async fn maintain(
+    cluster: &SqliteCluster,
+    ctx: &Context,
+    nodes: &dyn NodeApi,
+    observed: &observe::ObservedCluster,
+    action: &membership::Action,
+    sts_written: bool,
+    ns: &str,
+) -> Result<Maintenance> {
+    let settled = matches!(action, membership::Action::Nothing);
+    let blocked = if !settled {
+        Some("a membership change is under way")
+    } else if sts_written {
+        Some("the StatefulSet was just updated")
+    } else {
+        None
+    };
+    let old_state = cluster.status.as_ref().and_then(|s| s.remediation.clone());
+    let rollout_active = rollout::observed_view(cluster, observed, settled, None).active();
+    let input = remediation::observed_input(cluster, observed, rollout_active, Timestamp::now());
+    let remedy = match blocked {
+        None => {
+            Some(remediation::reconcile_remediation(cluster, ctx, nodes, observed, &input).await?)
+        }
+        Some(_) => None,
+    };
+    let mut state = remedy.as_ref().map_or(old_state, |r| r.state.clone());
+    if let Some(at) = remedy.as_ref().and_then(|r| r.restart_all_at.clone()) {
+        // The RollingUpgrade step: a new restartedAt annotation gives every pod a new revision.
+        create::ensure_statefulset(cluster, ctx, observed, true, Some(at), ns).await?;
+    }
+    let restart_request = remedy.as_ref().and_then(|r| r.restart_request);
+    let view = rollout::observed_view(cluster, observed, settled, restart_request);
+    let blocked = blocked.or(remedy
+        .as_ref()
+        .is_some_and(|r| r.acted)
+        .then_some("a remediation step was taken this pass"));
+    let rollout =
+        rollout::reconcile_rollout(cluster, ctx, nodes, observed, &view, blocked, ns).await?;
+    if let (Some(wanted), Some(done)) = (restart_request, rollout.restarted)
+        && wanted == done
+    {
+        state = Some(remediation::restarted(cluster, &input, done));
+    }
+    Ok(Maintenance {
+        rollout,
+        remediation: state,
     })
 }
 

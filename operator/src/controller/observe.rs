@@ -12,7 +12,11 @@ use super::Context;
 use super::membership::{self, Desired, Member, PodState, Role};
 use crate::crd::SqliteCluster;
 use crate::node_client::{Credentials, NodeApi, NodeStatus};
-use crate::resources::{HTTP_PORT, Names, ordinal_of, selector_string};
+use crate::resources::statefulset::CONTAINER;
+use crate::resources::{
+    HTTP_PORT, Names, RESTARTED_AT_ANNOTATION, REVISION_LABEL, TEMPLATE_HASH_ANNOTATION,
+    ordinal_of, selector_string,
+};
 use crate::{Error, Result};
 
 /// One member pod and what its node said.
@@ -26,6 +30,69 @@ pub struct ObservedPod {
     pub url: String,
     /// Its `/status`, or why it could not be read.
     pub status: Result<NodeStatus, String>,
+    /// What the pod runs, for the rollout.
+    pub template: PodTemplateInfo,
+}
+
+/// Which template a pod (or the StatefulSet) runs: what the rollout compares.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodTemplateInfo {
+    /// Pod UID (empty for the StatefulSet).
+    pub uid: String,
+    /// `controller-revision-hash` label of a pod; `status.updateRevision` of the StatefulSet.
+    pub revision: Option<String>,
+    /// `litecluster.io/template-hash` annotation.
+    pub template_hash: Option<String>,
+    /// Image of the node container.
+    pub image: Option<String>,
+    /// `litecluster.io/restartedAt` annotation.
+    pub restarted_at: Option<String>,
+}
+
+impl PodTemplateInfo {
+    fn of_pod(p: &Pod) -> Self {
+        let annotation = |k: &str| p.annotations().get(k).cloned();
+        PodTemplateInfo {
+            uid: p.uid().unwrap_or_default(),
+            revision: p.labels().get(REVISION_LABEL).cloned(),
+            template_hash: annotation(TEMPLATE_HASH_ANNOTATION),
+            image: node_image(p.spec.as_ref()),
+            restarted_at: annotation(RESTARTED_AT_ANNOTATION),
+        }
+    }
+
+    /// What the StatefulSet controller creates pods from now, or None when it has not yet
+    /// processed the current spec (its status would describe an older template).
+    pub fn of_statefulset(sts: &StatefulSet) -> Option<Self> {
+        let status = sts.status.as_ref()?;
+        if status.observed_generation < sts.metadata.generation {
+            return None;
+        }
+        let template = &sts.spec.as_ref()?.template;
+        let annotation = |k: &str| {
+            template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(k))
+                .cloned()
+        };
+        Some(PodTemplateInfo {
+            uid: String::new(),
+            revision: status.update_revision.clone(),
+            template_hash: annotation(TEMPLATE_HASH_ANNOTATION),
+            image: node_image(template.spec.as_ref()),
+            restarted_at: annotation(RESTARTED_AT_ANNOTATION),
+        })
+    }
+}
+
+fn node_image(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Option<String> {
+    spec?
+        .containers
+        .iter()
+        .find(|c| c.name == CONTAINER)
+        .and_then(|c| c.image.clone())
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -104,32 +171,32 @@ pub async fn observe(
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
         .list(&ListParams::default().labels(&selector_string(cluster)))
         .await?;
-    let mut found: Vec<(String, u32, bool, String)> = pods
+    // A terminating pod counts as gone: its member is on its way out or being restarted.
+    let mut found: Vec<ObservedPod> = pods
         .items
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter_map(|p| {
             let name = p.name_any();
             let ordinal = ordinal_of(cluster, &name)?;
-            Some((
-                name.clone(),
+            Some(ObservedPod {
+                url: member_url(cluster, p, &name, ns, &ctx.cluster_domain),
+                name,
                 ordinal,
-                pod_ready(p),
-                member_url(cluster, p, &name, ns, &ctx.cluster_domain),
-            ))
+                ready: pod_ready(p),
+                status: Err("not asked yet".into()),
+                template: PodTemplateInfo::of_pod(p),
+            })
         })
         .collect();
-    found.sort_by_key(|f| f.1);
-    let statuses = join_all(found.iter().map(|(_, _, _, url)| nodes.status(url))).await;
+    found.sort_by_key(|f| f.ordinal);
+    let statuses = join_all(found.iter().map(|p| nodes.status(&p.url))).await;
     let pods = found
         .into_iter()
         .zip(statuses)
-        .map(|((name, ordinal, ready, url), status)| ObservedPod {
-            name,
-            ordinal,
-            ready,
-            url,
+        .map(|(pod, status)| ObservedPod {
             status: status.map_err(|e| e.to_string()),
+            ..pod
         })
         .collect();
     Ok(ObservedCluster { statefulset, pods })

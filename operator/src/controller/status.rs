@@ -7,8 +7,11 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::membership::Action;
 use super::observe::{ObservedCluster, raft_members};
-use super::{Context, MANAGER};
-use crate::crd::{MemberSnapshotStatus, MemberStatus, SqliteCluster, SqliteClusterStatus};
+use super::{Context, MANAGER, Maintenance, rollout};
+use crate::crd::{
+    MemberSnapshotStatus, MemberStatus, RemediationStatus, RemediationStep, SqliteCluster,
+    SqliteClusterStatus,
+};
 use crate::resources::{Names, selector_string};
 use crate::{Error, Result};
 
@@ -19,10 +22,18 @@ pub async fn reconcile_status(
     observed: &ObservedCluster,
     action: &Action,
     bootstrapped: bool,
+    maintenance: Option<&Maintenance>,
     ns: &str,
 ) -> Result<()> {
     let old = cluster.status.clone().unwrap_or_default();
-    let new = desired_status(cluster, observed, action, bootstrapped, Timestamp::now());
+    let new = desired_status(
+        cluster,
+        observed,
+        action,
+        bootstrapped,
+        maintenance,
+        Timestamp::now(),
+    );
     if !differs(&old, &new) {
         return Ok(());
     }
@@ -65,9 +76,32 @@ pub fn desired_status(
     observed: &ObservedCluster,
     action: &Action,
     bootstrapped: bool,
+    maintenance: Option<&Maintenance>,
     now: Timestamp,
 ) -> SqliteClusterStatus {
     let old = cluster.status.clone().unwrap_or_default();
+    // Without a maintenance pass (bootstrapping) its parts of the status stay as they were.
+    let (updated_replicas, rollout_status, last_restart, remediation) = match maintenance {
+        Some(m) => (
+            m.rollout.updated,
+            m.rollout.rollout.clone(),
+            m.rollout.last_restart.clone(),
+            m.remediation.clone(),
+        ),
+        None => (
+            old.updated_replicas,
+            old.rollout.clone(),
+            old.last_restart.clone(),
+            old.remediation.clone(),
+        ),
+    };
+    let rolling = maintenance.is_some_and(|m| {
+        m.rollout.rollout.is_some()
+            || matches!(
+                m.rollout.decision,
+                rollout::Decision::Restart { .. } | rollout::Decision::TransferLeadership(_)
+            )
+    });
     let raft = raft_members(cluster, observed).unwrap_or_default();
     let leader = observed.leader().map(|p| p.name.clone());
     let desired = cluster.spec.replicas;
@@ -121,12 +155,16 @@ pub fn desired_status(
         .filter(|m| m.role == "Voter" && m.raft_state == "Unknown")
         .map(|m| m.name.as_str())
         .collect();
-    let settled = matches!(action, Action::Nothing) && observed.pods.len() as i32 == desired;
+    let membership_settled =
+        matches!(action, Action::Nothing) && observed.pods.len() as i32 == desired;
+    let settled = membership_settled && !rolling;
 
     let phase = if !bootstrapped {
         "Bootstrapping the first member".to_string()
     } else if leader.is_none() {
         "No Raft leader".to_string()
+    } else if let (true, Some(m)) = (membership_settled && rolling, maintenance) {
+        rollout_phase(cluster, m, desired)
     } else if settled && ready == desired {
         "Cluster in healthy state".to_string()
     } else {
@@ -181,26 +219,42 @@ pub fn desired_status(
         cond(
             "Progressing",
             !settled,
-            if settled { "Settled" } else { "Reconciling" },
+            if settled {
+                "Settled"
+            } else if rolling && membership_settled {
+                "RollingRestart"
+            } else {
+                "Reconciling"
+            },
             phase.clone(),
         ),
-        cond(
-            "Degraded",
-            leader.is_none() && bootstrapped || !unreachable_voters.is_empty(),
-            if leader.is_none() && bootstrapped {
-                "NoLeader"
-            } else if unreachable_voters.is_empty() {
-                "QuorumHealthy"
-            } else {
-                "VotersUnreachable"
-            },
-            if unreachable_voters.is_empty() {
-                "every voter answers".into()
-            } else {
-                format!("unreachable voters: {}", unreachable_voters.join(", "))
-            },
-        ),
     ];
+    let exhausted = remediation
+        .as_ref()
+        .filter(|r| r.step == RemediationStep::Exhausted);
+    // Degraded is True when something is wrong: `degraded(true, ..)`.
+    let degraded =
+        |bad: bool, reason: &str, message: String| cond("Degraded", bad, reason, message);
+    conditions.push(if leader.is_none() && bootstrapped {
+        degraded(true, "NoLeader", "no Raft leader".into())
+    } else if !unreachable_voters.is_empty() {
+        degraded(
+            true,
+            "VotersUnreachable",
+            format!("unreachable voters: {}", unreachable_voters.join(", ")),
+        )
+    } else if let Some(r) = exhausted {
+        degraded(
+            true,
+            "SnapshotRemediationExhausted",
+            format!(
+                "{}: WAL checkpoints keep failing after a full snapshot, a restart and a rolling restart",
+                r.member
+            ),
+        )
+    } else {
+        degraded(false, "QuorumHealthy", "every voter answers".into())
+    });
     conditions.push(if snapshot_reports.is_empty() {
         condition(
             &old.conditions,
@@ -212,20 +266,32 @@ pub fn desired_status(
             now,
         )
     } else {
-        cond(
-            "SnapshotsHealthy",
-            failing.is_empty(),
-            if failing.is_empty() {
-                "SnapshotsSucceeding"
-            } else {
-                "SnapshotFailures"
-            },
-            if failing.is_empty() {
-                "every member's last snapshot succeeded".into()
-            } else {
-                format!("snapshot failures on {}", failing.join(", "))
-            },
-        )
+        match &remediation {
+            Some(r) => cond(
+                "SnapshotsHealthy",
+                false,
+                if r.step == RemediationStep::Exhausted {
+                    "RemediationExhausted"
+                } else {
+                    "Remediating"
+                },
+                remediation_message(r),
+            ),
+            None => cond(
+                "SnapshotsHealthy",
+                failing.is_empty(),
+                if failing.is_empty() {
+                    "SnapshotsSucceeding"
+                } else {
+                    "SnapshotFailures"
+                },
+                if failing.is_empty() {
+                    "every member's last snapshot succeeded".into()
+                } else {
+                    format!("snapshot failures on {}", failing.join(", "))
+                },
+            ),
+        }
     });
 
     SqliteClusterStatus {
@@ -240,7 +306,47 @@ pub fn desired_status(
         members,
         bootstrapped,
         observed_generation: generation,
+        updated_replicas,
+        rollout: rollout_status,
+        last_restart,
+        remediation,
     }
+}
+
+/// "Rolling restart (1/3 updated): restarting member db-2 (image changed to ...)".
+fn rollout_phase(cluster: &SqliteCluster, m: &Maintenance, desired: i32) -> String {
+    let r = &m.rollout;
+    let step = match &r.decision {
+        rollout::Decision::Restart {
+            ordinal, reason, ..
+        } => format!(
+            "restarting member {} ({reason})",
+            Names::pod(cluster, *ordinal)
+        ),
+        rollout::Decision::TransferLeadership(o) => format!(
+            "moving leadership away from {} before its restart",
+            Names::pod(cluster, *o)
+        ),
+        rollout::Decision::Wait(why) => format!("waiting: {why}"),
+        rollout::Decision::UpToDate => "finishing".into(),
+    };
+    format!("Rolling restart ({}/{desired} updated): {step}", r.updated)
+}
+
+/// What remediation is doing, for the SnapshotsHealthy condition.
+fn remediation_message(r: &RemediationStatus) -> String {
+    let step = match r.step {
+        RemediationStep::FullSnapshot => "a full snapshot was requested",
+        RemediationStep::Restart => "the member was restarted",
+        RemediationStep::RollingUpgrade => "every member is restarted one at a time",
+        RemediationStep::Exhausted => {
+            "a full snapshot, a restart and a rolling restart did not help; not escalating further"
+        }
+    };
+    format!(
+        "{}: {} consecutive WAL checkpoint failures; {step}",
+        r.member, r.failures
+    )
 }
 
 /// A condition whose transition time stays put while its status does.

@@ -13,14 +13,14 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use super::create::{HASH_ANNOTATION, desired_sts, spec_hash};
-use super::observe::{ObservedCluster, ObservedPod};
-use super::{Context, reconcile};
+use super::observe::{ObservedCluster, ObservedPod, PodTemplateInfo};
+use super::{Context, Maintenance, reconcile, rollout};
 use crate::controller::membership::Action;
 use crate::crd::SqliteCluster;
 use crate::metrics::Metrics;
 use crate::node_client::{
     BoxFuture, Credentials, JoinRequest, LeaderInfo, NodeApi, NodeInfo, NodeStatus, RaftMember,
-    RaftStatus, StoreStatus,
+    RaftStatus, SnapshotHealth, SnapshotOutcome, SnapshotSuccess, StoreStatus,
 };
 use crate::resources::testing::{ClusterExt, cluster};
 use crate::resources::{configmap, pdb, serviceaccount, services};
@@ -62,6 +62,18 @@ impl NodeApi for FakeNodes {
     fn transfer_leadership<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<()>> {
         self.calls.lock().unwrap().push(format!("leader {base}"));
         Box::pin(async { Ok(()) })
+    }
+    fn full_snapshot<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<SnapshotOutcome>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("snapshot?type=full {base}"));
+        Box::pin(async {
+            Ok(SnapshotOutcome::Taken(Box::new(SnapshotHealth {
+                consecutive_failures: 0,
+                ..Default::default()
+            })))
+        })
     }
     fn with_credentials(&self, _: Option<Credentials>) -> Arc<dyn NodeApi> {
         unreachable!("tests run without auth")
@@ -139,6 +151,7 @@ fn pod(o: u32) -> Pod {
         metadata: ObjectMeta {
             name: Some(format!("db-{o}")),
             namespace: Some("ns".into()),
+            uid: Some(format!("uid-{o}")),
             labels: Some(crate::resources::selector_labels(&cluster())),
             ..Default::default()
         },
@@ -175,6 +188,10 @@ fn observed(
                     .get(&url(o))
                     .cloned()
                     .ok_or_else(|| "down".to_string()),
+                template: PodTemplateInfo {
+                    uid: format!("uid-{o}"),
+                    ..Default::default()
+                },
             })
             .collect(),
     }
@@ -211,6 +228,12 @@ enum Scenario {
     ScaleDown { sts: Value },
     /// Everything matches: reads only.
     SteadyState { sts: Value },
+    /// Membership settled; the rollout or remediation makes these requests, in this order
+    /// (a DELETE is answered with the terminating pod, other writes are echoed).
+    Maintenance {
+        sts: Value,
+        then: Vec<(Method, &'static str)>,
+    },
 }
 
 const NOT_FOUND: &str =
@@ -229,7 +252,8 @@ impl ApiServerVerifier {
                 Scenario::Create => Owned::Missing,
                 Scenario::ScaleUp { sts }
                 | Scenario::ScaleDown { sts }
-                | Scenario::SteadyState { sts } => Owned::UpToDate {
+                | Scenario::SteadyState { sts }
+                | Scenario::Maintenance { sts, .. } => Owned::UpToDate {
                     statefulset: sts.clone(),
                 },
             };
@@ -302,6 +326,12 @@ impl ApiServerVerifier {
                         .await,
                 );
             }
+            if let Scenario::Maintenance { then, .. } = &scenario {
+                for (method, path) in then {
+                    writes.push(v.expect_write(method.clone(), path).await);
+                }
+                return writes;
+            }
             if !matches!(scenario, Scenario::SteadyState { .. }) {
                 writes.push(
                     v.expect_write(
@@ -355,6 +385,19 @@ impl ApiServerVerifier {
         let m = req.method().clone();
         let body = req.into_body().collect_bytes().await.unwrap();
         let value: Value = serde_json::from_slice(&body).unwrap();
+        if m == Method::DELETE {
+            // Pods are deleted gracefully: the server answers with the terminating pod.
+            let name = uri.rsplit('/').next().unwrap_or_default();
+            let name = name.split('?').next().unwrap_or_default();
+            let pod = json!({"apiVersion":"v1","kind":"Pod","metadata":{
+                "name": name, "namespace":"ns", "deletionTimestamp":"2026-01-01T00:00:00Z"}});
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&pod).unwrap()))
+                    .unwrap(),
+            );
+            return (m, uri, value);
+        }
         // A status apply carries only the status; the server answers with the whole object.
         let mut echo = value.clone();
         if echo.get("metadata").is_none() {
@@ -443,12 +486,16 @@ async fn create_applies_every_object_and_bootstraps_one_member() {
 async fn scale_up_adds_the_new_member_as_learner() {
     let c = cluster().bootstrapped();
     let fake = nodes(&[0], &[], &[1]);
-    let sts = applied(desired_sts(
-        &c,
-        &ctx_for_sts(),
-        &observed(&[0, 1], &fake, None),
-        true,
-    ));
+    let sts = applied(
+        desired_sts(
+            &c,
+            &ctx_for_sts(),
+            &observed(&[0, 1], &fake, None),
+            true,
+            None,
+        )
+        .unwrap(),
+    );
     assert_eq!(sts["spec"]["replicas"], 3);
     let (ctx, api, fake) = context(fake);
     let mock = api.run(Scenario::ScaleUp { sts }, vec![pod(0), pod(1)]);
@@ -469,12 +516,16 @@ async fn scale_up_adds_the_new_member_as_learner() {
 async fn scale_down_removes_the_member_from_raft_before_its_pod() {
     let c = cluster().bootstrapped().with_replicas(1).with_voters(1);
     let fake = nodes(&[0, 1, 2], &[], &[]);
-    let sts = applied(desired_sts(
-        &c,
-        &ctx_for_sts(),
-        &observed(&[0, 1, 2], &fake, None),
-        true,
-    ));
+    let sts = applied(
+        desired_sts(
+            &c,
+            &ctx_for_sts(),
+            &observed(&[0, 1, 2], &fake, None),
+            true,
+            None,
+        )
+        .unwrap(),
+    );
     // All three are still in Raft, so the StatefulSet keeps three pods for now.
     assert_eq!(sts["spec"]["replicas"], 3);
     let (ctx, api, fake) = context(fake);
@@ -506,24 +557,38 @@ async fn paused_cluster_is_left_alone() {
 async fn steady_state_makes_no_writes() {
     let fake = nodes(&[0, 1, 2], &[], &[]);
     let base = cluster().bootstrapped();
-    let obs = observed(&[0, 1, 2], &fake, None);
-    let sts = applied(desired_sts(&base, &ctx_for_sts(), &obs, true));
+    let sts = sts_at_revision(&base, &fake, "rev-1");
+    let hash = template_hash(&sts);
     let obs = observed(
         &[0, 1, 2],
         &fake,
         Some(serde_json::from_value(sts.clone()).unwrap()),
     );
+    // What the maintenance pass of a settled cluster reports: nothing to restart or remediate.
+    let settled = Maintenance {
+        rollout: rollout::Outcome {
+            decision: rollout::Decision::UpToDate,
+            rollout: None,
+            last_restart: None,
+            updated: 3,
+            pending: 0,
+            restarted: None,
+        },
+        remediation: None,
+    };
     let status = super::status::desired_status(
         &base,
         &obs,
         &Action::Nothing,
         true,
+        Some(&settled),
         k8s_openapi::jiff::Timestamp::now(),
     );
     assert_eq!(status.phase.as_deref(), Some("Cluster in healthy state"));
     let c = base.with_status(status);
     let (ctx, api, fake) = context(fake);
-    let mock = api.run(Scenario::SteadyState { sts }, vec![pod(0), pod(1), pod(2)]);
+    let pods = (0..3).map(|o| pod_at(o, "rev-1", Some(&hash))).collect();
+    let mock = api.run(Scenario::SteadyState { sts }, pods);
     let action = timeout(reconcile(Arc::new(c), ctx)).await.unwrap();
     let writes = timeout(mock).await.unwrap();
     assert!(writes.is_empty(), "steady state wrote: {writes:?}");
@@ -533,4 +598,223 @@ async fn steady_state_makes_no_writes() {
         kube::runtime::controller::Action::requeue(Duration::from_secs(60))
     );
     let _ = ResourceExt::name_any(&SqliteCluster::new("x", cluster().spec));
+}
+
+// ---------- rollout and remediation ----------
+
+/// The live StatefulSet as its controller reports it: generation seen, pods created at `revision`.
+fn sts_at_revision(c: &SqliteCluster, fake: &FakeNodes, revision: &str) -> Value {
+    let mut sts = applied(
+        desired_sts(
+            c,
+            &ctx_for_sts(),
+            &observed(&[0, 1, 2], fake, None),
+            true,
+            None,
+        )
+        .unwrap(),
+    );
+    sts["metadata"]["generation"] = json!(2);
+    sts["status"] = json!({"replicas": 3, "observedGeneration": 2, "updateRevision": revision});
+    sts
+}
+
+/// `pod(o)` created from revision `rev`; with `current_hash` it carries the template hash too.
+fn pod_at(o: u32, rev: &str, current_hash: Option<&str>) -> Pod {
+    let mut p = pod(o);
+    p.metadata
+        .labels
+        .get_or_insert_default()
+        .insert(crate::resources::REVISION_LABEL.into(), rev.into());
+    if let Some(h) = current_hash {
+        p.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(crate::resources::TEMPLATE_HASH_ANNOTATION.into(), h.into());
+    }
+    p
+}
+
+fn template_hash(sts: &Value) -> String {
+    sts["spec"]["template"]["metadata"]["annotations"][crate::resources::TEMPLATE_HASH_ANNOTATION]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn rollout_deletes_one_outdated_follower_and_records_it() {
+    let c = cluster().bootstrapped();
+    let fake = nodes(&[0, 1, 2], &[], &[]);
+    let sts = sts_at_revision(&c, &fake, "rev-2");
+    let hash = template_hash(&sts);
+    // 0 and 1 already run the current template; 2 still runs the previous one.
+    let pods = vec![
+        pod_at(0, "rev-2", Some(&hash)),
+        pod_at(1, "rev-2", Some(&hash)),
+        pod_at(2, "rev-1", Some("older")),
+    ];
+    let (ctx, api, fake) = context(fake);
+    let mock = api.run(
+        Scenario::Maintenance {
+            sts,
+            then: vec![
+                (Method::POST, "/apis/events.k8s.io/v1/namespaces/ns/events"),
+                (Method::DELETE, "/api/v1/namespaces/ns/pods/db-2"),
+                (Method::POST, "/apis/events.k8s.io/v1/namespaces/ns/events"),
+                (
+                    Method::PATCH,
+                    "/apis/litecluster.io/v1alpha1/namespaces/ns/sqliteclusters/db/status",
+                ),
+            ],
+        },
+        pods,
+    );
+    let action = timeout(reconcile(Arc::new(c), ctx)).await.unwrap();
+    let writes = timeout(mock).await.unwrap();
+    assert!(
+        fake.calls.lock().unwrap().is_empty(),
+        "no node call for a follower"
+    );
+    assert_eq!(writes[0].2["reason"], "RollingRestart");
+    // The delete is conditional on the pod we judged, so a stale view cannot hit its successor.
+    assert_eq!(writes[1].2["preconditions"]["uid"], "uid-2");
+    assert_eq!(writes[2].2["reason"], "MemberRestarted");
+    let status = &writes[3].2["status"];
+    assert_eq!(status["rollout"]["revision"], "rev-2");
+    assert_eq!(status["rollout"]["reason"], "pod template changed");
+    assert_eq!(status["lastRestart"]["member"], "db-2");
+    assert_eq!(status["lastRestart"]["podUid"], "uid-2");
+    assert_eq!(status["updatedReplicas"], 2);
+    assert_eq!(
+        status["phase"],
+        "Rolling restart (2/3 updated): restarting member db-2 (pod template changed)"
+    );
+    let progressing = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Progressing")
+        .unwrap();
+    assert_eq!(
+        (&progressing["status"], &progressing["reason"]),
+        (&json!("True"), &json!("RollingRestart"))
+    );
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(5))
+    );
+}
+
+#[tokio::test]
+async fn rollout_hands_leadership_over_before_restarting_the_leader() {
+    let fake = nodes(&[0, 1, 2], &[], &[]);
+    let c = cluster().bootstrapped();
+    let sts = sts_at_revision(&c, &fake, "rev-2");
+    let hash = template_hash(&sts);
+    // Only the leader (0) is left; the rollout was already under way.
+    let c = c.with_status(crate::crd::SqliteClusterStatus {
+        bootstrapped: true,
+        rollout: Some(crate::crd::RolloutStatus {
+            revision: "rev-2".into(),
+            reason: "pod template changed".into(),
+            started_at: None,
+        }),
+        ..Default::default()
+    });
+    let pods = vec![
+        pod_at(0, "rev-1", None),
+        pod_at(1, "rev-2", Some(&hash)),
+        pod_at(2, "rev-2", Some(&hash)),
+    ];
+    let (ctx, api, fake) = context(fake);
+    let mock = api.run(
+        Scenario::Maintenance {
+            sts,
+            then: vec![
+                (Method::POST, "/apis/events.k8s.io/v1/namespaces/ns/events"),
+                (
+                    Method::PATCH,
+                    "/apis/litecluster.io/v1alpha1/namespaces/ns/sqliteclusters/db/status",
+                ),
+            ],
+        },
+        pods,
+    );
+    timeout(reconcile(Arc::new(c), ctx)).await.unwrap();
+    let writes = timeout(mock).await.unwrap();
+    assert_eq!(*fake.calls.lock().unwrap(), ["leader http://10.0.0.0:4001"]);
+    assert_eq!(writes[0].2["reason"], "LeadershipTransferred");
+    assert!(
+        writes[1].2["status"]["phase"]
+            .as_str()
+            .unwrap()
+            .contains("moving leadership away from db-0")
+    );
+}
+
+#[tokio::test]
+async fn remediation_asks_the_failing_member_for_a_full_snapshot() {
+    let mut fake = nodes(&[0, 1, 2], &[], &[]);
+    fake.statuses.get_mut(&url(1)).unwrap().store.snapshot = Some(SnapshotHealth {
+        last_success: Some(SnapshotSuccess {
+            index: 5,
+            kind: "full".into(),
+            at: "2026-01-01T00:00:00Z".into(),
+            duration_ms: 3,
+        }),
+        consecutive_failures: 3,
+        ..Default::default()
+    });
+    let c = cluster().bootstrapped();
+    // No StatefulSet status: the rollout has nothing to judge and stays out of the way.
+    let sts = applied(
+        desired_sts(
+            &c,
+            &ctx_for_sts(),
+            &observed(&[0, 1, 2], &fake, None),
+            true,
+            None,
+        )
+        .unwrap(),
+    );
+    let (ctx, api, fake) = context(fake);
+    let mock = api.run(
+        Scenario::Maintenance {
+            sts,
+            then: vec![
+                (Method::POST, "/apis/events.k8s.io/v1/namespaces/ns/events"),
+                (
+                    Method::PATCH,
+                    "/apis/litecluster.io/v1alpha1/namespaces/ns/sqliteclusters/db/status",
+                ),
+            ],
+        },
+        vec![pod(0), pod(1), pod(2)],
+    );
+    timeout(reconcile(Arc::new(c), ctx)).await.unwrap();
+    let writes = timeout(mock).await.unwrap();
+    assert_eq!(
+        *fake.calls.lock().unwrap(),
+        ["snapshot?type=full http://10.0.0.1:4001"]
+    );
+    assert_eq!(writes[0].2["reason"], "FullSnapshotTriggered");
+    let status = &writes[1].2["status"];
+    let r = &status["remediation"];
+    assert_eq!(
+        (&r["member"], &r["step"], &r["failures"]),
+        (&json!("db-1"), &json!("FullSnapshot"), &json!(3))
+    );
+    assert_eq!(r["baselineSuccess"], "2026-01-01T00:00:00Z");
+    assert!(r["since"].is_string());
+    let snap = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "SnapshotsHealthy")
+        .unwrap();
+    assert_eq!(
+        (&snap["status"], &snap["reason"]),
+        (&json!("False"), &json!("Remediating"))
+    );
 }

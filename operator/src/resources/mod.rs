@@ -10,8 +10,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
+use serde::Serialize;
 
 use crate::crd::SqliteCluster;
+use crate::{Error, Result};
 
 /// HTTP API port of every member.
 pub const HTTP_PORT: i32 = 4001;
@@ -19,6 +21,28 @@ pub const HTTP_PORT: i32 = 4001;
 pub const RAFT_PORT: i32 = 4002;
 /// Where the member's volume is mounted.
 pub const DATA_DIR: &str = "/var/lib/litecluster";
+
+/// Pod-template annotation: hash of the template without the bootstrap flag. A pod whose value
+/// matches the StatefulSet's differs from it at most by that flag, so it needs no restart.
+pub const TEMPLATE_HASH_ANNOTATION: &str = "litecluster.io/template-hash";
+/// Pod-template annotation whose change restarts every member (snapshot remediation sets it).
+pub const RESTARTED_AT_ANNOTATION: &str = "litecluster.io/restartedAt";
+/// Label the StatefulSet controller puts on each pod: the revision it was created from.
+pub const REVISION_LABEL: &str = "controller-revision-hash";
+
+/// FNV-1a of the object's JSON: stable across Rust releases (unlike `DefaultHasher`).
+pub fn spec_hash<T: Serialize>(obj: &T) -> Result<String> {
+    let bytes = serde_json::to_vec(obj).map_err(|source| Error::Serialize {
+        what: "owned object",
+        source,
+    })?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    Ok(format!("{h:016x}"))
+}
 
 /// Names of the objects of one cluster.
 pub struct Names;

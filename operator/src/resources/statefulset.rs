@@ -28,7 +28,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::configmap::BACKUP_CONFIG_KEY;
-use super::{DATA_DIR, HTTP_PORT, Names, RAFT_PORT, owned_meta, selector_labels};
+use super::{
+    DATA_DIR, HTTP_PORT, Names, RAFT_PORT, RESTARTED_AT_ANNOTATION, TEMPLATE_HASH_ANNOTATION,
+    owned_meta, selector_labels, spec_hash,
+};
+use crate::Result;
 use crate::crd::SqliteCluster;
 
 /// Name of the volume claim template (PVCs are `data-<cluster>-<n>`).
@@ -46,9 +50,14 @@ pub struct StatefulSetParams {
     pub bootstrap: bool,
     /// DNS domain of the Kubernetes cluster, for the members' advertised addresses.
     pub cluster_domain: String,
+    /// Value of the `litecluster.io/restartedAt` pod annotation; changing it restarts every member.
+    pub restarted_at: Option<String>,
 }
 
-pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> StatefulSet {
+/// Env var that makes member 0 initialise a new cluster (only while bootstrapping).
+pub const BOOTSTRAP_ENV: &str = "LITECLUSTER_BOOTSTRAP";
+
+pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Result<StatefulSet> {
     let ns = c.namespace().unwrap_or_default();
     let host = format!(
         "$(POD_NAME).{}.{ns}.svc.{}",
@@ -94,7 +103,7 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Stateful
     ];
     if p.bootstrap {
         env.push(EnvVar {
-            name: "LITECLUSTER_BOOTSTRAP".into(),
+            name: BOOTSTRAP_ENV.into(),
             value: Some("true".into()),
             ..Default::default()
         });
@@ -210,7 +219,10 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Stateful
     let overlay = c.spec.pod_template.clone().unwrap_or_default();
     let mut pod_labels = overlay.labels.clone();
     pod_labels.extend(selector_labels(c));
-    let annotations = (!overlay.annotations.is_empty()).then(|| overlay.annotations.clone());
+    let mut annotations = overlay.annotations.clone();
+    if let Some(at) = &p.restarted_at {
+        annotations.insert(RESTARTED_AT_ANNOTATION.into(), at.clone());
+    }
 
     let pod = PodSpec {
         service_account_name: Some(Names::service_account(c)),
@@ -263,7 +275,7 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Stateful
         ..Default::default()
     };
 
-    StatefulSet {
+    Ok(StatefulSet {
         metadata: owned_meta(c, Names::statefulset(c)),
         spec: Some(StatefulSetSpec {
             replicas: Some(p.replicas),
@@ -277,19 +289,48 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Stateful
                 match_labels: Some(selector_labels(c)),
                 ..Default::default()
             },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations,
-                    ..Default::default()
-                }),
-                spec: Some(pod),
-            },
+            template: pod_template(pod_labels, annotations, pod)?,
             volume_claim_templates: Some(vec![claim]),
             ..Default::default()
         }),
         ..Default::default()
+    })
+}
+
+/// The pod template, annotated with the hash of itself without the bootstrap flag.
+///
+/// Why: the operator drops `LITECLUSTER_BOOTSTRAP` from the template right after bootstrap,
+/// which gives the StatefulSet a new revision while member 0 still runs the old one. The flag
+/// only acts on an empty data directory, so restarting member 0 for it would be pointless; the
+/// rollout compares this hash as well as the revision and leaves such a pod alone.
+fn pod_template(
+    labels: BTreeMap<String, String>,
+    mut annotations: BTreeMap<String, String>,
+    pod: PodSpec,
+) -> Result<PodTemplateSpec> {
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            annotations: (!annotations.is_empty()).then(|| annotations.clone()),
+            ..Default::default()
+        }),
+        spec: Some(pod),
+    };
+    let mut unflagged = template.clone();
+    for c in unflagged
+        .spec
+        .iter_mut()
+        .flat_map(|s| s.containers.iter_mut())
+    {
+        if let Some(env) = c.env.as_mut() {
+            env.retain(|e| e.name != BOOTSTRAP_ENV);
+        }
     }
+    annotations.insert(TEMPLATE_HASH_ANNOTATION.into(), spec_hash(&unflagged)?);
+    if let Some(meta) = template.metadata.as_mut() {
+        meta.annotations = Some(annotations);
+    }
+    Ok(template)
 }
 
 fn secret_volume(name: &str, secret: &str) -> Volume {
@@ -338,6 +379,7 @@ mod tests {
             replicas,
             bootstrap,
             cluster_domain: "cluster.local".into(),
+            restarted_at: None,
         }
     }
 
@@ -364,7 +406,7 @@ mod tests {
 
     #[test]
     fn statefulset_is_driven_by_the_operator() {
-        let s = desired_statefulset(&cluster().with_replicas(5), &params(5, false));
+        let s = desired_statefulset(&cluster().with_replicas(5), &params(5, false)).unwrap();
         let spec = s.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(5));
         assert_eq!(
@@ -378,7 +420,7 @@ mod tests {
 
     #[test]
     fn node_identity_and_addresses_come_from_the_pod_name() {
-        let c = container(&desired_statefulset(&cluster(), &params(3, false)));
+        let c = container(&desired_statefulset(&cluster(), &params(3, false)).unwrap());
         let id = env(&c, "LITECLUSTER_NODE_ID").unwrap();
         assert_eq!(
             id.value_from.unwrap().field_ref.unwrap().field_path,
@@ -401,18 +443,18 @@ mod tests {
 
     #[test]
     fn bootstrap_flag_only_while_bootstrapping() {
-        let c = container(&desired_statefulset(&cluster(), &params(1, true)));
+        let c = container(&desired_statefulset(&cluster(), &params(1, true)).unwrap());
         assert_eq!(
             env(&c, "LITECLUSTER_BOOTSTRAP").unwrap().value.as_deref(),
             Some("true")
         );
-        let c = container(&desired_statefulset(&cluster(), &params(3, false)));
+        let c = container(&desired_statefulset(&cluster(), &params(3, false)).unwrap());
         assert!(env(&c, "LITECLUSTER_BOOTSTRAP").is_none());
     }
 
     #[test]
     fn pods_are_locked_down() {
-        let s = desired_statefulset(&cluster(), &params(3, false));
+        let s = desired_statefulset(&cluster(), &params(3, false)).unwrap();
         let pod = s.spec.unwrap().template.spec.unwrap();
         let psc = pod.security_context.unwrap();
         assert_eq!(psc.run_as_non_root, Some(true));
@@ -426,7 +468,7 @@ mod tests {
 
     #[test]
     fn probes_use_readyz() {
-        let c = container(&desired_statefulset(&cluster(), &params(3, false)));
+        let c = container(&desired_statefulset(&cluster(), &params(3, false)).unwrap());
         let path = |p: Option<Probe>| p.unwrap().http_get.unwrap().path.unwrap();
         assert_eq!(path(c.readiness_probe), "/readyz");
         assert_eq!(path(c.liveness_probe), "/readyz?noleader");
@@ -437,7 +479,8 @@ mod tests {
         let s = desired_statefulset(
             &cluster().with_storage("5Gi", Some("fast")),
             &params(3, false),
-        );
+        )
+        .unwrap();
         let claim = &s.spec.unwrap().volume_claim_templates.unwrap()[0];
         let spec = claim.spec.clone().unwrap();
         assert_eq!(claim.metadata.name.as_deref(), Some("data"));
@@ -450,7 +493,7 @@ mod tests {
 
     #[test]
     fn auth_secret_is_mounted_and_passed() {
-        let s = desired_statefulset(&cluster().with_auth("db-auth"), &params(3, false));
+        let s = desired_statefulset(&cluster().with_auth("db-auth"), &params(3, false)).unwrap();
         let pod = s.spec.unwrap().template.spec.unwrap();
         assert!(
             pod.containers[0]
@@ -474,6 +517,7 @@ mod tests {
         c.spec.snapshot = Some(SnapshotSpec {
             threshold: Some(100),
             trailing_logs: Some(50),
+            ..Default::default()
         });
         c.spec.pod_template = Some(PodTemplateOverlay {
             labels: BTreeMap::from([
@@ -483,7 +527,7 @@ mod tests {
             node_selector: BTreeMap::from([("disk".into(), "ssd".into())]),
             ..Default::default()
         });
-        let s = desired_statefulset(&c, &params(3, false));
+        let s = desired_statefulset(&c, &params(3, false)).unwrap();
         let tpl = s.spec.unwrap().template;
         let args = tpl.spec.as_ref().unwrap().containers[0]
             .args
@@ -498,5 +542,42 @@ mod tests {
             "operator labels win"
         );
         assert_eq!(tpl.spec.unwrap().node_selector.unwrap()["disk"], "ssd");
+    }
+
+    fn template_annotations(c: &SqliteCluster, p: &StatefulSetParams) -> BTreeMap<String, String> {
+        desired_statefulset(c, p)
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()
+    }
+
+    #[test]
+    fn template_hash_ignores_only_the_bootstrap_flag() {
+        let c = cluster();
+        let hash =
+            |p: &StatefulSetParams| template_annotations(&c, p)[TEMPLATE_HASH_ANNOTATION].clone();
+        // Dropping the bootstrap flag (and growing) must not make member 0 look outdated.
+        assert_eq!(hash(&params(1, true)), hash(&params(3, false)));
+        // Anything else in the template does.
+        let restarted = StatefulSetParams {
+            restarted_at: Some("2026-01-01T00:00:00Z".into()),
+            ..params(3, false)
+        };
+        assert_ne!(hash(&params(3, false)), hash(&restarted));
+        assert_eq!(
+            template_annotations(&c, &restarted)[RESTARTED_AT_ANNOTATION],
+            "2026-01-01T00:00:00Z"
+        );
+        let mut img = cluster();
+        img.spec.image = Some("example/node:2".into());
+        assert_ne!(
+            template_annotations(&img, &params(3, false))[TEMPLATE_HASH_ANNOTATION],
+            hash(&params(3, false))
+        );
     }
 }
