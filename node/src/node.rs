@@ -42,6 +42,9 @@ pub struct Node {
     pub membership_lock: tokio::sync::Mutex<()>,
     /// Mutual TLS on the Raft port, when configured.
     pub raft_tls: Option<crate::raft::tls::RaftTls>,
+    /// Writes hold it shared; a leadership hand-over holds it exclusively so that the target
+    /// can catch up with a log that has stopped growing.
+    write_gate: tokio::sync::RwLock<()>,
 }
 
 impl Node {
@@ -149,6 +152,7 @@ impl Node {
             snapshots,
             membership_lock: tokio::sync::Mutex::new(()),
             raft_tls,
+            write_gate: tokio::sync::RwLock::new(()),
         });
         tokio::spawn(crate::raft::scheduler::run(node.clone()));
         crate::backup::restore::at_start(&node).await?;
@@ -249,6 +253,19 @@ impl Node {
         ))
     }
 
+    /// Proposes `cmd` to Raft, waiting while a leadership hand-over holds writes back (they
+    /// then find a follower and are forwarded to the new leader).
+    pub async fn write(
+        &self,
+        cmd: crate::command::Command,
+    ) -> Result<
+        openraft::raft::ClientWriteResponse<crate::TypeConfig>,
+        openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, MemberInfo>>,
+    > {
+        let _open = self.write_gate.read().await;
+        self.raft.client_write(cmd).await
+    }
+
     /// The leader once one is known, waiting at most `timeout`.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Option<(NodeId, MemberInfo)> {
         let mut rx = self.raft.metrics();
@@ -333,15 +350,22 @@ impl Node {
                 .context("voter without address")?;
             (best, info)
         };
+        // Hold new writes back: if our log kept growing, entries only we hold would make every
+        // other member lose its election to the log check, and we are not campaigning.
+        let _paused = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            self.write_gate.write(),
+        )
+        .await
+        .context("writes in flight did not finish before the hand-over deadline")?;
         let mut rx = self.raft.metrics();
-        // A target missing entries would lose its election to the log check.
+        let ours = rx.borrow().last_log_index;
         let _ = self.raft.trigger().heartbeat().await;
         let caught_up =
             tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), async {
                 loop {
                     {
                         let m = rx.borrow_and_update();
-                        let ours = m.last_log_index;
                         let theirs = m
                             .replication
                             .as_ref()

@@ -157,7 +157,7 @@ pub async fn load(
             mode: Mode::Execute,
         }
     };
-    match node.raft.client_write(cmd).await {
+    match node.write(cmd).await {
         Ok(resp) => {
             if let Some(e) = &resp.data.error {
                 return text_error(StatusCode::BAD_REQUEST, e);

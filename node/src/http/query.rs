@@ -150,7 +150,7 @@ impl Ctx<'_> {
             transaction: self.flags.transaction,
             mode,
         };
-        match self.node.raft.client_write(cmd).await {
+        match self.node.write(cmd).await {
             Ok(resp) => {
                 self.node
                     .metrics

@@ -408,3 +408,68 @@ pub fn test_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         dir.join("key.pem"),
     )
 }
+
+/// Writers inserting rows with unique ids into `t` through every member in turn; remembers
+/// which inserts were acknowledged. A failed insert is not retried with the same id: it may or
+/// may not exist.
+pub struct WriteStream {
+    pub acked: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<u64>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl WriteStream {
+    pub fn start(urls: Vec<String>, writers: u64) -> Self {
+        use std::sync::atomic::Ordering;
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers = (0..writers)
+            .map(|w| {
+                let (acked, stop, urls, http) =
+                    (acked.clone(), stop.clone(), urls.clone(), client());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let id = w * 1_000_000 + n;
+                        let url = &urls[(n as usize + w as usize) % urls.len()];
+                        n += 1;
+                        let body = json!([["INSERT INTO t(id, v) VALUES(?, ?)", id, "x"]]);
+                        let res = http
+                            .post(format!("{url}/db/execute"))
+                            .json(&body)
+                            .timeout(Duration::from_secs(5))
+                            .send()
+                            .await;
+                        if let Ok(r) = res
+                            && r.status().is_success()
+                            && let Ok(v) = r.json::<Value>().await
+                            && v["results"][0]["rows_affected"] == 1
+                        {
+                            acked.lock().unwrap().insert(id);
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            acked,
+            stop,
+            writers,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Stops the writers and returns the acknowledged ids.
+    pub async fn stop(self) -> std::collections::BTreeSet<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in self.writers {
+            w.await.unwrap();
+        }
+        self.acked.lock().unwrap().clone()
+    }
+}
