@@ -20,8 +20,15 @@
 //!   service-account tokens from the TokenRequest API, bound to the pod) are
 //!   directories bind-mounted at their `mountPath` in the pod's own mount
 //!   namespace (`ip netns exec` makes one; `litecluster-e2e pod-exec` mounts and
-//!   execs). Security contexts (user, read-only root) are not applied: pods
-//!   run as root on the host's filesystem.
+//!   execs).
+//! - **Security contexts**: `runAsUser`/`runAsGroup` (container over pod) are
+//!   applied when the program is exec'd; `runAsNonRoot` refuses to start a
+//!   container that would run as root; `fsGroup` makes persistentVolumeClaim
+//!   and emptyDir volumes group-owned and group-writable (emptyDir is 0777
+//!   otherwise, as in Kubernetes); `readOnlyRootFilesystem` remounts every host
+//!   mount in the pod's mount namespace read-only except /proc, /sys, /dev and
+//!   the pod's volumes. The program itself is bind-mounted into a private
+//!   tmpfs so a non-root user can reach it wherever the workspace lives.
 //! - **Lifecycle**: readiness probes (httpGet, tcpSocket) drive the
 //!   container and pod Ready conditions; liveness probes restart the container;
 //!   restartPolicy with a capped back-off; deletion sends SIGTERM to the
@@ -145,6 +152,7 @@ struct ContainerRt {
     args: Vec<String>,
     env: Vec<(String, String)>,
     mounts: Vec<(PathBuf, String)>,
+    security: Security,
     log: PathBuf,
     child: Option<Child>,
     restart_count: i32,
@@ -611,15 +619,21 @@ impl PodManager {
         let dir = pod_dir(&self.cfg.run_dir, ns, name);
         fs::create_dir_all(&dir)?;
         let mut volumes: HashMap<String, PathBuf> = HashMap::new();
+        let fs_group = spec.security_context.as_ref().and_then(|s| s.fs_group);
         for v in spec.volumes.iter().flatten() {
             let path = self
                 .volume(pod, v, &dir.join("volumes").join(&v.name), ip)
                 .await
                 .with_context(|| format!("volume {}", v.name))?;
+            if v.empty_dir.is_some() || v.persistent_volume_claim.is_some() {
+                own_volume(&path, fs_group, v.empty_dir.is_some())
+                    .with_context(|| format!("volume {}: applying fsGroup", v.name))?;
+            }
             volumes.insert(v.name.clone(), path);
         }
         let mut out = Vec::new();
         for c in &spec.containers {
+            let security = Security::of(spec, c)?;
             let image = c.image.clone().unwrap_or_default();
             let image_prog = resolve_image(&self.cfg.images, &image);
             let (program, mut args) = match c.command.as_ref().filter(|c| !c.is_empty()) {
@@ -712,6 +726,7 @@ impl PodManager {
                 args,
                 env,
                 mounts,
+                security,
                 log: dir.join(format!("{}.log", c.name)),
                 child: None,
                 restart_count: 0,
@@ -993,6 +1008,15 @@ fn spawn(c: &mut ContainerRt, netns: &str, exe: &Path) -> Result<()> {
     for (src, dst) in &c.mounts {
         cmd.arg("--mount").arg(format!("{}:{dst}", src.display()));
     }
+    if let Some(uid) = c.security.uid {
+        cmd.arg("--uid").arg(uid.to_string());
+    }
+    if let Some(gid) = c.security.gid {
+        cmd.arg("--gid").arg(gid.to_string());
+    }
+    if c.security.read_only_root {
+        cmd.arg("--read-only-root");
+    }
     cmd.arg("--").arg(&c.program).args(&c.args);
     cmd.env_clear()
         .envs(c.env.iter().map(|(k, v)| (k, v)))
@@ -1240,41 +1264,266 @@ fn pod_status(rt: &mut PodRt, host_ip: &str, pod: &Pod) -> serde_json::Value {
     })
 }
 
-/// `litecluster-e2e pod-exec [--mount SRC:DST]... -- PROGRAM ARGS...`: run by
-/// the kubelet under `ip netns exec` (which gives it a private mount
-/// namespace); bind-mounts each volume at its mount path, then execs the
-/// program (same pid, so signals reach it directly).
+/// `litecluster-e2e pod-exec [--mount SRC:DST]... [--uid U] [--gid G] [--read-only-root]
+/// -- PROGRAM ARGS...`: run by the kubelet under `ip netns exec` (which gives it a private
+/// mount namespace); bind-mounts each volume at its mount path, applies the security
+/// context, then execs the program (same pid, so signals reach it directly).
 pub fn pod_exec(args: &[String]) -> Result<()> {
     let sep = args
         .iter()
         .position(|a| a == "--")
         .context("pod-exec: missing --")?;
+    let (mut uid, mut gid, mut read_only_root) = (None::<u32>, None::<u32>, false);
+    let mut volume_dsts = Vec::new();
     let mut it = args[..sep].iter();
     while let Some(a) = it.next() {
-        if a != "--mount" {
-            bail!("pod-exec: unexpected {a}");
-        }
-        let m = it.next().context("--mount needs SRC:DST")?;
-        let (src, dst) = m.rsplit_once(':').context("--mount needs SRC:DST")?;
-        if Path::new(src).is_dir() {
-            fs::create_dir_all(dst).with_context(|| format!("creating mount point {dst}"))?;
-        }
-        let st = Command::new("mount")
-            .args(["--bind", src, dst])
-            .status()
-            .context("running mount")?;
-        if !st.success() {
-            bail!("mount --bind {src} {dst} failed");
+        match a.as_str() {
+            "--mount" => {
+                let m = it.next().context("--mount needs SRC:DST")?;
+                let (src, dst) = m.rsplit_once(':').context("--mount needs SRC:DST")?;
+                bind(Path::new(src), dst)?;
+                volume_dsts.push(dst.to_string());
+            }
+            "--uid" => uid = Some(it.next().context("--uid needs a value")?.parse()?),
+            "--gid" => gid = Some(it.next().context("--gid needs a value")?.parse()?),
+            "--read-only-root" => read_only_root = true,
+            other => bail!("pod-exec: unexpected {other}"),
         }
     }
-    let prog = args.get(sep + 1).context("pod-exec: no program")?;
-    let err = Command::new(prog).args(&args[sep + 2..]).exec();
+    let given = args.get(sep + 1).context("pod-exec: no program")?;
+    // A non-root user may not be able to reach the workspace's target directory; a private
+    // tmpfs holding a bind mount of the program is reachable by anyone.
+    let prog = if uid.is_some_and(|u| u != 0) {
+        let dir = "/run/litecluster-e2e-programs";
+        fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+        run("mount", &["-t", "tmpfs", "-o", "mode=0755", "tmpfs", dir])?;
+        let name = Path::new(given)
+            .file_name()
+            .context("program without a file name")?;
+        let dst = Path::new(dir).join(name);
+        bind(Path::new(given), &dst.display().to_string())?;
+        volume_dsts.push(dir.to_string());
+        dst.display().to_string()
+    } else {
+        given.clone()
+    };
+    if read_only_root {
+        let keep: Vec<&str> = ["/proc", "/sys", "/dev", "/run/netns"]
+            .into_iter()
+            .chain(volume_dsts.iter().map(String::as_str))
+            .collect();
+        for mp in mount_points()? {
+            if keep.iter().any(|k| is_under(&mp, k)) {
+                continue;
+            }
+            let res = run("mount", &["-o", "remount,bind,ro", &mp]);
+            match res {
+                Err(e) if mp == "/" => return Err(e),
+                // Odd host mounts (autofs, ...) may refuse; the root is what matters.
+                Err(e) => eprintln!("pod-exec: leaving {mp} writable: {e:#}"),
+                Ok(()) => {}
+            }
+        }
+    }
+    let mut cmd = Command::new(&prog);
+    cmd.args(&args[sep + 2..]);
+    if let Some(g) = gid {
+        cmd.gid(g);
+    }
+    if let Some(u) = uid {
+        // std drops supplementary groups when a root process switches user.
+        cmd.uid(u);
+    }
+    let err = cmd.exec();
     bail!("exec {prog}: {err}")
+}
+
+fn bind(src: &Path, dst: &str) -> Result<()> {
+    if src.is_dir() {
+        fs::create_dir_all(dst).with_context(|| format!("creating mount point {dst}"))?;
+    } else if !Path::new(dst).exists() {
+        if let Some(parent) = Path::new(dst).parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        fs::write(dst, b"").with_context(|| format!("creating mount point {dst}"))?;
+    }
+    run("mount", &["--bind", &src.display().to_string(), dst])
+}
+
+fn run(prog: &str, args: &[&str]) -> Result<()> {
+    let st = Command::new(prog)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {prog}"))?;
+    if !st.success() {
+        bail!("{prog} {} failed: {st}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn is_under(path: &str, dir: &str) -> bool {
+    let dir = dir.trim_end_matches('/');
+    path == dir || path.starts_with(&format!("{dir}/"))
+}
+
+/// Mount points of this mount namespace, in mount order (octal escapes decoded).
+fn mount_points() -> Result<Vec<String>> {
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    let mut out = Vec::new();
+    for line in info.lines() {
+        if let Some(raw) = line.split(' ').nth(4) {
+            let mp = unescape_mount(raw);
+            if !out.contains(&mp) {
+                out.push(mp);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn unescape_mount(raw: &str) -> String {
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&raw[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The parts of a container's security context the process kubelet applies.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Security {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    read_only_root: bool,
+}
+
+impl Security {
+    /// Container settings win over the pod's, as in Kubernetes.
+    fn of(spec: &k8s_openapi::api::core::v1::PodSpec, c: &Container) -> Result<Security> {
+        let pod = spec.security_context.as_ref();
+        let ctr = c.security_context.as_ref();
+        let uid = ctr
+            .and_then(|s| s.run_as_user)
+            .or_else(|| pod.and_then(|s| s.run_as_user));
+        let gid = ctr
+            .and_then(|s| s.run_as_group)
+            .or_else(|| pod.and_then(|s| s.run_as_group))
+            .or_else(|| pod.and_then(|s| s.fs_group));
+        let non_root = ctr
+            .and_then(|s| s.run_as_non_root)
+            .or_else(|| pod.and_then(|s| s.run_as_non_root))
+            .unwrap_or(false);
+        if non_root && uid.unwrap_or(0) == 0 {
+            // Our "images" have no USER: without runAsUser they would run as root.
+            bail!(
+                "container {} has runAsNonRoot but no non-zero runAsUser: it would run as root",
+                c.name
+            );
+        }
+        let id = |v: Option<i64>, what: &str| -> Result<Option<u32>> {
+            v.map(|v| u32::try_from(v).with_context(|| format!("{what} {v} is out of range")))
+                .transpose()
+        };
+        Ok(Security {
+            uid: id(uid, "runAsUser")?,
+            gid: id(gid, "runAsGroup")?,
+            read_only_root: ctr
+                .and_then(|s| s.read_only_root_filesystem)
+                .unwrap_or(false),
+        })
+    }
+}
+
+/// Ownership of a writable volume: with `fsGroup`, group-owned and group-writable (new
+/// files inherit the group through setgid directories); an emptyDir without one is 0777.
+fn own_volume(path: &Path, fs_group: Option<i64>, empty_dir: bool) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(g) = fs_group else {
+        if empty_dir {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o777))?;
+        }
+        return Ok(());
+    };
+    let g = u32::try_from(g).context("fsGroup out of range")?;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta = fs::symlink_metadata(&p)?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        std::os::unix::fs::chown(&p, None, Some(g))
+            .with_context(|| format!("chgrp {}", p.display()))?;
+        let mode = meta.permissions().mode();
+        let want = if meta.is_dir() {
+            mode | 0o2070
+        } else {
+            mode | 0o060
+        };
+        if want != mode {
+            fs::set_permissions(&p, fs::Permissions::from_mode(want))?;
+        }
+        if meta.is_dir() {
+            for e in fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_points_decode_octal_escapes() {
+        assert_eq!(unescape_mount("/a\\040b"), "/a b");
+        assert_eq!(unescape_mount("/plain"), "/plain");
+    }
+
+    #[test]
+    fn security_context_container_over_pod_and_non_root_enforced() {
+        use k8s_openapi::api::core::v1::{PodSecurityContext, PodSpec, SecurityContext};
+        let spec = PodSpec {
+            security_context: Some(PodSecurityContext {
+                run_as_user: Some(65532),
+                fs_group: Some(65533),
+                run_as_non_root: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut c = Container {
+            name: "db".into(),
+            security_context: Some(SecurityContext {
+                read_only_root_filesystem: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            Security::of(&spec, &c).unwrap(),
+            Security {
+                uid: Some(65532),
+                gid: Some(65533),
+                read_only_root: true
+            }
+        );
+        c.security_context.as_mut().unwrap().run_as_user = Some(0);
+        let err = Security::of(&spec, &c).unwrap_err().to_string();
+        assert!(err.contains("runAsNonRoot"), "{err}");
+    }
 
     #[test]
     fn expands_like_kubernetes() {

@@ -1,6 +1,6 @@
 //! The process kubelet's pod contract, without the operator: env and
 //! downward API, the service-account token mount, hosts-file DNS,
-//! restartPolicy, and the deletion grace period.
+//! restartPolicy, security contexts, and the deletion grace period.
 
 use std::{
     fs,
@@ -101,6 +101,67 @@ spec:
         text.contains("probe.sub.default.svc.cluster.local")
             && text.contains("kubernetes.default.svc.cluster.local"),
         "names not resolved:\n{text}"
+    );
+
+    // The security context is applied: the user, fsGroup on an emptyDir, a read-only root.
+    apply(
+        &cp,
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: locked}
+spec:
+  restartPolicy: Never
+  securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, fsGroup: 65532}
+  volumes:
+  - {name: scratch, emptyDir: {}}
+  containers:
+  - name: main
+    image: example.com/shell:1
+    command: ["/bin/sh", "-c"]
+    args: ["echo uid=$(id -u) gid=$(id -g); touch /tmp/lc-root-probe-$$ 2>/dev/null && rm -f /tmp/lc-root-probe-$$ && echo root-writable; touch /scratch/f && echo scratch-ok; test -r /var/run/secrets/kubernetes.io/serviceaccount/token && echo token-readable; echo done"]
+    securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}
+    volumeMounts:
+    - {name: scratch, mountPath: /scratch}
+"#,
+    );
+    let llog = pod_dir(&cp.run_dir, "default", "locked").join("main.log");
+    wait("locked pod ran", Duration::from_secs(60), || {
+        fs::read_to_string(&llog).is_ok_and(|l| l.contains("done"))
+    });
+    let locked = fs::read_to_string(&llog).unwrap();
+    for want in ["uid=65532 gid=65532", "scratch-ok", "token-readable"] {
+        assert!(
+            locked.contains(want),
+            "lacks {want:?}:\n{locked}\n{}",
+            report(&cp)
+        );
+    }
+    assert!(
+        !locked.contains("root-writable"),
+        "the root filesystem was writable:\n{locked}"
+    );
+    // runAsNonRoot without a user would run as root: refused, as a real kubelet does.
+    apply(
+        &cp,
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: rootish}
+spec:
+  restartPolicy: Never
+  securityContext: {runAsNonRoot: true}
+  containers:
+  - name: main
+    image: example.com/shell:1
+    command: ["/bin/sh", "-c", "echo ran"]
+"#,
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let rlog = pod_dir(&cp.run_dir, "default", "rootish").join("main.log");
+    assert!(
+        !fs::read_to_string(&rlog)
+            .unwrap_or_default()
+            .contains("ran"),
+        "a runAsNonRoot pod without a user ran as root"
     );
 
     // A pod that ignores SIGTERM is killed after its grace period, then removed.
