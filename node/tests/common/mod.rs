@@ -338,6 +338,23 @@ impl Cluster {
             .unwrap_or(0)
     }
 
+    /// Waits until member `i` has caught up, then checks it stores every id in `acked`
+    /// (table `t`, as [`WriteStream`] writes it).
+    pub async fn assert_has_all(&self, i: usize, acked: &std::collections::BTreeSet<u64>) {
+        self.wait_caught_up(i).await;
+        let have: std::collections::BTreeSet<u64> = self
+            .column(i, "SELECT id FROM t")
+            .await
+            .into_iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        let missing: Vec<_> = acked.difference(&have).take(10).collect();
+        assert!(
+            missing.is_empty(),
+            "member {i} lost acknowledged writes, e.g. {missing:?}"
+        );
+    }
+
     /// Waits until member `i` has applied at least what the leader has.
     pub async fn wait_caught_up(&self, i: usize) {
         let leader = self.leader().await;
