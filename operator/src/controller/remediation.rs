@@ -33,7 +33,9 @@ pub struct Report {
     pub ordinal: u32,
     /// Consecutive incomplete WAL checkpoints.
     pub failures: u64,
-    /// `last_success.at` as the member reports it.
+    /// `last_success.at` of the member's last *incremental* snapshot: only those end with a
+    /// complete checkpoint. A full one proves nothing (it is what a failing member falls back
+    /// to, and the first snapshot after a restart), so it must not count as recovery.
     pub last_success: Option<String>,
     /// Its pod is Ready.
     pub ready: bool,
@@ -208,7 +210,11 @@ pub fn observed_input(
             Some(Report {
                 ordinal: p.ordinal,
                 failures: h.consecutive_failures,
-                last_success: h.last_success.as_ref().map(|s| s.at.clone()),
+                last_success: h
+                    .last_success
+                    .as_ref()
+                    .filter(|s| s.kind == "incremental")
+                    .map(|s| s.at.clone()),
                 ready: p.ready,
                 last_failure: h.last_failure.as_ref().map(|f| match &f.checkpoint {
                     Some(cp) => format!(

@@ -759,7 +759,7 @@ async fn remediation_asks_the_failing_member_for_a_full_snapshot() {
     fake.statuses.get_mut(&url(1)).unwrap().store.snapshot = Some(SnapshotHealth {
         last_success: Some(SnapshotSuccess {
             index: 5,
-            kind: "full".into(),
+            kind: "incremental".into(),
             at: "2026-01-01T00:00:00Z".into(),
             duration_ms: 3,
         }),
