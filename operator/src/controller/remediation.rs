@@ -226,12 +226,9 @@ pub fn observed_input(
             })
         })
         .collect();
-    let members = observed
-        .pods
-        .iter()
-        .map(|p| p.ordinal)
-        .filter(|o| *o < replicas)
-        .collect();
+    // Every ordinal the cluster should have, not the pods that exist right now: a member whose
+    // pod is being restarted (by this very ladder) has not left.
+    let members = (0..replicas).collect();
     let state = cluster
         .status
         .as_ref()
