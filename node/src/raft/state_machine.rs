@@ -327,7 +327,17 @@ impl Worker {
             .force_full
             .swap(false, std::sync::atomic::Ordering::SeqCst);
         let full_needed = self.control.health().full_needed;
-        let want_full = forced || full_needed || chain_len == 0 || chain_len >= MAX_CHAIN;
+        // SQLite deletes the WAL when the last connection to the database closes, after
+        // checkpointing it: another process that had the file open (a backup tool, an admin's
+        // sqlite3) can do that. Its frames are then in the database but not in our chain.
+        let wal_gone = !self.wal_path().exists();
+        if wal_gone && !full_needed {
+            tracing::warn!(
+                "the WAL file is gone (another process closed the database last): taking a full snapshot"
+            );
+        }
+        let want_full =
+            forced || full_needed || wal_gone || chain_len == 0 || chain_len >= MAX_CHAIN;
         if !want_full {
             match self.incremental(&meta) {
                 Ok(None) => {
