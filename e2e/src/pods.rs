@@ -1018,6 +1018,11 @@ fn spawn(c: &mut ContainerRt, netns: &str, exe: &Path) -> Result<()> {
         cmd.arg("--read-only-root");
     }
     cmd.arg("--").arg(&c.program).args(&c.args);
+    // The pod's own directory, like an image's working directory: relative paths (a program's
+    // default data dir, say) must not land in whatever directory the kubelet was started from.
+    if let Some(dir) = c.log.parent() {
+        cmd.current_dir(dir);
+    }
     cmd.env_clear()
         .envs(c.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
