@@ -576,20 +576,22 @@ fn pause_annotation_stops_reconciling() {
 fn deleting_the_cluster_garbage_collects_what_it_owned() {
     Lease::get("s-gc").run(|s, ns| {
         create_ready(s, ns, "gc", 1)?;
-        let owned = "statefulsets,services,poddisruptionbudgets,serviceaccounts,configmaps,pods";
+        let owned = "statefulsets,services,poddisruptionbudgets,networkpolicies,serviceaccounts,configmaps,pods";
         let list = |sel: &str| {
             s.cp.kubectl_ok(&["get", owned, "-n", ns, "-l", sel, "-o", "name"])
         };
         let before = list("app.kubernetes.io/instance=gc")?;
         ensure!(
-            before.contains("statefulset.apps/gc") && before.contains("service/gc"),
+            before.contains("statefulset.apps/gc")
+                && before.contains("service/gc")
+                && before.contains("networkpolicy.networking.k8s.io/gc"),
             "owned objects: {before}"
         );
         s.cp.kubectl_ok(&["delete", "slc", "gc", "-n", ns, "--wait=false"])?;
         s.wait_for("owned objects gone", Duration::from_secs(120), || {
             let left = s.cp.kubectl_ok(&[
                 "get",
-                "statefulsets,services,poddisruptionbudgets,pods",
+                "statefulsets,services,poddisruptionbudgets,networkpolicies,pods",
                 "-n",
                 ns,
                 "-o",

@@ -9,6 +9,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
@@ -23,7 +24,9 @@ use crate::Result;
 use crate::crd::SqliteCluster;
 pub use crate::resources::spec_hash;
 use crate::resources::statefulset::{StatefulSetParams, desired_statefulset};
-use crate::resources::{RESTARTED_AT_ANNOTATION, configmap, pdb, serviceaccount, services};
+use crate::resources::{
+    RESTARTED_AT_ANNOTATION, configmap, networkpolicy, pdb, serviceaccount, services,
+};
 
 /// Annotation holding the hash of what the operator last applied.
 pub const HASH_ANNOTATION: &str = "litecluster.io/applied-hash";
@@ -55,6 +58,11 @@ pub async fn reconcile_resources(
     ensure(
         &Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
         pdb::desired_pdb(cluster),
+    )
+    .await?;
+    ensure(
+        &Api::<NetworkPolicy>::namespaced(client.clone(), ns),
+        networkpolicy::desired_network_policy(cluster),
     )
     .await?;
     ensure_statefulset(

@@ -23,7 +23,7 @@ use crate::node_client::{
     RaftStatus, SnapshotHealth, SnapshotOutcome, SnapshotSuccess, StoreStatus,
 };
 use crate::resources::testing::{ClusterExt, cluster};
-use crate::resources::{configmap, pdb, serviceaccount, services};
+use crate::resources::{configmap, networkpolicy, pdb, serviceaccount, services};
 use crate::{Error, Result};
 
 // ---------- fake nodes ----------
@@ -305,6 +305,10 @@ impl ApiServerVerifier {
                     "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/db",
                     Some(applied(pdb::desired_pdb(&c))),
                 ),
+                (
+                    "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/db",
+                    Some(applied(networkpolicy::desired_network_policy(&c))),
+                ),
                 ("/apis/apps/v1/namespaces/ns/statefulsets/db", sts),
             ];
             for (path, live) in objects {
@@ -461,8 +465,9 @@ async fn create_applies_every_object_and_bootstraps_one_member() {
         action,
         kube::runtime::controller::Action::requeue(Duration::from_secs(5))
     );
-    assert_eq!(writes.len(), 8, "7 objects and the status");
-    let sts = &writes[6].2;
+    assert_eq!(writes.len(), 9, "8 objects and the status");
+    assert_eq!(writes[6].2["kind"], "NetworkPolicy");
+    let sts = &writes[7].2;
     assert_eq!(sts["spec"]["replicas"], 1);
     let env = sts["spec"]["template"]["spec"]["containers"][0]["env"]
         .as_array()
@@ -476,7 +481,7 @@ async fn create_applies_every_object_and_bootstraps_one_member() {
             |w| w.1.contains("fieldManager=litecluster-operator") && w.1.contains("force=true")
         )
     );
-    let status = &writes[7].2["status"];
+    let status = &writes[8].2["status"];
     assert_eq!(status["phase"], "Bootstrapping the first member");
     assert_eq!(status["bootstrapped"], false);
     assert!(fake.calls.lock().unwrap().is_empty());

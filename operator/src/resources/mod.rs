@@ -1,6 +1,7 @@
 //! Pure builders of the Kubernetes objects a `SqliteCluster` owns (`desired_*` functions).
 
 pub mod configmap;
+pub mod networkpolicy;
 pub mod pdb;
 pub mod serviceaccount;
 pub mod services;
@@ -64,6 +65,9 @@ impl Names {
         c.name_any()
     }
     pub fn pdb(c: &SqliteCluster) -> String {
+        c.name_any()
+    }
+    pub fn network_policy(c: &SqliteCluster) -> String {
         c.name_any()
     }
     pub fn service_account(c: &SqliteCluster) -> String {
