@@ -1152,6 +1152,9 @@ async fn run_probe(p: &Probe, ip: &str, c: &Container) -> bool {
     let fut = async {
         if let Some(h) = &p.http_get {
             let port = probe_port(&h.port, c)?;
+            if h.scheme.as_deref() == Some("HTTPS") {
+                return https_probe(ip, port, h.path.as_deref().unwrap_or("/")).await;
+            }
             let mut s = tokio::net::TcpStream::connect((ip, port as u16))
                 .await
                 .ok()?;
@@ -1177,6 +1180,32 @@ async fn run_probe(p: &Probe, ip: &str, c: &Container) -> bool {
         }
     };
     matches!(tokio::time::timeout(timeout, fut).await, Ok(Some(true)))
+}
+
+/// An HTTPS probe as the kubelet makes it: TLS without checking the certificate (a probe tests
+/// liveness, not identity), any status in 200..400 passes.
+async fn https_probe(ip: &str, port: i32, path: &str) -> Option<bool> {
+    static CLIENT: std::sync::OnceLock<Option<reqwest::Client>> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .user_agent("kube-probe/1.33")
+            .build()
+            .ok()
+    });
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
+    let resp = client
+        .as_ref()?
+        .get(format!("https://{host}:{port}{path}"))
+        .send()
+        .await
+        .ok()?;
+    Some((200..400).contains(&resp.status().as_u16()))
 }
 
 fn pod_status(rt: &mut PodRt, host_ip: &str, pod: &Pod) -> serde_json::Value {

@@ -334,6 +334,15 @@ fn scale_to_5_and_back_to_3_membership_follows_nothing_lost() {
             let ordinal: u32 = id.rsplit('-').next().unwrap_or_default().parse().unwrap_or(99);
             ensure!(*voter == (ordinal < 3), "member {id}: voter={voter}; want voters sc-0..2, learners beyond");
         }
+        // Pods carry their Raft role, and the read-only Service then selects only the learners.
+        s.wait_for("role labels voter x3, learner x2", Duration::from_secs(60), || {
+            let roles = role_labels(s, ns, "sc")?;
+            let want: Vec<_> = (0..5).map(|i| (format!("sc-{i}"), if i < 3 { "voter" } else { "learner" }.to_string())).collect();
+            Ok((roles == want).then_some(()))
+        })?;
+        s.wait_for("sc-readonly selects learners", Duration::from_secs(60), || {
+            Ok((readonly_selector(s, ns, "sc")?.as_deref() == Some("learner")).then_some(()))
+        })?;
         execute(&member(s, ns, "sc-4")?, r#"[["INSERT INTO t(id) VALUES(?)", 3]]"#)?;
         for i in 0..5 {
             let a = member(s, ns, &format!("sc-{i}"))?;
@@ -356,8 +365,44 @@ fn scale_to_5_and_back_to_3_membership_follows_nothing_lost() {
             query_ints(&member(s, ns, &leader)?, "SELECT id FROM t ORDER BY id", "strong")? == [1, 2, 3],
             "rows changed by scaling"
         );
+        // No read replicas left: the read-only Service spreads over every member again.
+        s.wait_for("sc-readonly selects every member", Duration::from_secs(60), || {
+            Ok(readonly_selector(s, ns, "sc")?.is_none().then_some(()))
+        })?;
         Ok(())
     });
+}
+
+/// `(pod, litecluster.io/role)` of the cluster's pods, by name.
+fn role_labels(s: &Stack, ns: &str, cluster: &str) -> Result<Vec<(String, String)>> {
+    let out = s.cp.kubectl_ok(&[
+        "get", "pods", "-n", ns, "-l", &format!("app.kubernetes.io/instance={cluster}"),
+        "-o", r#"jsonpath={range .items[*]}{.metadata.name}={.metadata.labels.litecluster\.io/role}{"\n"}{end}"#,
+    ])?;
+    let mut roles: Vec<_> = out
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(p, r)| (p.to_string(), r.to_string()))
+        .collect();
+    roles.sort();
+    Ok(roles)
+}
+
+/// The `litecluster.io/role` the read-only Service selects, if any.
+fn readonly_selector(s: &Stack, ns: &str, cluster: &str) -> Result<Option<String>> {
+    let out = s.cp.kubectl_ok(&[
+        "get",
+        "svc",
+        &format!("{cluster}-readonly"),
+        "-n",
+        ns,
+        "-o",
+        "json",
+    ])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(v["spec"]["selector"]["litecluster.io/role"]
+        .as_str()
+        .map(String::from))
 }
 
 // ---------------------------------------------------------------- autoscaling
@@ -423,6 +468,9 @@ fn invalid_clusters_are_rejected_with_the_cel_messages() {
         let shrink = cluster_yaml("grow", 1, 1).replace("1Gi", "500Mi");
         let e = s.apply_yaml(ns, &shrink).err().context("accepted a shrinking storage.size")?;
         ensure!(e.to_string().contains("storage.size cannot shrink"), "{e:#}");
+        let with_tls = format!("{}  tls:\n    secretName: grow-tls\n", cluster_yaml("grow", 1, 1));
+        let e = s.apply_yaml(ns, &with_tls).err().context("accepted turning tls on")?;
+        ensure!(e.to_string().contains("tls cannot be turned on or off"), "{e:#}");
         s.cp.kubectl_ok(&["delete", "slc", "grow", "-n", ns, "--wait=false"])?;
         Ok(())
     });
@@ -458,6 +506,9 @@ fn operator_service_account_can_do_its_job_and_nothing_more() {
             ("create", "events.events.k8s.io"),
             // Rolling restarts and snapshot remediation delete member pods one at a time.
             ("delete", "pods"),
+            // Role labels (voter/learner) on member pods.
+            ("patch", "pods"),
+            ("delete", "networkpolicies.networking.k8s.io"),
         ] {
             ensure!(
                 can(verb, res, Some("default"))?,
@@ -470,8 +521,9 @@ fn operator_service_account_can_do_its_job_and_nothing_more() {
         );
         for (verb, res, ns) in [
             ("create", "pods", Some("default")),
-            ("patch", "pods", Some("default")),
             ("list", "secrets", Some("default")),
+            ("patch", "secrets", Some("default")),
+            ("delete", "statefulsets.apps", Some("default")),
             ("create", "sqliteclusters.litecluster.io", Some("default")),
             ("patch", "sqliteclusters.litecluster.io", Some("default")),
             ("delete", "persistentvolumeclaims", Some("default")),

@@ -61,6 +61,7 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/litecluster/litecluster-node:0.1.0";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.tls) == has(oldSelf.tls)").message("tls cannot be turned on or off on an existing cluster: members with and without it cannot talk to each other"))]
 pub struct SqliteClusterSpec {
     /// Number of members (pods), voters and learners together. Scale it with `kubectl scale`
     /// or a HorizontalPodAutoscaler. When it is below `voters`, the cluster runs with the largest
@@ -110,6 +111,54 @@ pub struct SqliteClusterSpec {
     /// the cluster (the user needs the `join`, `remove`, `status` and `leader` permissions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_secret: Option<SecretReference>,
+
+    /// TLS from a certificate Secret: mutual TLS between members on the Raft port, and HTTPS
+    /// on the API unless `tls.api` is false. Cannot be added to or removed from an existing
+    /// cluster (members with and without TLS cannot talk to each other).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+
+    /// The NetworkPolicy that lets only the cluster's own members reach the Raft port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
+}
+
+/// TLS of a cluster, from a Secret in cert-manager's layout.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.api == oldSelf.api").message("tls.api cannot be changed on an existing cluster: members that disagree on it cannot reach each other"))]
+pub struct TlsSpec {
+    /// Secret with keys `tls.crt` (certificate chain), `tls.key` (its private key) and `ca.crt`
+    /// (the CA that signed every member's certificate), as cert-manager writes it. One
+    /// certificate serves every member, as server and as client of the other members, so it
+    /// needs both the `server auth` and `client auth` usages and the DNS name
+    /// `*.<cluster>-headless.<namespace>.svc.<cluster domain>` (each member's address, for
+    /// example `*.mydb-headless.default.svc.cluster.local`). With `api`, clients reach the
+    /// cluster through its Services, so add `<cluster>.<namespace>.svc`,
+    /// `<cluster>-readonly.<namespace>.svc` and their `.<cluster domain>` forms. The operator
+    /// restarts members one at a time when `tls.crt` changes (a renewal); a new certificate
+    /// must come from the same CA.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("tls.secretName must be the name of a Secret"))]
+    pub secret_name: String,
+
+    /// Serve the HTTP API over HTTPS with the same certificate (default true). Clients and
+    /// probes then use HTTPS; members and the operator trust `ca.crt`. Turn it off only when the
+    /// API is protected some other way: without it, queries and credentials travel in the clear.
+    #[serde(default = "default_true")]
+    pub api: bool,
+}
+
+/// The NetworkPolicy of a cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Keep a NetworkPolicy that admits the Raft port only from the cluster's own member pods
+    /// and leaves the HTTP API port open (default true). Turn it off when your own policies
+    /// cover the members, or when something else must reach other ports of the pods (a
+    /// service-mesh sidecar, say): the policy admits no other port.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
 }
 
 /// Persistent volume of each member.
@@ -489,6 +538,9 @@ fn default_storage_size() -> String {
 fn default_backup_interval() -> String {
     "1h".into()
 }
+fn default_true() -> bool {
+    true
+}
 
 impl SqliteCluster {
     /// Whether the pause annotation is set to `"true"`.
@@ -503,6 +555,16 @@ impl SqliteCluster {
     /// Image of the node container.
     pub fn image(&self) -> &str {
         self.spec.image.as_deref().unwrap_or(DEFAULT_IMAGE)
+    }
+
+    /// Whether members serve the HTTP API over HTTPS (`tls` set and `tls.api` true).
+    pub fn api_tls(&self) -> bool {
+        self.spec.tls.as_ref().is_some_and(|t| t.api)
+    }
+
+    /// Whether the operator keeps the cluster's NetworkPolicy (the default).
+    pub fn network_policy_enabled(&self) -> bool {
+        self.spec.network_policy.as_ref().is_none_or(|n| n.enabled)
     }
 
     /// `snapshot.remediationThreshold` or its default.

@@ -27,6 +27,12 @@ pub enum Error {
 
     #[error("auth secret {secret}: {what}")]
     AuthSecret { secret: String, what: String },
+
+    #[error("tls secret {secret}: {what}")]
+    TlsSecret { secret: String, what: String },
+
+    #[error("cannot build the node http client")]
+    NodeClient(#[source] reqwest::Error),
 }
 
 impl Error {
@@ -38,6 +44,8 @@ impl Error {
             Error::MissingNamespace => "missing_namespace",
             Error::Serialize { .. } => "serialize",
             Error::AuthSecret { .. } => "auth_secret",
+            Error::TlsSecret { .. } => "tls_secret",
+            Error::NodeClient(_) => "node_client",
         }
     }
 }

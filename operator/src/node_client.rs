@@ -176,8 +176,22 @@ pub trait NodeApi: Send + Sync {
     fn transfer_leadership<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<()>>;
     /// `POST /snapshot?type=full`: ask the node for a full snapshot now.
     fn full_snapshot<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<SnapshotOutcome>>;
-    /// The same client authenticating as `credentials` (nodes run with `--auth`).
-    fn with_credentials(&self, credentials: Option<Credentials>) -> std::sync::Arc<dyn NodeApi>;
+    /// The client for one cluster's nodes: its credentials, and HTTPS when it has a CA.
+    fn for_cluster(&self, access: NodeAccess) -> Result<std::sync::Arc<dyn NodeApi>>;
+}
+
+/// How the operator reaches the nodes of one cluster.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeAccess {
+    /// Basic-auth credentials (nodes run with `--auth`).
+    pub credentials: Option<Credentials>,
+    /// PEM CA bundle that signed the members' certificates (nodes serve HTTPS). It is the only
+    /// root trusted: a public CA has no business vouching for a cluster-internal name.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Member DNS names with the pod IP to connect to for each: the certificate is checked
+    /// against the name, while the connection needs no cluster DNS (as over plain HTTP, where
+    /// the operator uses pod IPs).
+    pub addresses: Vec<(String, std::net::IpAddr)>,
 }
 
 /// Basic-auth credentials for nodes that run with `--auth`.
@@ -192,6 +206,8 @@ pub struct Credentials {
 pub struct HttpNodeClient {
     http: reqwest::Client,
     credentials: Option<Credentials>,
+    /// How long a `/status` call may take.
+    status_timeout: Duration,
     /// How long a membership change may take (a join waits for the learner to catch up).
     change_timeout: Duration,
 }
@@ -207,6 +223,7 @@ impl HttpNodeClient {
         Ok(Self {
             http,
             credentials: None,
+            status_timeout,
             change_timeout,
         })
     }
@@ -358,11 +375,32 @@ impl NodeApi for HttpNodeClient {
         })
     }
 
-    fn with_credentials(&self, credentials: Option<Credentials>) -> std::sync::Arc<dyn NodeApi> {
-        std::sync::Arc::new(Self {
-            credentials,
+    fn for_cluster(&self, access: NodeAccess) -> Result<std::sync::Arc<dyn NodeApi>> {
+        let http = match &access.ca_pem {
+            // Plain HTTP shares the connection pool of the operator-wide client.
+            None => self.http.clone(),
+            // A client per cluster and reconcile: its CA and addresses are its own. Building one
+            // costs well under a millisecond; pooling across reconciles is not worth a cache.
+            Some(pem) => {
+                let roots =
+                    reqwest::Certificate::from_pem_bundle(pem).map_err(Error::NodeClient)?;
+                let mut b = reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .timeout(self.status_timeout)
+                    .https_only(true)
+                    .tls_certs_only(roots);
+                for (host, ip) in &access.addresses {
+                    // Port 0: the URL's port is used.
+                    b = b.resolve(host, std::net::SocketAddr::new(*ip, 0));
+                }
+                b.build().map_err(Error::NodeClient)?
+            }
+        };
+        Ok(std::sync::Arc::new(Self {
+            http,
+            credentials: access.credentials,
             ..self.clone()
-        })
+        }))
     }
 }
 

@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::info;
 
+use super::labels::read_replicas;
 use super::membership::statefulset_replicas;
 use super::observe::{ObservedCluster, desired, raft_members};
 use super::{Context, MANAGER};
@@ -25,7 +26,7 @@ use crate::crd::SqliteCluster;
 pub use crate::resources::spec_hash;
 use crate::resources::statefulset::{StatefulSetParams, desired_statefulset};
 use crate::resources::{
-    RESTARTED_AT_ANNOTATION, configmap, networkpolicy, pdb, serviceaccount, services,
+    Names, RESTARTED_AT_ANNOTATION, configmap, networkpolicy, pdb, serviceaccount, services,
 };
 
 /// Annotation holding the hash of what the operator last applied.
@@ -54,17 +55,22 @@ pub async fn reconcile_resources(
     let svc = Api::<Service>::namespaced(client.clone(), ns);
     ensure(&svc, services::desired_headless_service(cluster)).await?;
     ensure(&svc, services::desired_client_service(cluster)).await?;
-    ensure(&svc, services::desired_readonly_service(cluster)).await?;
+    ensure(
+        &svc,
+        services::desired_readonly_service(cluster, read_replicas(cluster, observed)),
+    )
+    .await?;
     ensure(
         &Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
         pdb::desired_pdb(cluster),
     )
     .await?;
-    ensure(
-        &Api::<NetworkPolicy>::namespaced(client.clone(), ns),
-        networkpolicy::desired_network_policy(cluster),
-    )
-    .await?;
+    let policies = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
+    if cluster.network_policy_enabled() {
+        ensure(&policies, networkpolicy::desired_network_policy(cluster)).await?;
+    } else {
+        remove_owned(&policies, cluster, &Names::network_policy(cluster)).await?;
+    }
     ensure_statefulset(
         cluster,
         ctx,
@@ -74,6 +80,26 @@ pub async fn reconcile_resources(
         ns,
     )
     .await
+}
+
+/// Delete `name` if it exists and this cluster controls it (it was turned off in the spec).
+/// An object of the same name that someone else made is left alone.
+pub async fn remove_owned<K>(api: &Api<K>, cluster: &SqliteCluster, name: &str) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
+{
+    let Some(live) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let ours = live
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == cluster.metadata.uid.as_ref());
+    if ours {
+        info!(kind = %K::kind(&()), %name, "deleting (turned off in the spec)");
+        api.delete(name, &Default::default()).await?;
+    }
+    Ok(())
 }
 
 /// Apply the StatefulSet with this `restartedAt` pod annotation. Returns whether it wrote.
@@ -131,6 +157,7 @@ pub fn desired_sts(
         bootstrap: !bootstrapped,
         cluster_domain: ctx.cluster_domain.clone(),
         restarted_at,
+        tls_cert_hash: observed.tls.as_ref().map(|t| t.cert_hash.clone()),
     };
     let mut sts = desired_statefulset(cluster, &params)?;
     // Volume claim templates are immutable: keep the live ones (volume growth is done on the PVCs).

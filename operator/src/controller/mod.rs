@@ -1,7 +1,9 @@
 //! The `SqliteCluster` reconciler, split by concern: observe, create (owned objects), scale
-//! (membership changes), rollout (restarts), remediation (snapshot health), status.
+//! (membership changes), labels (pod roles), rollout (restarts), remediation (snapshot health),
+//! status.
 
 pub mod create;
+pub mod labels;
 pub mod membership;
 pub mod observe;
 pub mod remediation;
@@ -96,9 +98,12 @@ pub async fn reconcile(cluster: Arc<SqliteCluster>, ctx: Arc<Context>) -> Result
         return Ok(Action::await_change());
     }
     let ns = cluster.namespace().ok_or(Error::MissingNamespace)?;
-    let nodes = observe::node_api(&cluster, &ctx, &ns).await?;
-    let observed = observe::observe(&cluster, &ctx, nodes.as_ref(), &ns).await?;
+    let (observed, nodes) = observe::observe(&cluster, &ctx, &ns).await?;
     let bootstrapped = observe::bootstrapped(&cluster, &observed);
+
+    // Labels before the objects: the read-only Service may start selecting learners in this
+    // pass, and they should carry the label by then.
+    labels::reconcile_role_labels(&cluster, &ctx, &observed, &ns).await?;
 
     let sts_written =
         create::reconcile_resources(&cluster, &ctx, &observed, bootstrapped, &ns).await?;

@@ -1,5 +1,7 @@
-//! What the operator sees: the StatefulSet, the member pods, and each reachable member's `/status`.
+//! What the operator sees: the StatefulSet, the member pods, the Secrets it needs, and each
+//! reachable member's `/status`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use futures::future::join_all;
@@ -11,11 +13,11 @@ use kube::{Api, ResourceExt};
 use super::Context;
 use super::membership::{self, Desired, Member, PodState, Role};
 use crate::crd::SqliteCluster;
-use crate::node_client::{Credentials, NodeApi, NodeStatus};
+use crate::node_client::{Credentials, NodeAccess, NodeApi, NodeStatus};
 use crate::resources::statefulset::CONTAINER;
 use crate::resources::{
-    HTTP_PORT, Names, RESTARTED_AT_ANNOTATION, REVISION_LABEL, TEMPLATE_HASH_ANNOTATION,
-    ordinal_of, selector_string,
+    HTTP_PORT, Names, RESTARTED_AT_ANNOTATION, REVISION_LABEL, ROLE_LABEL,
+    TEMPLATE_HASH_ANNOTATION, TLS_CERT_HASH_ANNOTATION, bytes_hash, ordinal_of, selector_string,
 };
 use crate::{Error, Result};
 
@@ -28,6 +30,10 @@ pub struct ObservedPod {
     pub ready: bool,
     /// Base URL of its HTTP API.
     pub url: String,
+    /// Its IP, once it has one.
+    pub ip: Option<IpAddr>,
+    /// Its `litecluster.io/role` label as it is now.
+    pub role_label: Option<String>,
     /// Its `/status`, or why it could not be read.
     pub status: Result<NodeStatus, String>,
     /// What the pod runs, for the rollout.
@@ -47,6 +53,8 @@ pub struct PodTemplateInfo {
     pub image: Option<String>,
     /// `litecluster.io/restartedAt` annotation.
     pub restarted_at: Option<String>,
+    /// `litecluster.io/tls-cert-hash` annotation.
+    pub tls_cert_hash: Option<String>,
 }
 
 impl PodTemplateInfo {
@@ -58,6 +66,7 @@ impl PodTemplateInfo {
             template_hash: annotation(TEMPLATE_HASH_ANNOTATION),
             image: node_image(p.spec.as_ref()),
             restarted_at: annotation(RESTARTED_AT_ANNOTATION),
+            tls_cert_hash: annotation(TLS_CERT_HASH_ANNOTATION),
         }
     }
 
@@ -83,6 +92,7 @@ impl PodTemplateInfo {
             template_hash: annotation(TEMPLATE_HASH_ANNOTATION),
             image: node_image(template.spec.as_ref()),
             restarted_at: annotation(RESTARTED_AT_ANNOTATION),
+            tls_cert_hash: annotation(TLS_CERT_HASH_ANNOTATION),
         })
     }
 }
@@ -100,6 +110,17 @@ pub struct ObservedCluster {
     pub statefulset: Option<StatefulSet>,
     /// Member pods, by ordinal.
     pub pods: Vec<ObservedPod>,
+    /// The TLS Secret, when `spec.tls` is set.
+    pub tls: Option<ObservedTls>,
+}
+
+/// What the operator takes from the TLS Secret.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ObservedTls {
+    /// `ca.crt`: the CA the operator trusts when members serve their API over HTTPS.
+    pub ca_pem: Vec<u8>,
+    /// Hash of `tls.crt`; when it changes the members restart to load the new certificate.
+    pub cert_hash: String,
 }
 
 impl ObservedCluster {
@@ -124,47 +145,122 @@ impl ObservedCluster {
     }
 }
 
-/// The node client for this cluster, with the credentials from its auth Secret.
+/// Read a Secret of the cluster's namespace; `error` says which Secret failed.
+async fn read_secret(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    error: impl Fn(String) -> Error,
+) -> Result<Secret> {
+    Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get(name)
+        .await
+        .map_err(|e| error(format!("cannot read: {e}")))
+}
+
+fn secret_key<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|v| v.0.as_slice())
+}
+
+/// The TLS Secret's CA and certificate hash. Every key the members need must be there: a
+/// missing one would only show up as members failing to start.
+pub async fn observe_tls(
+    cluster: &SqliteCluster,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Option<ObservedTls>> {
+    let Some(tls) = &cluster.spec.tls else {
+        return Ok(None);
+    };
+    let error = |what: String| Error::TlsSecret {
+        secret: tls.secret_name.clone(),
+        what,
+    };
+    let secret = read_secret(ctx, ns, &tls.secret_name, error).await?;
+    let key = |k: &str| {
+        secret_key(&secret, k)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| error(format!("missing key {k}")))
+    };
+    key("tls.key")?;
+    let ca_pem = key("ca.crt")?.to_vec();
+    match reqwest::Certificate::from_pem_bundle(&ca_pem) {
+        Ok(certs) if !certs.is_empty() => {}
+        Ok(_) => return Err(error("ca.crt holds no certificate".into())),
+        Err(e) => {
+            return Err(error(format!(
+                "ca.crt is not a PEM certificate bundle: {e}"
+            )));
+        }
+    }
+    Ok(Some(ObservedTls {
+        ca_pem,
+        cert_hash: bytes_hash(key("tls.crt")?),
+    }))
+}
+
+/// The node client for this cluster: credentials from its auth Secret, and for HTTPS the CA
+/// and the pod IP behind each member's name.
 pub async fn node_api(
     cluster: &SqliteCluster,
     ctx: &Context,
     ns: &str,
+    tls: Option<&ObservedTls>,
+    pods: &[ObservedPod],
 ) -> Result<Arc<dyn NodeApi>> {
-    let Some(secret_ref) = &cluster.spec.auth_secret else {
-        return Ok(ctx.nodes.clone());
-    };
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
-        .get(&secret_ref.name)
-        .await
-        .map_err(|e| Error::AuthSecret {
-            secret: secret_ref.name.clone(),
-            what: format!("cannot read: {e}"),
-        })?;
-    let field = |key: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
-            .ok_or_else(|| Error::AuthSecret {
+    let credentials = match &cluster.spec.auth_secret {
+        None => None,
+        Some(secret_ref) => {
+            let error = |what: String| Error::AuthSecret {
                 secret: secret_ref.name.clone(),
-                what: format!("missing key {key}"),
+                what,
+            };
+            let secret = read_secret(ctx, ns, &secret_ref.name, error).await?;
+            let field = |key: &str| {
+                secret_key(&secret, key)
+                    .and_then(|v| String::from_utf8(v.to_vec()).ok())
+                    .ok_or_else(|| error(format!("missing key {key}")))
+            };
+            Some(Credentials {
+                username: field("username")?,
+                password: field("password")?,
             })
+        }
     };
-    let creds = Credentials {
-        username: field("username")?,
-        password: field("password")?,
+    let api_ca = tls.filter(|_| cluster.api_tls());
+    if credentials.is_none() && api_ca.is_none() {
+        return Ok(ctx.nodes.clone());
+    }
+    let access = NodeAccess {
+        credentials,
+        ca_pem: api_ca.map(|t| t.ca_pem.clone()),
+        addresses: match api_ca {
+            Some(_) => pods
+                .iter()
+                .filter_map(|p| {
+                    Some((
+                        member_host(cluster, &p.name, ns, &ctx.cluster_domain),
+                        p.ip?,
+                    ))
+                })
+                .collect(),
+            None => vec![],
+        },
     };
-    Ok(ctx.nodes.with_credentials(Some(creds)))
+    ctx.nodes.for_cluster(access)
 }
 
-/// Read the StatefulSet, the member pods, and every running member's `/status` (concurrently).
+/// Read the StatefulSet, the member pods, the Secrets, and every running member's `/status`
+/// (concurrently). Returns the node client it used, set up for this cluster.
 pub async fn observe(
     cluster: &SqliteCluster,
     ctx: &Context,
-    nodes: &dyn NodeApi,
     ns: &str,
-) -> Result<ObservedCluster> {
+) -> Result<(ObservedCluster, Arc<dyn NodeApi>)> {
     let statefulset = Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
         .get_opt(&Names::statefulset(cluster))
         .await?;
@@ -179,8 +275,11 @@ pub async fn observe(
         .filter_map(|p| {
             let name = p.name_any();
             let ordinal = ordinal_of(cluster, &name)?;
+            let ip = pod_ip(p);
             Some(ObservedPod {
-                url: member_url(cluster, p, &name, ns, &ctx.cluster_domain),
+                url: member_url(cluster, ip, &name, ns, &ctx.cluster_domain),
+                ip,
+                role_label: p.labels().get(ROLE_LABEL).cloned(),
                 name,
                 ordinal,
                 ready: pod_ready(p),
@@ -190,6 +289,8 @@ pub async fn observe(
         })
         .collect();
     found.sort_by_key(|f| f.ordinal);
+    let tls = observe_tls(cluster, ctx, ns).await?;
+    let nodes = node_api(cluster, ctx, ns, tls.as_ref(), &found).await?;
     let statuses = join_all(found.iter().map(|p| nodes.status(&p.url))).await;
     let pods = found
         .into_iter()
@@ -199,7 +300,14 @@ pub async fn observe(
             ..pod
         })
         .collect();
-    Ok(ObservedCluster { statefulset, pods })
+    Ok((
+        ObservedCluster {
+            statefulset,
+            pods,
+            tls,
+        },
+        nodes,
+    ))
 }
 
 fn pod_ready(p: &Pod) -> bool {
@@ -209,14 +317,38 @@ fn pod_ready(p: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// The pod IP when it has one (no DNS needed), else its stable name under the headless Service.
-fn member_url(cluster: &SqliteCluster, pod: &Pod, name: &str, ns: &str, domain: &str) -> String {
-    match pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
-        Some(ip) if ip.contains(':') => format!("http://[{ip}]:{HTTP_PORT}"),
-        Some(ip) => format!("http://{ip}:{HTTP_PORT}"),
+fn pod_ip(p: &Pod) -> Option<IpAddr> {
+    p.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
+}
+
+/// A member's stable DNS name under the headless Service: what it advertises, and what its
+/// certificate carries.
+pub fn member_host(cluster: &SqliteCluster, name: &str, ns: &str, domain: &str) -> String {
+    format!("{name}.{}.{ns}.svc.{domain}", Names::headless(cluster))
+}
+
+/// Over HTTP the pod IP when it has one (no DNS needed), else its DNS name. Over HTTPS always
+/// the DNS name, since that is what the certificate proves; the node client connects to the
+/// pod IP for it (see `NodeAccess::addresses`), so DNS is not needed either.
+fn member_url(
+    cluster: &SqliteCluster,
+    ip: Option<IpAddr>,
+    name: &str,
+    ns: &str,
+    domain: &str,
+) -> String {
+    if cluster.api_tls() {
+        return format!(
+            "https://{}:{HTTP_PORT}",
+            member_host(cluster, name, ns, domain)
+        );
+    }
+    match ip {
+        Some(IpAddr::V6(ip)) => format!("http://[{ip}]:{HTTP_PORT}"),
+        Some(IpAddr::V4(ip)) => format!("http://{ip}:{HTTP_PORT}"),
         None => format!(
-            "http://{name}.{}.{ns}.svc.{domain}:{HTTP_PORT}",
-            Names::headless(cluster)
+            "http://{}:{HTTP_PORT}",
+            member_host(cluster, name, ns, domain)
         ),
     }
 }

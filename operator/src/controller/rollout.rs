@@ -35,6 +35,8 @@ pub enum Outdated {
     ImageChanged { to: String },
     /// The `restartedAt` annotation changed (snapshot remediation asked for a rolling upgrade).
     RestartRequested,
+    /// The TLS certificate changed (renewed); the node loads it only at startup.
+    CertificateChanged,
     /// Something else in the pod template changed (resources, overlay, settings, operator version).
     TemplateChanged,
 }
@@ -44,6 +46,7 @@ impl fmt::Display for Outdated {
         match self {
             Outdated::ImageChanged { to } => write!(f, "image changed to {to}"),
             Outdated::RestartRequested => write!(f, "rolling restart requested"),
+            Outdated::CertificateChanged => write!(f, "TLS certificate renewed"),
             Outdated::TemplateChanged => write!(f, "pod template changed"),
         }
     }
@@ -65,6 +68,7 @@ pub fn outdated(pod: &PodTemplateInfo, target: &PodTemplateInfo) -> Option<Outda
     Some(match (&pod.image, &target.image) {
         (Some(a), Some(b)) if a != b => Outdated::ImageChanged { to: b.clone() },
         _ if pod.restarted_at != target.restarted_at => Outdated::RestartRequested,
+        _ if pod.tls_cert_hash != target.tls_cert_hash => Outdated::CertificateChanged,
         _ => Outdated::TemplateChanged,
     })
 }
@@ -578,6 +582,7 @@ mod tests {
             template_hash: Some("hash-new".into()),
             image: Some("node:2".into()),
             restarted_at: None,
+            tls_cert_hash: None,
         }
     }
 
@@ -590,6 +595,7 @@ mod tests {
                 template_hash: Some(if new { "hash-new" } else { "hash-old" }.into()),
                 image: Some(if new { "node:2" } else { "node:1" }.into()),
                 restarted_at: None,
+                tls_cert_hash: None,
             },
             ready: true,
             reachable: true,
@@ -856,6 +862,12 @@ mod tests {
         );
         p.image = t.image.clone();
         assert_eq!(outdated(&p, &t), Some(Outdated::TemplateChanged));
+        p.tls_cert_hash = Some("renewed".into());
+        assert_eq!(outdated(&p, &t), Some(Outdated::CertificateChanged));
+        assert_eq!(
+            Outdated::CertificateChanged.to_string(),
+            "TLS certificate renewed"
+        );
         p.restarted_at = Some("x".into());
         assert_eq!(outdated(&p, &t), Some(Outdated::RestartRequested));
         // Pods from before template hashes existed are judged by revision alone.

@@ -19,20 +19,23 @@ use crate::controller::membership::Action;
 use crate::crd::SqliteCluster;
 use crate::metrics::Metrics;
 use crate::node_client::{
-    BoxFuture, Credentials, JoinRequest, LeaderInfo, NodeApi, NodeInfo, NodeStatus, RaftMember,
+    BoxFuture, JoinRequest, LeaderInfo, NodeAccess, NodeApi, NodeInfo, NodeStatus, RaftMember,
     RaftStatus, SnapshotHealth, SnapshotOutcome, SnapshotSuccess, StoreStatus,
 };
 use crate::resources::testing::{ClusterExt, cluster};
-use crate::resources::{configmap, networkpolicy, pdb, serviceaccount, services};
+use crate::resources::{
+    LEARNER, ROLE_LABEL, VOTER, configmap, networkpolicy, pdb, serviceaccount, services,
+};
 use crate::{Error, Result};
 
 // ---------- fake nodes ----------
 
-/// Nodes keyed by URL; records every membership call.
-#[derive(Default)]
+/// Nodes keyed by URL; records every membership call, and how the reconciler set up access.
+#[derive(Default, Clone)]
 struct FakeNodes {
     statuses: HashMap<String, NodeStatus>,
-    calls: Mutex<Vec<String>>,
+    calls: Arc<Mutex<Vec<String>>>,
+    access: Arc<Mutex<Vec<NodeAccess>>>,
 }
 
 impl NodeApi for FakeNodes {
@@ -75,8 +78,9 @@ impl NodeApi for FakeNodes {
             })))
         })
     }
-    fn with_credentials(&self, _: Option<Credentials>) -> Arc<dyn NodeApi> {
-        unreachable!("tests run without auth")
+    fn for_cluster(&self, access: NodeAccess) -> Result<Arc<dyn NodeApi>> {
+        self.access.lock().unwrap().push(access);
+        Ok(Arc::new(self.clone()))
     }
 }
 
@@ -142,17 +146,20 @@ fn nodes(voters: &[u32], learners: &[u32], outsiders: &[u32]) -> FakeNodes {
     }
     FakeNodes {
         statuses,
-        calls: Mutex::default(),
+        ..Default::default()
     }
 }
 
+/// Member pod `o`, labelled as a voter (what most scenarios have in Raft).
 fn pod(o: u32) -> Pod {
+    let mut labels = crate::resources::selector_labels(&cluster());
+    labels.insert(ROLE_LABEL.into(), VOTER.into());
     Pod {
         metadata: ObjectMeta {
             name: Some(format!("db-{o}")),
             namespace: Some("ns".into()),
             uid: Some(format!("uid-{o}")),
-            labels: Some(crate::resources::selector_labels(&cluster())),
+            labels: Some(labels),
             ..Default::default()
         },
         status: Some(PodStatus {
@@ -166,6 +173,16 @@ fn pod(o: u32) -> Pod {
         }),
         ..Default::default()
     }
+}
+
+/// `p` with its role label set to `role` (None: without one).
+fn with_role(mut p: Pod, role: Option<&str>) -> Pod {
+    let labels = p.metadata.labels.get_or_insert_default();
+    match role {
+        Some(r) => labels.insert(ROLE_LABEL.into(), r.into()),
+        None => labels.remove(ROLE_LABEL),
+    };
+    p
 }
 
 /// The observation `reconcile` will make from these pods and nodes.
@@ -183,6 +200,8 @@ fn observed(
                 ordinal: o,
                 ready: true,
                 url: url(o),
+                ip: Some(format!("10.0.0.{o}").parse().unwrap()),
+                role_label: Some(VOTER.into()),
                 status: fake
                     .statuses
                     .get(&url(o))
@@ -194,6 +213,7 @@ fn observed(
                 },
             })
             .collect(),
+        tls: None,
     }
 }
 
@@ -211,7 +231,19 @@ fn applied<K: Resource + serde::Serialize>(mut obj: K) -> Value {
 
 type ApiServerHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
-struct ApiServerVerifier(ApiServerHandle);
+struct ApiServerVerifier {
+    handle: ApiServerHandle,
+    /// The cluster the desired objects are built from (`cluster()` unless a scenario says).
+    cluster: Option<SqliteCluster>,
+    /// Whether the read-only Service selects learners.
+    read_replicas: bool,
+    /// Secrets read after the pods: (name, object).
+    secrets: Vec<(String, Value)>,
+    /// Pods whose role label is patched, in order.
+    relabel: Vec<&'static str>,
+    /// Owned objects (by path) that are live but outdated: read, then applied.
+    stale: Vec<&'static str>,
+}
 
 /// The owned objects as they exist on the server: absent, or exactly as last applied.
 enum Owned {
@@ -274,8 +306,22 @@ impl ApiServerVerifier {
                 Some(json!({"apiVersion":"v1","kind":"PodList","metadata":{},"items":pods})),
             )
             .await;
+            for (name, secret) in std::mem::take(&mut v.secrets) {
+                v.expect(
+                    Method::GET,
+                    &format!("/api/v1/namespaces/ns/secrets/{name}"),
+                    Some(secret),
+                )
+                .await;
+            }
+            for name in std::mem::take(&mut v.relabel) {
+                writes.push(
+                    v.expect_write(Method::PATCH, &format!("/api/v1/namespaces/ns/pods/{name}"))
+                        .await,
+                );
+            }
             // create: each owned object is read, and applied only when it differs.
-            let c = cluster();
+            let c = v.cluster.clone().unwrap_or_else(cluster);
             let c = match &scenario {
                 Scenario::ScaleDown { .. } => c.with_replicas(1).with_voters(1),
                 _ => c,
@@ -299,7 +345,10 @@ impl ApiServerVerifier {
                 ),
                 (
                     "/api/v1/namespaces/ns/services/db-readonly",
-                    Some(applied(services::desired_readonly_service(&c))),
+                    Some(applied(services::desired_readonly_service(
+                        &c,
+                        v.read_replicas,
+                    ))),
                 ),
                 (
                     "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/db",
@@ -315,6 +364,12 @@ impl ApiServerVerifier {
                 match &owned {
                     Owned::Missing => {
                         v.expect(Method::GET, path, None).await;
+                        writes.push(v.expect_write(Method::PATCH, path).await);
+                    }
+                    Owned::UpToDate { .. } if v.stale.contains(&path) => {
+                        let mut live = live.expect("a stale object exists");
+                        live["metadata"]["annotations"][HASH_ANNOTATION] = json!("stale");
+                        v.expect(Method::GET, path, Some(live)).await;
                         writes.push(v.expect_write(Method::PATCH, path).await);
                     }
                     Owned::UpToDate { .. } => v.expect(Method::GET, path, live).await,
@@ -352,7 +407,7 @@ impl ApiServerVerifier {
     /// Answer the next request, which must be `method` on a URI starting with `path`.
     async fn expect(&mut self, method: Method, path: &str, response: Option<Value>) {
         let (req, send) = self
-            .0
+            .handle
             .next_request()
             .await
             .unwrap_or_else(|| panic!("expected {method} {path}, got nothing"));
@@ -375,7 +430,7 @@ impl ApiServerVerifier {
     /// Answer a write by echoing its body; return what was written.
     async fn expect_write(&mut self, method: Method, path: &str) -> (Method, String, Value) {
         let (req, send) = self
-            .0
+            .handle
             .next_request()
             .await
             .unwrap_or_else(|| panic!("expected {method} {path}, got nothing"));
@@ -430,7 +485,15 @@ fn context(fake: FakeNodes) -> (Arc<Context>, ApiServerVerifier, Arc<FakeNodes>)
         metrics: Arc::new(Metrics::default()),
         cluster_domain: "cluster.local".into(),
     };
-    (Arc::new(ctx), ApiServerVerifier(handle), fake)
+    let verifier = ApiServerVerifier {
+        handle,
+        cluster: None,
+        read_replicas: false,
+        secrets: vec![],
+        relabel: vec![],
+        stale: vec![],
+    };
+    (Arc::new(ctx), verifier, fake)
 }
 
 async fn timeout<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -503,7 +566,11 @@ async fn scale_up_adds_the_new_member_as_learner() {
     );
     assert_eq!(sts["spec"]["replicas"], 3);
     let (ctx, api, fake) = context(fake);
-    let mock = api.run(Scenario::ScaleUp { sts }, vec![pod(0), pod(1)]);
+    // db-1 is not in Raft yet, so it has no role label.
+    let mock = api.run(
+        Scenario::ScaleUp { sts },
+        vec![pod(0), with_role(pod(1), None)],
+    );
     timeout(reconcile(Arc::new(c), ctx)).await.unwrap();
     let writes = timeout(mock).await.unwrap();
     assert_eq!(
@@ -553,7 +620,7 @@ async fn paused_cluster_is_left_alone() {
         .unwrap();
     assert_eq!(action, kube::runtime::controller::Action::await_change());
     // No request reached the API server and no node was called.
-    let next = tokio::time::timeout(Duration::from_millis(100), api.0.next_request()).await;
+    let next = tokio::time::timeout(Duration::from_millis(100), api.handle.next_request()).await;
     assert!(next.is_err() || next.unwrap().is_none());
     assert!(fake.calls.lock().unwrap().is_empty());
 }
@@ -822,4 +889,188 @@ async fn remediation_asks_the_failing_member_for_a_full_snapshot() {
         (&snap["status"], &snap["reason"]),
         (&json!("False"), &json!("Remediating"))
     );
+}
+
+// ---------- role labels and TLS ----------
+
+#[tokio::test]
+async fn learners_get_their_role_label_and_the_readonly_service_narrows_to_them() {
+    let c = cluster().bootstrapped().with_replicas(4);
+    let fake = nodes(&[0, 1, 2], &[3], &[]);
+    let mut sts = applied(
+        desired_sts(
+            &c,
+            &ctx_for_sts(),
+            &observed(&[0, 1, 2, 3], &fake, None),
+            true,
+            None,
+        )
+        .unwrap(),
+    );
+    sts["metadata"]["generation"] = json!(2);
+    sts["status"] = json!({"replicas": 4, "observedGeneration": 2, "updateRevision": "rev-1"});
+    let hash = template_hash(&sts);
+    // db-3 joined as a learner and has no label yet; the read-only Service still selects everyone.
+    let pods = (0..4)
+        .map(|o| {
+            let p = pod_at(o, "rev-1", Some(&hash));
+            if o == 3 { with_role(p, None) } else { p }
+        })
+        .collect();
+    let (ctx, mut api, fake) = context(fake);
+    api.cluster = Some(c.clone());
+    api.read_replicas = true;
+    api.relabel = vec!["db-3"];
+    api.stale = vec!["/api/v1/namespaces/ns/services/db-readonly"];
+    let status = "/apis/litecluster.io/v1alpha1/namespaces/ns/sqliteclusters/db/status";
+    let mock = api.run(
+        Scenario::Maintenance {
+            sts,
+            then: vec![(Method::PATCH, status)],
+        },
+        pods,
+    );
+    timeout(reconcile(Arc::new(c), ctx)).await.unwrap();
+    let writes = timeout(mock).await.unwrap();
+    assert!(
+        fake.calls.lock().unwrap().is_empty(),
+        "membership is settled"
+    );
+    let label = &writes[0].2["metadata"];
+    assert_eq!(label["labels"][ROLE_LABEL], LEARNER);
+    assert_eq!(
+        label["uid"], "uid-3",
+        "the patch is bound to the pod that was judged"
+    );
+    let readonly = &writes[1].2;
+    assert_eq!(readonly["metadata"]["name"], "db-readonly");
+    assert_eq!(readonly["spec"]["selector"][ROLE_LABEL], LEARNER);
+    assert!(writes[2].1.ends_with("/status") || writes[2].1.contains("/status?"));
+    assert_eq!(writes.len(), 3, "{writes:?}");
+}
+
+fn tls_secret(keys: &[&str]) -> Value {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    let data = keys
+        .iter()
+        .map(|k| {
+            let v = match *k {
+                "ca.crt" => include_bytes!("testdata/ca.crt").to_vec(),
+                other => format!("{other} contents").into_bytes(),
+            };
+            (k.to_string(), ByteString(v))
+        })
+        .collect();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("db-tls".into()),
+            namespace: Some("ns".into()),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    };
+    let mut v = serde_json::to_value(secret).unwrap();
+    v["apiVersion"] = json!("v1");
+    v["kind"] = json!("Secret");
+    v
+}
+
+#[tokio::test]
+async fn tls_cluster_runs_members_with_the_certificate_and_reaches_them_over_https() {
+    let c = cluster().with_tls("db-tls");
+    let (ctx, mut api, fake) = context(FakeNodes::default());
+    api.cluster = Some(c.clone());
+    api.secrets = vec![(
+        "db-tls".into(),
+        tls_secret(&["tls.crt", "tls.key", "ca.crt"]),
+    )];
+    // Member 0 is starting: the operator must already know where its name points.
+    let mock = api.run(Scenario::Create, vec![with_role(pod(0), None)]);
+    timeout(reconcile(Arc::new(c), ctx)).await.unwrap();
+    let writes = timeout(mock).await.unwrap();
+
+    let access = fake.access.lock().unwrap().clone();
+    assert_eq!(access.len(), 1, "one client per reconcile: {access:?}");
+    assert_eq!(
+        access[0].ca_pem.as_deref(),
+        Some(&include_bytes!("testdata/ca.crt")[..])
+    );
+    assert_eq!(
+        access[0].addresses,
+        [(
+            "db-0.db-headless.ns.svc.cluster.local".to_string(),
+            "10.0.0.0".parse().unwrap()
+        )]
+    );
+    assert!(access[0].credentials.is_none());
+
+    let sts = writes
+        .iter()
+        .find(|w| w.2["kind"] == "StatefulSet")
+        .expect("the StatefulSet is applied");
+    let pod = &sts.2["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for flag in [
+        "--raft-cert=/etc/litecluster/tls/tls.crt",
+        "--raft-key=/etc/litecluster/tls/tls.key",
+        "--raft-ca-cert=/etc/litecluster/tls/ca.crt",
+        "--http-cert=/etc/litecluster/tls/tls.crt",
+        "--http-ca-cert=/etc/litecluster/tls/ca.crt",
+    ] {
+        assert!(args.contains(&flag), "{flag} missing from {args:?}");
+    }
+    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    assert_eq!(
+        pod["metadata"]["annotations"][crate::resources::TLS_CERT_HASH_ANNOTATION],
+        crate::resources::bytes_hash(b"tls.crt contents")
+    );
+    assert!(
+        pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "db-tls")
+    );
+}
+
+#[tokio::test]
+async fn tls_secret_without_its_ca_stops_the_reconcile_with_a_clear_error() {
+    let c = cluster().with_tls("db-tls");
+    let (ctx, mut api, _fake) = context(FakeNodes::default());
+    let answer = tokio::spawn(async move {
+        api.expect(
+            Method::GET,
+            "/apis/apps/v1/namespaces/ns/statefulsets/db",
+            None,
+        )
+        .await;
+        api.expect(
+            Method::GET,
+            "/api/v1/namespaces/ns/pods?&labelSelector=",
+            Some(json!({"apiVersion":"v1","kind":"PodList","metadata":{},"items":[]})),
+        )
+        .await;
+        api.expect(
+            Method::GET,
+            "/api/v1/namespaces/ns/secrets/db-tls",
+            Some(tls_secret(&["tls.crt", "tls.key"])),
+        )
+        .await;
+        api
+    });
+    let err = timeout(reconcile(Arc::new(c), ctx)).await.unwrap_err();
+    assert_eq!(err.to_string(), "tls secret db-tls: missing key ca.crt");
+    assert_eq!(err.metric_label(), "tls_secret");
+    let mut api = timeout(answer).await.unwrap();
+    // Nothing was created from a half-configured Secret.
+    let next = tokio::time::timeout(Duration::from_millis(100), api.handle.next_request()).await;
+    assert!(next.is_err() || next.unwrap().is_none());
 }

@@ -23,6 +23,18 @@ pub const RAFT_PORT: i32 = 4002;
 /// Where the member's volume is mounted.
 pub const DATA_DIR: &str = "/var/lib/litecluster";
 
+/// Where the TLS Secret (`tls.crt`, `tls.key`, `ca.crt`) is mounted.
+pub const TLS_DIR: &str = "/etc/litecluster/tls";
+
+/// Pod-template annotation: hash of the TLS certificate the members must run with.
+pub const TLS_CERT_HASH_ANNOTATION: &str = "litecluster.io/tls-cert-hash";
+/// Pod label: the member's Raft role (`voter` or `learner`), kept by the operator.
+pub const ROLE_LABEL: &str = "litecluster.io/role";
+/// `ROLE_LABEL` value of a voting member.
+pub const VOTER: &str = "voter";
+/// `ROLE_LABEL` value of a learner (a read replica that follows the log without voting).
+pub const LEARNER: &str = "learner";
+
 /// Pod-template annotation: hash of the template without the bootstrap flag. A pod whose value
 /// matches the StatefulSet's differs from it at most by that flag, so it needs no restart.
 pub const TEMPLATE_HASH_ANNOTATION: &str = "litecluster.io/template-hash";
@@ -37,12 +49,17 @@ pub fn spec_hash<T: Serialize>(obj: &T) -> Result<String> {
         what: "owned object",
         source,
     })?;
+    Ok(bytes_hash(&bytes))
+}
+
+/// FNV-1a of raw bytes, as 16 hex digits. Detects change; not a cryptographic digest.
+pub fn bytes_hash(bytes: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
+    for &b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    Ok(format!("{h:016x}"))
+    format!("{h:016x}")
 }
 
 /// Names of the objects of one cluster.
@@ -172,6 +189,7 @@ pub(crate) mod testing {
         fn with_voters(self, n: i32) -> Self;
         fn with_storage(self, size: &str, class: Option<&str>) -> Self;
         fn with_auth(self, secret: &str) -> Self;
+        fn with_tls(self, secret: &str) -> Self;
         fn paused(self) -> Self;
         fn bootstrapped(self) -> Self;
         fn with_status(self, status: SqliteClusterStatus) -> Self;
@@ -196,6 +214,13 @@ pub(crate) mod testing {
         fn with_auth(mut self, secret: &str) -> Self {
             self.spec.auth_secret = Some(SecretReference {
                 name: secret.into(),
+            });
+            self
+        }
+        fn with_tls(mut self, secret: &str) -> Self {
+            self.spec.tls = Some(crate::crd::TlsSpec {
+                secret_name: secret.into(),
+                api: true,
             });
             self
         }

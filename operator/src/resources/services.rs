@@ -3,7 +3,7 @@
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{HTTP_PORT, Names, RAFT_PORT, owned_meta, selector_labels};
+use super::{HTTP_PORT, LEARNER, Names, RAFT_PORT, ROLE_LABEL, owned_meta, selector_labels};
 use crate::crd::SqliteCluster;
 
 fn port(name: &str, port: i32) -> ServicePort {
@@ -45,12 +45,15 @@ pub fn desired_client_service(c: &SqliteCluster) -> Service {
     }
 }
 
-/// Read-only Service for reads at consistency `none`/`weak` that may spread over every ready
-/// member, learners included. Same selector as the client Service today; a separate name lets
-/// clients say what they need and lets the selector narrow later without breaking them.
-pub fn desired_readonly_service(c: &SqliteCluster) -> Service {
+/// Read-only Service for reads at consistency `none`/`weak`. With `read_replicas` (the cluster
+/// has learners meant to stay learners) it selects only pods labelled `litecluster.io/role=learner`,
+/// so read traffic stays off the voters that carry every write; otherwise every ready member.
+pub fn desired_readonly_service(c: &SqliteCluster, read_replicas: bool) -> Service {
     let mut svc = desired_client_service(c);
     svc.metadata.name = Some(Names::readonly(c));
+    if read_replicas && let Some(selector) = svc.spec.as_mut().and_then(|s| s.selector.as_mut()) {
+        selector.insert(ROLE_LABEL.into(), LEARNER.into());
+    }
     svc
 }
 
@@ -71,10 +74,35 @@ mod tests {
     }
 
     #[test]
+    fn readonly_service_selects_learners_only_when_there_are_read_replicas() {
+        let selector = |read_replicas| {
+            desired_readonly_service(&cluster(), read_replicas)
+                .spec
+                .unwrap()
+                .selector
+                .unwrap()
+        };
+        let all = selector(false);
+        assert_eq!(all, selector_labels(&cluster()));
+        let learners = selector(true);
+        assert_eq!(learners["litecluster.io/role"], "learner");
+        assert_eq!(learners.len(), all.len() + 1, "{learners:?}");
+        // The client Service never narrows: writes and consistent reads go to any member.
+        assert!(
+            !desired_client_service(&cluster())
+                .spec
+                .unwrap()
+                .selector
+                .unwrap()
+                .contains_key("litecluster.io/role")
+        );
+    }
+
+    #[test]
     fn client_and_readonly_services_expose_http_only() {
         for (s, name) in [
             (desired_client_service(&cluster()), "db"),
-            (desired_readonly_service(&cluster()), "db-readonly"),
+            (desired_readonly_service(&cluster(), true), "db-readonly"),
         ] {
             assert_eq!(s.metadata.name.as_deref(), Some(name));
             let spec = s.spec.unwrap();

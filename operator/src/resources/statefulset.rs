@@ -30,7 +30,7 @@ use kube::ResourceExt;
 use super::configmap::BACKUP_CONFIG_KEY;
 use super::{
     DATA_DIR, HTTP_PORT, Names, RAFT_PORT, RESTARTED_AT_ANNOTATION, TEMPLATE_HASH_ANNOTATION,
-    owned_meta, selector_labels, spec_hash,
+    TLS_CERT_HASH_ANNOTATION, TLS_DIR, owned_meta, selector_labels, spec_hash,
 };
 use crate::Result;
 use crate::crd::SqliteCluster;
@@ -52,6 +52,9 @@ pub struct StatefulSetParams {
     pub cluster_domain: String,
     /// Value of the `litecluster.io/restartedAt` pod annotation; changing it restarts every member.
     pub restarted_at: Option<String>,
+    /// Hash of the TLS Secret's `tls.crt`, as a pod annotation: the node reads its certificate
+    /// only at startup, so a renewed one must restart the members (one at a time, by the rollout).
+    pub tls_cert_hash: Option<String>,
 }
 
 /// Env var that makes member 0 initialise a new cluster (only while bootstrapping).
@@ -137,6 +140,29 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Result<S
             ..Default::default()
         });
     }
+    if let Some(tls) = &c.spec.tls {
+        // One certificate for both ports: members are servers and clients of each other.
+        let file = |key: &str| format!("{TLS_DIR}/{key}");
+        args.extend([
+            format!("--raft-cert={}", file("tls.crt")),
+            format!("--raft-key={}", file("tls.key")),
+            format!("--raft-ca-cert={}", file("ca.crt")),
+        ]);
+        if tls.api {
+            args.extend([
+                format!("--http-cert={}", file("tls.crt")),
+                format!("--http-key={}", file("tls.key")),
+                format!("--http-ca-cert={}", file("ca.crt")),
+            ]);
+        }
+        volumes.push(secret_volume("tls", &tls.secret_name));
+        mounts.push(VolumeMount {
+            name: "tls".into(),
+            mount_path: TLS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
     if let Some(backup) = &c.spec.backup {
         args.push(format!(
             "--backup-config=/etc/litecluster/config/{BACKUP_CONFIG_KEY}"
@@ -171,6 +197,8 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Result<S
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String("http".into()),
+            // The kubelet does not verify the certificate of an HTTPS probe; it only has to speak TLS.
+            scheme: c.api_tls().then(|| "HTTPS".to_string()),
             ..Default::default()
         }),
         period_seconds: Some(5),
@@ -222,6 +250,9 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Result<S
     let mut annotations = overlay.annotations.clone();
     if let Some(at) = &p.restarted_at {
         annotations.insert(RESTARTED_AT_ANNOTATION.into(), at.clone());
+    }
+    if let Some(hash) = &p.tls_cert_hash {
+        annotations.insert(TLS_CERT_HASH_ANNOTATION.into(), hash.clone());
     }
 
     let pod = PodSpec {
@@ -380,6 +411,7 @@ mod tests {
             bootstrap,
             cluster_domain: "cluster.local".into(),
             restarted_at: None,
+            tls_cert_hash: None,
         }
     }
 
