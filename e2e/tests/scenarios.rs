@@ -915,17 +915,33 @@ fn https_call(
 ) -> Result<(u16, String)> {
     let url = format!("https://{host}:4001{path}");
     let resolve = format!("{host}:4001:{ip}");
-    let mut args = vec!["-sS", "--max-time", "10", "--cacert", ca.to_str().unwrap_or_default()];
+    let mut args = vec![
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        ca.to_str().unwrap_or_default(),
+    ];
     args.extend(["--resolve", &resolve, "-X", method, "-w", "\n%{http_code}"]);
     if let Some(b) = body {
         args.extend(["-H", "Content-Type: application/json", "--data-binary", b]);
     }
     args.push(&url);
-    let out = std::process::Command::new("curl").args(&args).output().context("running curl")?;
-    ensure!(out.status.success(), "curl {url}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    let out = std::process::Command::new("curl")
+        .args(&args)
+        .output()
+        .context("running curl")?;
+    ensure!(
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    Ok((code.trim().parse().context("curl status")?, body.to_string()))
+    Ok((
+        code.trim().parse().context("curl status")?,
+        body.to_string(),
+    ))
 }
 
 /// Issue a member certificate for cluster `name` from the control plane's CA and store it as
@@ -945,9 +961,18 @@ fn member_tls_secret(s: &Stack, ns: &str, name: &str, serial: u32) -> Result<std
     let ca = s.cp.pki.ca.cert.clone();
     let file = |k: &str, p: &std::path::Path| format!("--from-file={k}={}", p.display());
     let secret = s.cp.kubectl_ok(&[
-        "create", "secret", "generic", &format!("{name}-tls"), "-n", ns,
-        &file("tls.crt", &ck.cert), &file("tls.key", &ck.key), &file("ca.crt", &ca),
-        "--dry-run=client", "-o", "yaml",
+        "create",
+        "secret",
+        "generic",
+        &format!("{name}-tls"),
+        "-n",
+        ns,
+        &file("tls.crt", &ck.cert),
+        &file("tls.key", &ck.key),
+        &file("ca.crt", &ca),
+        "--dry-run=client",
+        "-o",
+        "yaml",
     ])?;
     s.apply_yaml(ns, &secret)?;
     Ok(ca)
@@ -957,14 +982,18 @@ fn member_tls_secret(s: &Stack, ns: &str, name: &str, serial: u32) -> Result<std
 fn tls_cluster_serves_https_with_mutual_tls_between_members_and_rolls_a_renewed_certificate() {
     Lease::get("s-tls").run(|s, ns| {
         let ca = member_tls_secret(s, ns, "sec", 1)?;
-        let yaml = format!("{}  tls:\n    secretName: sec-tls\n", cluster_yaml("sec", 3, 3));
+        let yaml = format!(
+            "{}  tls:\n    secretName: sec-tls\n",
+            cluster_yaml("sec", 3, 3)
+        );
         s.apply_yaml(ns, &yaml)?;
         // Ready means the operator reached every member over HTTPS (trusting only ca.crt) and
         // the members formed a cluster over mutual TLS on the Raft port.
         let st = s.wait_ready(ns, "sec", 3, ready_timeout())?;
         let host = |pod: &str| format!("{pod}.sec-headless.{ns}.svc.cluster.local");
         let ip = |pod: &str| -> Result<String> {
-            s.pod_ip(ns, pod)?.with_context(|| format!("pod {pod} has no IP"))
+            s.pod_ip(ns, pod)?
+                .with_context(|| format!("pod {pod} has no IP"))
         };
         let leader = st["leader"].as_str().unwrap_or_default().to_string();
         let follower = if leader == "sec-0" { "sec-1" } else { "sec-0" };
@@ -973,39 +1002,76 @@ fn tls_cluster_serves_https_with_mutual_tls_between_members_and_rolls_a_renewed_
             r#"["CREATE TABLE t (id INTEGER PRIMARY KEY)"]"#,
             r#"[["INSERT INTO t(id) VALUES(?)", 1], ["INSERT INTO t(id) VALUES(?)", 2]]"#,
         ] {
-            let (code, text) = https_call(&ca, &host(follower), &ip(follower)?, "POST", "/db/execute", Some(body))?;
-            ensure!(code == 200 && !text.contains("\"error\""), "execute over https: {code} {text}");
+            let (code, text) = https_call(
+                &ca,
+                &host(follower),
+                &ip(follower)?,
+                "POST",
+                "/db/execute",
+                Some(body),
+            )?;
+            ensure!(
+                code == 200 && !text.contains("\"error\""),
+                "execute over https: {code} {text}"
+            );
         }
         let rows = |pod: &str| -> Result<String> {
-            let (code, text) = https_call(&ca, &host(pod), &ip(pod)?, "GET", "/db/query?level=none&q=SELECT%20id%20FROM%20t%20ORDER%20BY%20id", None)?;
+            let (code, text) = https_call(
+                &ca,
+                &host(pod),
+                &ip(pod)?,
+                "GET",
+                "/db/query?level=none&q=SELECT%20id%20FROM%20t%20ORDER%20BY%20id",
+                None,
+            )?;
             ensure!(code == 200, "query over https on {pod}: {code} {text}");
             let v: serde_json::Value = serde_json::from_str(&text)?;
             Ok(v["results"][0]["values"].to_string())
         };
         for i in 0..3 {
             let pod = format!("sec-{i}");
-            s.wait_for(&format!("rows on {pod}"), Duration::from_secs(30), || Ok((rows(&pod)? == "[[1],[2]]").then_some(())))?;
+            s.wait_for(&format!("rows on {pod}"), Duration::from_secs(30), || {
+                Ok((rows(&pod)? == "[[1],[2]]").then_some(()))
+            })?;
         }
         // Plain HTTP gets no answer from an HTTPS port.
         let plain = http("GET", &format!("{}:4001", ip(&leader)?), "/status", None);
-        ensure!(!matches!(plain, Ok((200, _))), "plain HTTP answered: {plain:?}");
+        ensure!(
+            !matches!(plain, Ok((200, _))),
+            "plain HTTP answered: {plain:?}"
+        );
 
         // Renewal: a new certificate from the same CA restarts the members one at a time.
         let before = member_pods(s, ns, "sec")?;
         member_tls_secret(s, ns, "sec", 2)?;
         let mut most_down = 0;
-        s.wait_for("every member restarted with the renewed certificate", Duration::from_secs(300), || {
-            let pods = member_pods(s, ns, "sec")?;
-            let down = (0..3).filter(|i| pods.get(&format!("sec-{i}")).is_none_or(|p| !p.1 || p.2)).count();
-            most_down = most_down.max(down);
-            let replaced = before.iter().all(|(n, b)| pods.get(n).is_some_and(|p| p.0 != b.0 && p.1 && !p.2));
-            Ok(replaced.then_some(()))
-        })?;
-        ensure!(most_down <= 1, "{most_down} members were down at once during the renewal");
+        s.wait_for(
+            "every member restarted with the renewed certificate",
+            Duration::from_secs(300),
+            || {
+                let pods = member_pods(s, ns, "sec")?;
+                let down = (0..3)
+                    .filter(|i| pods.get(&format!("sec-{i}")).is_none_or(|p| !p.1 || p.2))
+                    .count();
+                most_down = most_down.max(down);
+                let replaced = before
+                    .iter()
+                    .all(|(n, b)| pods.get(n).is_some_and(|p| p.0 != b.0 && p.1 && !p.2));
+                Ok(replaced.then_some(()))
+            },
+        )?;
+        ensure!(
+            most_down <= 1,
+            "{most_down} members were down at once during the renewal"
+        );
         s.wait_ready(ns, "sec", 3, ready_timeout())?;
         for i in 0..3 {
             let pod = format!("sec-{i}");
-            s.wait_for(&format!("rows on {pod} after renewal"), Duration::from_secs(30), || Ok((rows(&pod)? == "[[1],[2]]").then_some(())))?;
+            s.wait_for(
+                &format!("rows on {pod} after renewal"),
+                Duration::from_secs(30),
+                || Ok((rows(&pod)? == "[[1],[2]]").then_some(())),
+            )?;
         }
         Ok(())
     });

@@ -311,7 +311,8 @@ pub struct BackupStorage {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PodTemplateOverlay {
-    /// Extra pod labels. The operator's own labels win on conflict.
+    /// Extra pod labels. The operator's own labels win on conflict, and `litecluster.io/role`
+    /// is the operator's alone (it follows each member's Raft role).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 

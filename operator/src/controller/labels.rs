@@ -59,15 +59,22 @@ pub fn label_changes<'a>(
         .collect()
 }
 
-/// Whether the cluster has read replicas: learners meant to stay learners (ordinals at or
-/// beyond the voter count). A learner below it is on its way to becoming a voter (scale-up adds
-/// members as learners first); counting it would send the read-only traffic to one member for
-/// the moment between its join and its promotion, then take it away again.
+/// Whether the read-only Service should narrow to read replicas: some member at an ordinal in
+/// `voters..replicas` is a learner in Raft, already carries the learner label and is Ready.
+/// Each condition keeps the Service from selecting no ready pod: a learner on its way to
+/// promotion (scale-up adds members as learners first) stops being one; one that is not
+/// labelled yet would not be selected (labels are patched in this pass, the Service narrows in
+/// the next); one that is restarting or still catching up would serve nothing; one beyond
+/// `replicas` is leaving. When none is left, the Service widens at once, before any label moves.
 pub fn read_replicas(cluster: &SqliteCluster, observed: &ObservedCluster) -> bool {
     let voters = cluster.effective_voters().max(0) as u32;
-    desired_roles(cluster, observed)
-        .iter()
-        .any(|(p, role)| *role == Some(LEARNER) && p.ordinal >= voters)
+    let replicas = cluster.spec.replicas.max(0) as u32;
+    desired_roles(cluster, observed).iter().any(|(p, role)| {
+        *role == Some(LEARNER)
+            && p.role_label.as_deref() == Some(LEARNER)
+            && p.ready
+            && (voters..replicas).contains(&p.ordinal)
+    })
 }
 
 /// Patch the role label of every pod whose label differs from its Raft role.
@@ -86,8 +93,15 @@ pub async fn reconcile_role_labels(
             field_manager: Some(MANAGER.into()),
             ..Default::default()
         };
-        pods.patch(&pod.name, &params, &Patch::Merge(&patch))
-            .await?;
+        match pods.patch(&pod.name, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => {}
+            // The pod went away or was replaced since we looked: the next pass sees its successor.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
+                info!(cluster = %cluster.name_any(), pod = %pod.name, code = e.code, "role label skipped: the pod changed");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
         info!(cluster = %cluster.name_any(), pod = %pod.name, role = role.unwrap_or("none"), "role label set");
     }
     Ok(())
@@ -205,17 +219,32 @@ mod tests {
     }
 
     #[test]
-    fn read_replicas_are_learners_beyond_the_voter_count() {
+    fn read_replicas_are_ready_labelled_learners_beyond_the_voter_count() {
         let c = cluster().with_replicas(4).with_voters(3);
-        // db-3 is a learner that stays one.
-        let o = observed(&[None; 4], &[0, 1, 2], &[3], true);
+        let labels = [Some("voter"), Some("voter"), Some("voter"), Some("learner")];
+        // db-3 is a labelled, ready learner that stays one.
+        let o = observed(&labels, &[0, 1, 2], &[3], true);
         assert!(read_replicas(&c, &o));
+        // Not labelled yet: this pass labels it, the Service narrows in the next one.
+        let unlabelled = [Some("voter"), Some("voter"), Some("voter"), None];
+        let o = observed(&unlabelled, &[0, 1, 2], &[3], true);
+        assert!(!read_replicas(&c, &o));
+        // Restarting or catching up: not Ready, so the Service keeps every member.
+        let mut o = observed(&labels, &[0, 1, 2], &[3], true);
+        o.pods[3].ready = false;
+        assert!(!read_replicas(&c, &o));
+        // Scaling down to 3: db-3 is leaving, though Raft still lists it.
+        let o = observed(&labels, &[0, 1, 2], &[3], true);
+        assert!(!read_replicas(
+            &cluster().with_replicas(3).with_voters(3),
+            &o
+        ));
         // Scaling up to three voters: db-1 is a learner only until it is promoted.
         let c = cluster().with_replicas(3).with_voters(3);
-        let o = observed(&[None; 3], &[0], &[1], true);
+        let o = observed(&[Some("voter"), Some("learner"), None], &[0], &[1], true);
         assert!(!read_replicas(&c, &o));
         // Only voters.
-        let o = observed(&[None; 3], &[0, 1, 2], &[], true);
+        let o = observed(&[Some("voter"); 3], &[0, 1, 2], &[], true);
         assert!(!read_replicas(&c, &o));
     }
 }

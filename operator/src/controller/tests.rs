@@ -894,7 +894,7 @@ async fn remediation_asks_the_failing_member_for_a_full_snapshot() {
 // ---------- role labels and TLS ----------
 
 #[tokio::test]
-async fn learners_get_their_role_label_and_the_readonly_service_narrows_to_them() {
+async fn role_labels_are_repaired_and_the_readonly_service_narrows_to_a_labelled_learner() {
     let c = cluster().bootstrapped().with_replicas(4);
     let fake = nodes(&[0, 1, 2], &[3], &[]);
     let mut sts = applied(
@@ -910,17 +910,22 @@ async fn learners_get_their_role_label_and_the_readonly_service_narrows_to_them(
     sts["metadata"]["generation"] = json!(2);
     sts["status"] = json!({"replicas": 4, "observedGeneration": 2, "updateRevision": "rev-1"});
     let hash = template_hash(&sts);
-    // db-3 joined as a learner and has no label yet; the read-only Service still selects everyone.
+    // db-3 is a labelled learner, the read-only Service still selects everyone; db-2 lost its
+    // label (say, a user removed it).
     let pods = (0..4)
         .map(|o| {
             let p = pod_at(o, "rev-1", Some(&hash));
-            if o == 3 { with_role(p, None) } else { p }
+            match o {
+                2 => with_role(p, None),
+                3 => with_role(p, Some(LEARNER)),
+                _ => p,
+            }
         })
         .collect();
     let (ctx, mut api, fake) = context(fake);
     api.cluster = Some(c.clone());
     api.read_replicas = true;
-    api.relabel = vec!["db-3"];
+    api.relabel = vec!["db-2"];
     api.stale = vec!["/api/v1/namespaces/ns/services/db-readonly"];
     let status = "/apis/litecluster.io/v1alpha1/namespaces/ns/sqliteclusters/db/status";
     let mock = api.run(
@@ -937,9 +942,9 @@ async fn learners_get_their_role_label_and_the_readonly_service_narrows_to_them(
         "membership is settled"
     );
     let label = &writes[0].2["metadata"];
-    assert_eq!(label["labels"][ROLE_LABEL], LEARNER);
+    assert_eq!(label["labels"][ROLE_LABEL], VOTER);
     assert_eq!(
-        label["uid"], "uid-3",
+        label["uid"], "uid-2",
         "the patch is bound to the pod that was judged"
     );
     let readonly = &writes[1].2;

@@ -29,8 +29,9 @@ use kube::ResourceExt;
 
 use super::configmap::BACKUP_CONFIG_KEY;
 use super::{
-    DATA_DIR, HTTP_PORT, Names, RAFT_PORT, RESTARTED_AT_ANNOTATION, TEMPLATE_HASH_ANNOTATION,
-    TLS_CERT_HASH_ANNOTATION, TLS_DIR, owned_meta, selector_labels, spec_hash,
+    DATA_DIR, HTTP_PORT, Names, RAFT_PORT, RESTARTED_AT_ANNOTATION, ROLE_LABEL,
+    TEMPLATE_HASH_ANNOTATION, TLS_CERT_HASH_ANNOTATION, TLS_DIR, owned_meta, selector_labels,
+    spec_hash,
 };
 use crate::Result;
 use crate::crd::SqliteCluster;
@@ -246,6 +247,9 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Result<S
 
     let overlay = c.spec.pod_template.clone().unwrap_or_default();
     let mut pod_labels = overlay.labels.clone();
+    // The role label follows Raft and is set by the operator on each pod; a user's value in
+    // the template would put new pods behind the read-only Service before they have any data.
+    pod_labels.remove(ROLE_LABEL);
     pod_labels.extend(selector_labels(c));
     let mut annotations = overlay.annotations.clone();
     if let Some(at) = &p.restarted_at {
@@ -555,6 +559,7 @@ mod tests {
             labels: BTreeMap::from([
                 ("team".into(), "a".into()),
                 ("app.kubernetes.io/instance".into(), "evil".into()),
+                ("litecluster.io/role".into(), "learner".into()),
             ]),
             node_selector: BTreeMap::from([("disk".into(), "ssd".into())]),
             ..Default::default()
@@ -572,6 +577,10 @@ mod tests {
         assert_eq!(
             labels["app.kubernetes.io/instance"], "db",
             "operator labels win"
+        );
+        assert!(
+            !labels.contains_key("litecluster.io/role"),
+            "the role label is set per pod, never by the template"
         );
         assert_eq!(tpl.spec.unwrap().node_selector.unwrap()["disk"], "ssd");
     }
