@@ -12,7 +12,11 @@
 //!   port (true for litecluster's Services).
 //! - **Volume provisioner**: each Pending PersistentVolumeClaim gets a
 //!   pre-bound hostPath PersistentVolume under `<run_dir>/volumes/`, so claims
-//!   bind and the data survives pod restarts and rescheduling.
+//!   bind and the data survives pod restarts and rescheduling. It is also
+//!   the external resizer of those volumes: a bound claim asking for more
+//!   than its capacity (the API server admits that only when its
+//!   StorageClass sets `allowVolumeExpansion`) gets its PersistentVolume and
+//!   its status capacity raised (a host directory has no size to grow).
 
 use std::{collections::BTreeMap, fmt::Write as _, fs, path::PathBuf, time::Duration};
 
@@ -24,7 +28,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     Api, Client, Config, ResourceExt,
-    api::{ListParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
 
@@ -74,6 +78,9 @@ pub async fn run(args: AddonsArgs) -> Result<()> {
                 }
                 if let Err(e) = provision(&client, &args).await {
                     eprintln!("addons: provisioner: {e:#}");
+                }
+                if let Err(e) = resize(&client).await {
+                    eprintln!("addons: resizer: {e:#}");
                 }
             }
             _ = term.recv() => break,
@@ -231,6 +238,70 @@ async fn provision(client: &Client, args: &AddonsArgs) -> Result<()> {
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(e) => return Err(e).context("creating PersistentVolume"),
         }
+    }
+    Ok(())
+}
+
+fn storage_of(
+    r: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+) -> Option<String> {
+    r?.get("storage").map(|q| q.0.clone())
+}
+
+/// Raise the capacity of our volumes whose bound claim asks for more.
+async fn resize(client: &Client) -> Result<()> {
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let ours = pvs
+        .list(&ListParams::default().labels("litecluster.dev/provisioner=e2e-hostpath"))
+        .await?
+        .items;
+    for pv in ours {
+        let Some(claim) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
+            continue;
+        };
+        let (Some(ns), Some(name)) = (claim.namespace.as_deref(), claim.name.as_deref()) else {
+            continue;
+        };
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+        let Some(pvc) = claims.get_opt(name).await? else {
+            continue;
+        };
+        let bound = pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+        let want = storage_of(
+            pvc.spec
+                .as_ref()
+                .and_then(|s| s.resources.as_ref())
+                .and_then(|r| r.requests.as_ref()),
+        );
+        let has = storage_of(pvc.status.as_ref().and_then(|s| s.capacity.as_ref()));
+        let (Some(want), true) = (want, bound) else {
+            continue;
+        };
+        // The claim's request only ever grows (the API server refuses a smaller one).
+        if has.as_deref() == Some(want.as_str()) || pvc.uid() != claim.uid {
+            continue;
+        }
+        let params = PatchParams::default();
+        let cap = serde_json::json!({ "storage": want });
+        pvs.patch(
+            &pv.name_any(),
+            &params,
+            &Patch::Merge(serde_json::json!({"spec": {"capacity": cap}})),
+        )
+        .await
+        .context("raising the PersistentVolume capacity")?;
+        claims
+            .patch_status(
+                name,
+                &params,
+                &Patch::Merge(serde_json::json!({"status": {"capacity": cap}})),
+            )
+            .await
+            .context("raising the claim's capacity")?;
+        eprintln!(
+            "addons: resized {} for {ns}/{name} to {want}",
+            pv.name_any()
+        );
     }
     Ok(())
 }

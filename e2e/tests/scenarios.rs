@@ -526,6 +526,8 @@ fn operator_service_account_can_do_its_job_and_nothing_more() {
             // Role labels (voter/learner) on member pods.
             ("patch", "pods"),
             ("delete", "networkpolicies.networking.k8s.io"),
+            // Volume growth.
+            ("patch", "persistentvolumeclaims"),
         ] {
             ensure!(
                 can(verb, res, Some("default"))?,
@@ -1073,6 +1075,116 @@ fn tls_cluster_serves_https_with_mutual_tls_between_members_and_rolls_a_renewed_
                 || Ok((rows(&pod)? == "[[1],[2]]").then_some(())),
             )?;
         }
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------- volume growth
+
+/// `spec.resources.requests.storage` and `status.capacity.storage` of a claim.
+fn claim_sizes(s: &Stack, ns: &str, claim: &str) -> Result<(String, String)> {
+    let out =
+        s.cp.kubectl_ok(&["get", "pvc", claim, "-n", ns, "-o", "json"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let get = |p: &str| {
+        v.pointer(p)
+            .and_then(|x| x.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    Ok((
+        get("/spec/resources/requests/storage"),
+        get("/status/capacity/storage"),
+    ))
+}
+
+/// Notes of the cluster's Events with this reason.
+fn event_notes(s: &Stack, ns: &str, cluster: &str, reason: &str) -> Result<Vec<String>> {
+    let out =
+        s.cp.kubectl_ok(&["get", "events.events.k8s.io", "-n", ns, "-o", "json"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(v["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|e| e["reason"] == reason && e["regarding"]["name"] == cluster)
+                .filter_map(|e| e["note"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+#[test]
+fn growing_storage_size_expands_member_claims_or_says_why_it_cannot() {
+    Lease::get("s-volumes").run(|s, ns| {
+        // An expandable class (the e2e provisioner serves every claim and resizes its volumes).
+        s.apply_yaml(
+            ns,
+            "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: e2e-expandable\n\
+             provisioner: litecluster.dev/e2e-hostpath\nallowVolumeExpansion: true\n",
+        )?;
+        let grow = cluster_yaml("grow", 1, 1).replace(
+            "size: 1Gi\n",
+            "size: 1Gi\n    storageClassName: e2e-expandable\n",
+        );
+        s.apply_yaml(ns, &grow)?;
+        // A class-less claim: the API server refuses to resize it.
+        s.apply_yaml(ns, &cluster_yaml("fixed", 1, 1))?;
+        s.wait_ready(ns, "grow", 1, ready_timeout())?;
+        s.wait_ready(ns, "fixed", 1, ready_timeout())?;
+        let a = member(s, ns, "grow-0")?;
+        execute(
+            &a,
+            r#"["CREATE TABLE t (id INTEGER PRIMARY KEY)", "INSERT INTO t(id) VALUES(7)"]"#,
+        )?;
+
+        for name in ["grow", "fixed"] {
+            s.cp.kubectl_ok(&[
+                "patch",
+                "slc",
+                name,
+                "-n",
+                ns,
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"storage":{"size":"2Gi"}}}"#,
+            ])?;
+        }
+        s.wait_for("data-grow-0 grown to 2Gi", Duration::from_secs(90), || {
+            Ok((claim_sizes(s, ns, "data-grow-0")? == ("2Gi".into(), "2Gi".into())).then_some(()))
+        })?;
+        let notes = event_notes(s, ns, "grow", "VolumeExpansion")?;
+        ensure!(
+            notes
+                .iter()
+                .any(|n| n == "growing data-grow-0 from 1Gi to 2Gi"),
+            "events: {notes:?}"
+        );
+        let refused = s.wait_for(
+            "VolumeExpansionFailed on fixed",
+            Duration::from_secs(90),
+            || {
+                Ok(event_notes(s, ns, "fixed", "VolumeExpansionFailed")?
+                    .into_iter()
+                    .next())
+            },
+        )?;
+        ensure!(
+            refused.contains("allowVolumeExpansion"),
+            "refusal note: {refused}"
+        );
+        ensure!(
+            claim_sizes(s, ns, "data-fixed-0")?.0 == "1Gi",
+            "a refused claim changed"
+        );
+        // Both keep serving; the grown one kept its data.
+        ensure!(
+            query_ints(&a, "SELECT id FROM t", "strong")? == [7],
+            "rows changed by the resize"
+        );
+        s.wait_ready(ns, "fixed", 1, ready_timeout())?;
+        s.cp.kubectl_ok(&["delete", "storageclass", "e2e-expandable", "--wait=false"])?;
         Ok(())
     });
 }

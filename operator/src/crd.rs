@@ -167,7 +167,9 @@ pub struct NetworkPolicySpec {
 #[x_kube(validation = Rule::new("!has(oldSelf.storageClassName) || (has(self.storageClassName) && self.storageClassName == oldSelf.storageClassName)").message("storage.storageClassName cannot be changed"))]
 pub struct StorageSpec {
     /// Size of each member's volume, as a Kubernetes quantity (for example `1Gi`). It can grow
-    /// (when the storage class allows expansion) but never shrink.
+    /// but never shrink: the operator then asks each member's claim for the new size, which
+    /// needs a storage class with `allowVolumeExpansion: true` (a refusal is a
+    /// `VolumeExpansionFailed` Event).
     #[serde(default = "default_storage_size")]
     #[schemars(length(max = 32))]
     #[x_kube(

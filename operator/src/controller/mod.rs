@@ -1,6 +1,6 @@
 //! The `SqliteCluster` reconciler, split by concern: observe, create (owned objects), scale
-//! (membership changes), labels (pod roles), rollout (restarts), remediation (snapshot health),
-//! status.
+//! (membership changes), labels (pod roles), storage (volume growth), rollout (restarts),
+//! remediation (snapshot health), status.
 
 pub mod create;
 pub mod labels;
@@ -10,6 +10,7 @@ pub mod remediation;
 pub mod rollout;
 pub mod scale;
 pub mod status;
+pub mod storage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,6 +108,7 @@ pub async fn reconcile(cluster: Arc<SqliteCluster>, ctx: Arc<Context>) -> Result
 
     let sts_written =
         create::reconcile_resources(&cluster, &ctx, &observed, bootstrapped, &ns).await?;
+    storage::reconcile_volumes(&cluster, &ctx, &ns).await?;
 
     let action = if bootstrapped {
         membership::decide(

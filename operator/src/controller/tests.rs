@@ -243,6 +243,10 @@ struct ApiServerVerifier {
     relabel: Vec<&'static str>,
     /// Owned objects (by path) that are live but outdated: read, then applied.
     stale: Vec<&'static str>,
+    /// The member claims the PVC list returns.
+    claims: Vec<Value>,
+    /// Claims the reconciler grows, in order, each with the API's refusal (code, message) if any.
+    grow: Vec<(&'static str, Option<(u16, &'static str)>)>,
 }
 
 /// The owned objects as they exist on the server: absent, or exactly as last applied.
@@ -375,6 +379,25 @@ impl ApiServerVerifier {
                     Owned::UpToDate { .. } => v.expect(Method::GET, path, live).await,
                 }
             }
+            // storage: member claims are listed, the small ones grown (each with an Event).
+            let claims = std::mem::take(&mut v.claims);
+            v.expect(
+                Method::GET,
+                "/api/v1/namespaces/ns/persistentvolumeclaims?&labelSelector=",
+                Some(json!({"apiVersion":"v1","kind":"PersistentVolumeClaimList","metadata":{},"items":claims})),
+            )
+            .await;
+            for (name, refusal) in std::mem::take(&mut v.grow) {
+                let path = format!("/api/v1/namespaces/ns/persistentvolumeclaims/{name}");
+                match refusal {
+                    None => writes.push(v.expect_write(Method::PATCH, &path).await),
+                    Some((code, message)) => v.refuse(Method::PATCH, &path, code, message).await,
+                }
+                writes.push(
+                    v.expect_write(Method::POST, "/apis/events.k8s.io/v1/namespaces/ns/events")
+                        .await,
+                );
+            }
             // membership event, then status.
             if matches!(
                 scenario,
@@ -425,6 +448,29 @@ impl ApiServerVerifier {
                 .body(Body::from(NOT_FOUND.as_bytes().to_vec())),
         };
         send.send_response(resp.unwrap());
+    }
+
+    /// Answer the next request, which must be `method` on `path`, with an API error.
+    async fn refuse(&mut self, method: Method, path: &str, code: u16, message: &str) {
+        let (req, send) = self
+            .handle
+            .next_request()
+            .await
+            .unwrap_or_else(|| panic!("expected {method} {path}, got nothing"));
+        let uri = req.uri().to_string();
+        assert!(
+            req.method() == method && uri.starts_with(path),
+            "expected {method} {path}, got {} {uri}",
+            req.method()
+        );
+        let status = json!({"kind":"Status","apiVersion":"v1","status":"Failure",
+            "message": message, "reason": "Forbidden", "code": code});
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                .unwrap(),
+        );
     }
 
     /// Answer a write by echoing its body; return what was written.
@@ -492,6 +538,8 @@ fn context(fake: FakeNodes) -> (Arc<Context>, ApiServerVerifier, Arc<FakeNodes>)
         secrets: vec![],
         relabel: vec![],
         stale: vec![],
+        claims: vec![],
+        grow: vec![],
     };
     (Arc::new(ctx), verifier, fake)
 }
@@ -1078,4 +1126,84 @@ async fn tls_secret_without_its_ca_stops_the_reconcile_with_a_clear_error() {
     // Nothing was created from a half-configured Secret.
     let next = tokio::time::timeout(Duration::from_millis(100), api.handle.next_request()).await;
     assert!(next.is_err() || next.unwrap().is_none());
+}
+
+// ---------- volume growth ----------
+
+fn claim_json(name: &str, size: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": "ns"},
+        "spec": {"resources": {"requests": {"storage": size}}}})
+}
+
+/// A settled 3-member cluster whose spec now asks for `size`; claims as given.
+async fn grow_volumes(
+    claims: Vec<Value>,
+    grow: Vec<(&'static str, Option<(u16, &'static str)>)>,
+) -> Vec<(Method, String, Value)> {
+    let c = cluster().bootstrapped().with_storage("2Gi", None);
+    let fake = nodes(&[0, 1, 2], &[], &[]);
+    let sts = sts_at_revision(&c, &fake, "rev-1");
+    let hash = template_hash(&sts);
+    let (ctx, mut api, _fake) = context(fake);
+    api.cluster = Some(c.clone());
+    api.claims = claims;
+    api.grow = grow;
+    let status = "/apis/litecluster.io/v1alpha1/namespaces/ns/sqliteclusters/db/status";
+    let pods = (0..3).map(|o| pod_at(o, "rev-1", Some(&hash))).collect();
+    let mock = api.run(
+        Scenario::Maintenance {
+            sts,
+            then: vec![(Method::PATCH, status)],
+        },
+        pods,
+    );
+    timeout(reconcile(Arc::new(c), ctx)).await.unwrap();
+    timeout(mock).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_larger_storage_size_grows_each_smaller_member_claim() {
+    let writes = grow_volumes(
+        vec![
+            claim_json("data-db-0", "1Gi"),
+            claim_json("data-db-1", "2Gi"),
+            claim_json("data-db-2", "1Gi"),
+        ],
+        vec![("data-db-0", None), ("data-db-2", None)],
+    )
+    .await;
+    assert_eq!(
+        writes[0].2,
+        json!({"spec": {"resources": {"requests": {"storage": "2Gi"}}}})
+    );
+    assert!(writes[0].1.contains("fieldManager=litecluster-operator"));
+    assert_eq!(writes[1].2["reason"], "VolumeExpansion");
+    assert_eq!(writes[1].2["note"], "growing data-db-0 from 1Gi to 2Gi");
+    assert!(writes[2].1.ends_with("/data-db-2") || writes[2].1.contains("/data-db-2?"));
+    assert_eq!(writes.len(), 5, "two claims, two events, the status");
+}
+
+#[tokio::test]
+async fn a_claim_whose_class_cannot_expand_is_reported_and_the_reconcile_goes_on() {
+    let refusal = "only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize";
+    let writes = grow_volumes(
+        vec![
+            claim_json("data-db-0", "1Gi"),
+            claim_json("data-db-1", "2Gi"),
+            claim_json("data-db-2", "2Gi"),
+        ],
+        vec![("data-db-0", Some((403, refusal)))],
+    )
+    .await;
+    let event = &writes[0].2;
+    assert_eq!(event["reason"], "VolumeExpansionFailed");
+    assert_eq!(event["type"], "Warning");
+    let note = event["note"].as_str().unwrap();
+    assert!(
+        note.contains(refusal) && note.contains("allowVolumeExpansion"),
+        "{note}"
+    );
+    // The status was still written: a refused expansion does not stop the reconcile.
+    assert!(writes[1].1.contains("/status"));
 }
