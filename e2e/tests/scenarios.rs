@@ -949,18 +949,29 @@ fn https_call(
 /// Issue a member certificate for cluster `name` from the control plane's CA and store it as
 /// the Secret `<name>-tls` (cert-manager's layout). Returns the CA file.
 fn member_tls_secret(s: &Stack, ns: &str, name: &str, serial: u32) -> Result<std::path::PathBuf> {
+    member_tls_secret_from(s, &s.cp.pki, ns, name, serial)
+}
+
+/// `member_tls_secret` with a certificate and CA from `pki`.
+fn member_tls_secret_from(
+    s: &Stack,
+    pki: &litecluster_e2e::pki::Pki,
+    ns: &str,
+    name: &str,
+    serial: u32,
+) -> Result<std::path::PathBuf> {
     let sans = [
         format!("DNS:*.{name}-headless.{ns}.svc.cluster.local"),
         format!("DNS:{name}.{ns}.svc"),
         format!("DNS:{name}.{ns}.svc.cluster.local"),
     ];
-    let ck = s.cp.pki.issue(
+    let ck = pki.issue(
         &format!("{ns}-{name}-{serial}"),
         &format!("/O=litecluster/CN={name}"),
         "serverAuth,clientAuth",
         &sans,
     )?;
-    let ca = s.cp.pki.ca.cert.clone();
+    let ca = pki.ca.cert.clone();
     let file = |k: &str, p: &std::path::Path| format!("--from-file={k}={}", p.display());
     let secret = s.cp.kubectl_ok(&[
         "create",
@@ -1075,6 +1086,52 @@ fn tls_cluster_serves_https_with_mutual_tls_between_members_and_rolls_a_renewed_
                 || Ok((rows(&pod)? == "[[1],[2]]").then_some(())),
             )?;
         }
+
+        // A CA swap (a new CA and a certificate from it at once) would cut every restarted
+        // member off: the operator holds restarts back and says why.
+        let degraded = || -> Result<(String, String)> {
+            let st = s.cluster(ns, "sec")?;
+            let c = st["status"]["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Degraded").cloned())
+                .unwrap_or_default();
+            Ok((
+                c["reason"].as_str().unwrap_or_default().into(),
+                c["message"].as_str().unwrap_or_default().into(),
+            ))
+        };
+        let other =
+            litecluster_e2e::pki::Pki::generate(&s.cp.run_dir.join(format!("{ns}-other-ca")), &[])?;
+        let steady = member_pods(s, ns, "sec")?;
+        member_tls_secret_from(s, &other, ns, "sec", 3)?;
+        let (_, message) =
+            s.wait_for("Degraded=TlsChangeUnsafe", Duration::from_secs(150), || {
+                let d = degraded()?;
+                Ok((d.0 == "TlsChangeUnsafe").then_some(d))
+            })?;
+        ensure!(
+            message.contains("Rotate in steps"),
+            "Degraded message: {message}"
+        );
+        thread::sleep(Duration::from_secs(10));
+        let now = member_pods(s, ns, "sec")?;
+        ensure!(
+            steady
+                .iter()
+                .all(|(n, p)| now.get(n).is_some_and(|q| q.0 == p.0)),
+            "members were restarted onto an unsafe Secret: {steady:?} -> {now:?}"
+        );
+        // The members still run their old certificate and serve.
+        let leader = s.cluster(ns, "sec")?["status"]["leader"]
+            .as_str()
+            .unwrap_or("sec-0")
+            .to_string();
+        ensure!(rows(&leader)? == "[[1],[2]]", "rows after the refused swap");
+        // Putting a certificate from the members' CA back clears it.
+        member_tls_secret(s, ns, "sec", 4)?;
+        s.wait_for("Degraded cleared", Duration::from_secs(150), || {
+            Ok((degraded()?.0 != "TlsChangeUnsafe").then_some(()))
+        })?;
         Ok(())
     });
 }

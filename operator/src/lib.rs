@@ -7,5 +7,6 @@ pub mod leader_election;
 pub mod metrics;
 pub mod node_client;
 pub mod resources;
+pub mod tls;
 
 pub use error::{Error, Result};

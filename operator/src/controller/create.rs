@@ -158,6 +158,7 @@ pub fn desired_sts(
         cluster_domain: ctx.cluster_domain.clone(),
         restarted_at,
         tls_cert_hash: observed.tls.as_ref().map(|t| t.cert_hash.clone()),
+        tls_ca_hashes: observed.tls.as_ref().map(|t| t.ca_hashes.join(",")),
     };
     let mut sts = desired_statefulset(cluster, &params)?;
     // Volume claim templates are immutable: keep the live ones (volume growth is done on the PVCs).

@@ -174,10 +174,21 @@ async fn maintain(
     ns: &str,
 ) -> Result<Maintenance> {
     let settled = matches!(action, membership::Action::Nothing);
+    // Any restart loads the Secret as it is now, so an unusable certificate or an unsafe CA
+    // change holds every disruptive step back, remediation included.
+    let tls_block = observed
+        .tls
+        .as_ref()
+        .and_then(|t| t.unsafe_change.as_deref());
+    if let Some(why) = tls_block {
+        report_tls_block(cluster, ctx, why).await;
+    }
     let blocked = if !settled {
         Some("a membership change is under way")
     } else if sts_written {
         Some("the StatefulSet was just updated")
+    } else if tls_block.is_some() {
+        Some("the TLS Secret is not safe to restart onto (see the Degraded condition)")
     } else {
         None
     };
@@ -212,6 +223,26 @@ async fn maintain(
         rollout,
         remediation: state,
     })
+}
+
+/// A Warning Event when the TLS Secret starts blocking restarts (not again while it does).
+async fn report_tls_block(cluster: &SqliteCluster, ctx: &Context, why: &str) {
+    let already = cluster.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Degraded" && c.reason == status::TLS_CHANGE_UNSAFE)
+    });
+    if !already {
+        let note = format!("member restarts held back: {why}");
+        ctx.publish(
+            cluster,
+            EventType::Warning,
+            "TlsChangeUnsafe",
+            "Restart",
+            note,
+        )
+        .await;
+    }
 }
 
 /// Count the failure by kind and retry later.

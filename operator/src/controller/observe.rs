@@ -17,7 +17,8 @@ use crate::node_client::{Credentials, NodeAccess, NodeApi, NodeStatus};
 use crate::resources::statefulset::CONTAINER;
 use crate::resources::{
     HTTP_PORT, Names, RESTARTED_AT_ANNOTATION, REVISION_LABEL, ROLE_LABEL,
-    TEMPLATE_HASH_ANNOTATION, TLS_CERT_HASH_ANNOTATION, bytes_hash, ordinal_of, selector_string,
+    TEMPLATE_HASH_ANNOTATION, TLS_CA_HASHES_ANNOTATION, TLS_CERT_HASH_ANNOTATION, bytes_hash,
+    ordinal_of, selector_string,
 };
 use crate::{Error, Result};
 
@@ -55,6 +56,8 @@ pub struct PodTemplateInfo {
     pub restarted_at: Option<String>,
     /// `litecluster.io/tls-cert-hash` annotation.
     pub tls_cert_hash: Option<String>,
+    /// `litecluster.io/tls-ca-hashes` annotation.
+    pub tls_ca_hashes: Option<String>,
 }
 
 impl PodTemplateInfo {
@@ -67,6 +70,7 @@ impl PodTemplateInfo {
             image: node_image(p.spec.as_ref()),
             restarted_at: annotation(RESTARTED_AT_ANNOTATION),
             tls_cert_hash: annotation(TLS_CERT_HASH_ANNOTATION),
+            tls_ca_hashes: annotation(TLS_CA_HASHES_ANNOTATION),
         }
     }
 
@@ -93,6 +97,7 @@ impl PodTemplateInfo {
             image: node_image(template.spec.as_ref()),
             restarted_at: annotation(RESTARTED_AT_ANNOTATION),
             tls_cert_hash: annotation(TLS_CERT_HASH_ANNOTATION),
+            tls_ca_hashes: annotation(TLS_CA_HASHES_ANNOTATION),
         })
     }
 }
@@ -119,8 +124,12 @@ pub struct ObservedCluster {
 pub struct ObservedTls {
     /// `ca.crt`: the CA the operator trusts when members serve their API over HTTPS.
     pub ca_pem: Vec<u8>,
-    /// Hash of `tls.crt`; when it changes the members restart to load the new certificate.
+    /// Hash of the certificate in `tls.crt`; when it changes the members restart to load it.
     pub cert_hash: String,
+    /// Hashes of the CAs in `ca.crt`, sorted; when they change the members restart too.
+    pub ca_hashes: Vec<String>,
+    /// Why members must not restart onto this Secret now (see `crate::tls::judge_change`).
+    pub unsafe_change: Option<String>,
 }
 
 impl ObservedCluster {
@@ -166,12 +175,15 @@ fn secret_key<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
         .map(|v| v.0.as_slice())
 }
 
-/// The TLS Secret's CA and certificate hash. Every key the members need must be there: a
-/// missing one would only show up as members failing to start.
+/// The TLS Secret's CA, its hashes, and whether members may restart onto it. Every key the
+/// members need must be there and parse: a bad one would only show up as members failing to
+/// start. A certificate that parses but would cut members off is not an error: it blocks
+/// restarts and is reported in the status (`unsafe_change`).
 pub async fn observe_tls(
     cluster: &SqliteCluster,
     ctx: &Context,
     ns: &str,
+    pods: &[ObservedPod],
 ) -> Result<Option<ObservedTls>> {
     let Some(tls) = &cluster.spec.tls else {
         return Ok(None);
@@ -188,18 +200,31 @@ pub async fn observe_tls(
     };
     key("tls.key")?;
     let ca_pem = key("ca.crt")?.to_vec();
-    match reqwest::Certificate::from_pem_bundle(&ca_pem) {
-        Ok(certs) if !certs.is_empty() => {}
-        Ok(_) => return Err(error("ca.crt holds no certificate".into())),
-        Err(e) => {
-            return Err(error(format!(
-                "ca.crt is not a PEM certificate bundle: {e}"
-            )));
-        }
-    }
+    let bundle = crate::tls::pem_certs(&ca_pem).map_err(|e| error(format!("ca.crt {e}")))?;
+    let chain =
+        crate::tls::pem_certs(key("tls.crt")?).map_err(|e| error(format!("tls.crt {e}")))?;
+    // What the running members were started with, as far as their annotations say.
+    let running: Vec<crate::tls::Running> = pods
+        .iter()
+        .filter_map(|p| {
+            Some(crate::tls::Running {
+                cert_hash: p.template.tls_cert_hash.clone()?,
+                ca_hashes: p
+                    .template
+                    .tls_ca_hashes
+                    .as_deref()?
+                    .split(',')
+                    .map(String::from)
+                    .collect(),
+            })
+        })
+        .collect();
+    let member = member_host(cluster, &Names::pod(cluster, 0), ns, &ctx.cluster_domain);
     Ok(Some(ObservedTls {
         ca_pem,
-        cert_hash: bytes_hash(key("tls.crt")?),
+        cert_hash: bytes_hash(&chain[0]),
+        ca_hashes: crate::tls::bundle_hashes(&bundle),
+        unsafe_change: crate::tls::judge_change(&running, &chain, &bundle, &member).err(),
     }))
 }
 
@@ -289,7 +314,7 @@ pub async fn observe(
         })
         .collect();
     found.sort_by_key(|f| f.ordinal);
-    let tls = observe_tls(cluster, ctx, ns).await?;
+    let tls = observe_tls(cluster, ctx, ns, &found).await?;
     let nodes = node_api(cluster, ctx, ns, tls.as_ref(), &found).await?;
     let statuses = join_all(found.iter().map(|p| nodes.status(&p.url))).await;
     let pods = found

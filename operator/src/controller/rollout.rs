@@ -37,6 +37,8 @@ pub enum Outdated {
     RestartRequested,
     /// The TLS certificate changed (renewed); the node loads it only at startup.
     CertificateChanged,
+    /// The CA bundle in the TLS Secret changed (a CA rotation step).
+    CaChanged,
     /// Something else in the pod template changed (resources, overlay, settings, operator version).
     TemplateChanged,
 }
@@ -47,6 +49,7 @@ impl fmt::Display for Outdated {
             Outdated::ImageChanged { to } => write!(f, "image changed to {to}"),
             Outdated::RestartRequested => write!(f, "rolling restart requested"),
             Outdated::CertificateChanged => write!(f, "TLS certificate renewed"),
+            Outdated::CaChanged => write!(f, "TLS CA bundle changed"),
             Outdated::TemplateChanged => write!(f, "pod template changed"),
         }
     }
@@ -69,6 +72,7 @@ pub fn outdated(pod: &PodTemplateInfo, target: &PodTemplateInfo) -> Option<Outda
         (Some(a), Some(b)) if a != b => Outdated::ImageChanged { to: b.clone() },
         _ if pod.restarted_at != target.restarted_at => Outdated::RestartRequested,
         _ if pod.tls_cert_hash != target.tls_cert_hash => Outdated::CertificateChanged,
+        _ if pod.tls_ca_hashes != target.tls_ca_hashes => Outdated::CaChanged,
         _ => Outdated::TemplateChanged,
     })
 }
@@ -583,6 +587,7 @@ mod tests {
             image: Some("node:2".into()),
             restarted_at: None,
             tls_cert_hash: None,
+            tls_ca_hashes: None,
         }
     }
 
@@ -596,6 +601,7 @@ mod tests {
                 image: Some(if new { "node:2" } else { "node:1" }.into()),
                 restarted_at: None,
                 tls_cert_hash: None,
+                tls_ca_hashes: None,
             },
             ready: true,
             reachable: true,
@@ -862,6 +868,8 @@ mod tests {
         );
         p.image = t.image.clone();
         assert_eq!(outdated(&p, &t), Some(Outdated::TemplateChanged));
+        p.tls_ca_hashes = Some("ca2".into());
+        assert_eq!(outdated(&p, &t), Some(Outdated::CaChanged));
         p.tls_cert_hash = Some("renewed".into());
         assert_eq!(outdated(&p, &t), Some(Outdated::CertificateChanged));
         assert_eq!(

@@ -15,6 +15,9 @@ use crate::crd::{
 use crate::resources::{Names, selector_string};
 use crate::{Error, Result};
 
+/// Degraded reason while the TLS Secret would cut restarted members off.
+pub const TLS_CHANGE_UNSAFE: &str = "TlsChangeUnsafe";
+
 /// Compute the status and patch it when it differs (applied indexes and timestamps aside).
 pub async fn reconcile_status(
     cluster: &SqliteCluster,
@@ -235,7 +238,11 @@ pub fn desired_status(
     // Degraded is True when something is wrong: `degraded(true, ..)`.
     let degraded =
         |bad: bool, reason: &str, message: String| cond("Degraded", bad, reason, message);
-    conditions.push(if leader.is_none() && bootstrapped {
+    // An unsafe TLS Secret comes first: with HTTPS it is also why no member answers.
+    let tls_unsafe = observed.tls.as_ref().and_then(|t| t.unsafe_change.as_ref());
+    conditions.push(if let Some(why) = tls_unsafe {
+        degraded(true, TLS_CHANGE_UNSAFE, format!("member restarts held back: {why}"))
+    } else if leader.is_none() && bootstrapped {
         degraded(true, "NoLeader", "no Raft leader".into())
     } else if !unreachable_voters.is_empty() {
         degraded(

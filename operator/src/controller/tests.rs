@@ -1002,6 +1002,15 @@ async fn role_labels_are_repaired_and_the_readonly_service_narrows_to_a_labelled
     assert_eq!(writes.len(), 3, "{writes:?}");
 }
 
+fn testdata(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// Hash of the first certificate in a testdata PEM file, as the pod annotations carry it.
+fn leaf_hash(name: &str) -> String {
+    crate::resources::bytes_hash(&crate::tls::pem_certs(&testdata(name)).unwrap()[0])
+}
+
 fn tls_secret(keys: &[&str]) -> Value {
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::Secret;
@@ -1009,7 +1018,8 @@ fn tls_secret(keys: &[&str]) -> Value {
         .iter()
         .map(|k| {
             let v = match *k {
-                "ca.crt" => include_bytes!("testdata/ca.crt").to_vec(),
+                "ca.crt" => testdata("ca1.crt"),
+                "tls.crt" => testdata("member1.crt"),
                 other => format!("{other} contents").into_bytes(),
             };
             (k.to_string(), ByteString(v))
@@ -1046,10 +1056,7 @@ async fn tls_cluster_runs_members_with_the_certificate_and_reaches_them_over_htt
 
     let access = fake.access.lock().unwrap().clone();
     assert_eq!(access.len(), 1, "one client per reconcile: {access:?}");
-    assert_eq!(
-        access[0].ca_pem.as_deref(),
-        Some(&include_bytes!("testdata/ca.crt")[..])
-    );
+    assert_eq!(access[0].ca_pem.as_deref(), Some(&testdata("ca1.crt")[..]));
     assert_eq!(
         access[0].addresses,
         [(
@@ -1083,7 +1090,7 @@ async fn tls_cluster_runs_members_with_the_certificate_and_reaches_them_over_htt
     assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
     assert_eq!(
         pod["metadata"]["annotations"][crate::resources::TLS_CERT_HASH_ANNOTATION],
-        crate::resources::bytes_hash(b"tls.crt contents")
+        leaf_hash("member1.crt")
     );
     assert!(
         pod["spec"]["volumes"]
@@ -1206,4 +1213,84 @@ async fn a_claim_whose_class_cannot_expand_is_reported_and_the_reconcile_goes_on
     );
     // The status was still written: a refused expansion does not stop the reconcile.
     assert!(writes[1].1.contains("/status"));
+}
+
+#[tokio::test]
+async fn an_unsafe_ca_swap_holds_every_restart_back_and_says_why() {
+    let mut c = cluster().bootstrapped().with_tls("db-tls");
+    // Plain HTTP on the API keeps the fake nodes reachable; the Raft port still uses the Secret.
+    c.spec.tls.as_mut().unwrap().api = false;
+    let fake = nodes(&[0, 1, 2], &[], &[]);
+    // The Secret now holds a certificate and a CA the running members have never seen.
+    let new_tls = super::observe::ObservedTls {
+        ca_pem: testdata("ca2.crt"),
+        cert_hash: leaf_hash("member2.crt"),
+        ca_hashes: vec![leaf_hash("ca2.crt")],
+        unsafe_change: None,
+    };
+    let mut obs = observed(&[0, 1, 2], &fake, None);
+    obs.tls = Some(new_tls);
+    let mut sts = applied(desired_sts(&c, &ctx_for_sts(), &obs, true, None).unwrap());
+    sts["metadata"]["generation"] = json!(2);
+    sts["status"] = json!({"replicas": 3, "observedGeneration": 2, "updateRevision": "rev-2"});
+    // Every member runs the previous revision, started with member1.crt under ca1.
+    let pods = (0..3)
+        .map(|o| {
+            let mut p = pod_at(o, "rev-1", Some("older"));
+            let a = p.metadata.annotations.get_or_insert_default();
+            a.insert(
+                crate::resources::TLS_CERT_HASH_ANNOTATION.into(),
+                leaf_hash("member1.crt"),
+            );
+            a.insert(
+                crate::resources::TLS_CA_HASHES_ANNOTATION.into(),
+                leaf_hash("ca1.crt"),
+            );
+            p
+        })
+        .collect();
+    let (ctx, mut api, fake) = context(fake);
+    api.cluster = Some(c.clone());
+    let mut secret = tls_secret(&["tls.key"]);
+    let b64 = |name: &str| serde_json::to_value(k8s_openapi::ByteString(testdata(name))).unwrap();
+    secret["data"]["tls.crt"] = b64("member2.crt");
+    secret["data"]["ca.crt"] = b64("ca2.crt");
+    api.secrets = vec![("db-tls".into(), secret)];
+    let events = "/apis/events.k8s.io/v1/namespaces/ns/events";
+    let status = "/apis/litecluster.io/v1alpha1/namespaces/ns/sqliteclusters/db/status";
+    let mock = api.run(
+        Scenario::Maintenance {
+            sts,
+            // No DELETE: every member is outdated, yet none is restarted.
+            then: vec![
+                (Method::POST, events),
+                (Method::POST, events),
+                (Method::PATCH, status),
+            ],
+        },
+        pods,
+    );
+    timeout(reconcile(Arc::new(c), ctx)).await.unwrap();
+    let writes = timeout(mock).await.unwrap();
+    assert!(fake.calls.lock().unwrap().is_empty(), "no leadership moved");
+    assert_eq!(writes[0].2["reason"], "TlsChangeUnsafe");
+    assert_eq!(writes[0].2["type"], "Warning");
+    let note = writes[0].2["note"].as_str().unwrap();
+    assert!(note.contains("Rotate in steps"), "{note}");
+    let status = &writes[2].2["status"];
+    let degraded = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap();
+    assert_eq!(
+        (&degraded["status"], &degraded["reason"]),
+        (&json!("True"), &json!("TlsChangeUnsafe"))
+    );
+    assert!(
+        status["phase"].as_str().unwrap().contains("TLS Secret"),
+        "{}",
+        status["phase"]
+    );
 }

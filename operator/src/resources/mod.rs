@@ -28,6 +28,9 @@ pub const TLS_DIR: &str = "/etc/litecluster/tls";
 
 /// Pod-template annotation: hash of the TLS certificate the members must run with.
 pub const TLS_CERT_HASH_ANNOTATION: &str = "litecluster.io/tls-cert-hash";
+/// Pod-template annotation: hashes of the CAs in the TLS Secret's `ca.crt`, comma-separated
+/// (what a member trusts, so a CA change can be judged before members restart onto it).
+pub const TLS_CA_HASHES_ANNOTATION: &str = "litecluster.io/tls-ca-hashes";
 /// Pod label: the member's Raft role (`voter` or `learner`), kept by the operator.
 pub const ROLE_LABEL: &str = "litecluster.io/role";
 /// `ROLE_LABEL` value of a voting member.

@@ -30,8 +30,8 @@ use kube::ResourceExt;
 use super::configmap::BACKUP_CONFIG_KEY;
 use super::{
     DATA_DIR, HTTP_PORT, Names, RAFT_PORT, RESTARTED_AT_ANNOTATION, ROLE_LABEL,
-    TEMPLATE_HASH_ANNOTATION, TLS_CERT_HASH_ANNOTATION, TLS_DIR, owned_meta, selector_labels,
-    spec_hash,
+    TEMPLATE_HASH_ANNOTATION, TLS_CA_HASHES_ANNOTATION, TLS_CERT_HASH_ANNOTATION, TLS_DIR,
+    owned_meta, selector_labels, spec_hash,
 };
 use crate::Result;
 use crate::crd::SqliteCluster;
@@ -56,6 +56,8 @@ pub struct StatefulSetParams {
     /// Hash of the TLS Secret's `tls.crt`, as a pod annotation: the node reads its certificate
     /// only at startup, so a renewed one must restart the members (one at a time, by the rollout).
     pub tls_cert_hash: Option<String>,
+    /// Hashes of the CAs in `ca.crt`, comma-separated, as a pod annotation (restarts too).
+    pub tls_ca_hashes: Option<String>,
 }
 
 /// Env var that makes member 0 initialise a new cluster (only while bootstrapping).
@@ -258,6 +260,9 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Result<S
     if let Some(hash) = &p.tls_cert_hash {
         annotations.insert(TLS_CERT_HASH_ANNOTATION.into(), hash.clone());
     }
+    if let Some(hashes) = &p.tls_ca_hashes {
+        annotations.insert(TLS_CA_HASHES_ANNOTATION.into(), hashes.clone());
+    }
 
     let pod = PodSpec {
         service_account_name: Some(Names::service_account(c)),
@@ -416,6 +421,7 @@ mod tests {
             cluster_domain: "cluster.local".into(),
             restarted_at: None,
             tls_cert_hash: None,
+            tls_ca_hashes: None,
         }
     }
 
