@@ -502,7 +502,7 @@ fn azurite_bin() -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/litecluster")))
         .unwrap_or_default();
-    let installed = cache.join("azurite-3.37.0/node_modules/.bin/azurite-blob");
+    let installed = cache.join("azurite-3.35.0/node_modules/.bin/azurite-blob");
     if installed.exists() {
         installed
     } else {
@@ -530,7 +530,7 @@ impl Azurite {
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
-            .expect("`azurite-blob` not found: run `npm install --prefix ~/.cache/litecluster/azurite-3.37.0 azurite@3.37.0` (.ci/run does) or set LITECLUSTER_AZURITE");
+            .expect("`azurite-blob` not found: run `npm install --prefix ~/.cache/litecluster/azurite-3.35.0 azurite@3.35.0` (.ci/run does) or set LITECLUSTER_AZURITE");
         Self { port, log, child }
     }
 

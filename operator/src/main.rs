@@ -116,16 +116,16 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_secs(120),
     )
     .context("cannot build the node HTTP client")?;
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        nodes: Arc::new(nodes),
-        reporter: Reporter {
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(nodes),
+        Reporter {
             controller: "litecluster-operator".into(),
             instance: Some(identity.clone()),
         },
-        metrics: metrics.clone(),
-        cluster_domain: args.cluster_domain.clone(),
-    });
+        metrics.clone(),
+        args.cluster_domain.clone(),
+    ));
 
     let health = Health {
         metrics,

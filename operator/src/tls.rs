@@ -36,13 +36,28 @@ pub fn bundle_hashes(certs: &[CertificateDer<'_>]) -> Vec<String> {
     h
 }
 
+/// Run `verify` now; if it says "not valid yet", again five minutes ahead: a certificate just
+/// issued by a machine whose clock runs ahead of ours is fine, and holding restarts back for
+/// it would only cause a false alarm.
+fn now_or_soon(
+    verify: impl Fn(UnixTime) -> Result<(), rustls::Error>,
+) -> Result<(), rustls::Error> {
+    let now = UnixTime::now();
+    match verify(now) {
+        Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYet)) => verify(
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.as_secs() + 300)),
+        ),
+        other => other,
+    }
+}
+
 /// Whether `chain` (leaf first) is a certificate a member can use: issued by one of
-/// `anchors`, valid now for `name`, for both server and client authentication (members are
-/// servers and clients of each other).
+/// `anchors`, valid now for every name in `names`, for both server and client authentication
+/// (members are servers and clients of each other).
 pub fn verify_member(
     chain: &[CertificateDer<'static>],
     anchors: &[CertificateDer<'static>],
-    name: &str,
+    names: &[String],
 ) -> Result<(), String> {
     let (leaf, intermediates) = chain.split_first().ok_or("holds no certificate")?;
     let mut roots = RootCertStore::empty();
@@ -54,17 +69,24 @@ pub fn verify_member(
     let server = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
         .build()
         .map_err(|e| e.to_string())?;
-    let server_name = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
-    let now = UnixTime::now();
-    server
-        .verify_server_cert(leaf, intermediates, &server_name, &[], now)
+    for name in names {
+        let server_name = ServerName::try_from(name.clone()).map_err(|e| e.to_string())?;
+        now_or_soon(|t| {
+            server
+                .verify_server_cert(leaf, intermediates, &server_name, &[], t)
+                .map(|_| ())
+        })
         .map_err(|e| format!("not valid as the server {name}: {e}"))?;
+    }
     let client = WebPkiClientVerifier::builder_with_provider(roots, provider)
         .build()
         .map_err(|e| e.to_string())?;
-    client
-        .verify_client_cert(leaf, intermediates, now)
-        .map_err(|e| format!("not valid as a client: {e}"))?;
+    now_or_soon(|t| {
+        client
+            .verify_client_cert(leaf, intermediates, t)
+            .map(|_| ())
+    })
+    .map_err(|e| format!("not valid as a client: {e}"))?;
     Ok(())
 }
 
@@ -87,9 +109,9 @@ pub fn judge_change(
     running: &[Running],
     chain: &[CertificateDer<'static>],
     bundle: &[CertificateDer<'static>],
-    member_name: &str,
+    member_names: &[String],
 ) -> Result<(), String> {
-    verify_member(chain, bundle, member_name)
+    verify_member(chain, bundle, member_names)
         .map_err(|e| format!("tls.crt is not usable under ca.crt: {e}"))?;
     let cert_hash = bytes_hash(&chain[0]);
     let new_hashes = bundle_hashes(bundle);
@@ -105,7 +127,7 @@ pub fn judge_change(
             .filter(|c| r.ca_hashes.contains(&bytes_hash(c)))
             .cloned()
             .collect();
-        verify_member(chain, &old_anchors, member_name).map_err(|e| {
+        verify_member(chain, &old_anchors, member_names).map_err(|e| {
             format!("tls.crt comes from a CA the running members do not trust yet ({e}): put the new CA in ca.crt and let the members restart onto it first")
         })?;
     }
@@ -132,24 +154,28 @@ mod tests {
         }
     }
 
-    const MEMBER: &str = "db-0.db-headless.ns.svc.cluster.local";
+    fn members() -> Vec<String> {
+        (0..3)
+            .map(|o| format!("db-{o}.db-headless.ns.svc.cluster.local"))
+            .collect()
+    }
 
     #[test]
     fn a_member_certificate_needs_the_name_both_usages_and_the_ca() {
         let ca1 = bundle(&["ca1"]);
-        assert_eq!(verify_member(&pem("member1"), &ca1, MEMBER), Ok(()));
-        let e = verify_member(&pem("othername"), &ca1, MEMBER).unwrap_err();
+        assert_eq!(verify_member(&pem("member1"), &ca1, &members()), Ok(()));
+        let e = verify_member(&pem("othername"), &ca1, &members()).unwrap_err();
         assert!(e.contains("server db-0.db-headless"), "{e}");
-        let e = verify_member(&pem("serveronly"), &ca1, MEMBER).unwrap_err();
+        let e = verify_member(&pem("serveronly"), &ca1, &members()).unwrap_err();
         assert!(e.contains("client"), "{e}");
-        assert!(verify_member(&pem("member2"), &ca1, MEMBER).is_err());
+        assert!(verify_member(&pem("member2"), &ca1, &members()).is_err());
         assert!(pem_certs(b"not a pem").is_err());
     }
 
     #[test]
     fn renewals_and_stepwise_ca_rotation_are_safe_a_swap_is_not() {
         let check = |run: Running, cert: &str, cas: &[&str]| {
-            judge_change(&[run], &pem(cert), &bundle(cas), MEMBER)
+            judge_change(&[run], &pem(cert), &bundle(cas), &members())
         };
         // Renewal from the same CA.
         assert_eq!(
@@ -189,7 +215,7 @@ mod tests {
         assert!(e.starts_with("tls.crt is not usable under ca.crt"), "{e}");
         // Nothing running yet (a new cluster): only the certificate itself is judged.
         assert_eq!(
-            judge_change(&[], &pem("member2"), &bundle(&["ca2"]), MEMBER),
+            judge_change(&[], &pem("member2"), &bundle(&["ca2"]), &members()),
             Ok(())
         );
     }

@@ -157,8 +157,14 @@ pub fn desired_sts(
         bootstrap: !bootstrapped,
         cluster_domain: ctx.cluster_domain.clone(),
         restarted_at,
-        tls_cert_hash: observed.tls.as_ref().map(|t| t.cert_hash.clone()),
-        tls_ca_hashes: observed.tls.as_ref().map(|t| t.ca_hashes.join(",")),
+        tls_cert_hash: None,
+        tls_ca_hashes: None,
+    };
+    let (tls_cert_hash, tls_ca_hashes) = template_tls(observed);
+    let params = StatefulSetParams {
+        tls_cert_hash,
+        tls_ca_hashes,
+        ..params
     };
     let mut sts = desired_statefulset(cluster, &params)?;
     // Volume claim templates are immutable: keep the live ones (volume growth is done on the PVCs).
@@ -169,6 +175,29 @@ pub fn desired_sts(
         spec.volume_claim_templates = live.volume_claim_templates.clone();
     }
     Ok(sts)
+}
+
+/// The TLS hashes the pod template carries: the Secret's, unless restarting onto it is unsafe;
+/// then the live template's, so nothing looks outdated (and no rollout is announced) until the
+/// Secret is put right.
+fn template_tls(observed: &ObservedCluster) -> (Option<String>, Option<String>) {
+    let Some(tls) = &observed.tls else {
+        return (None, None);
+    };
+    if tls.unsafe_change.is_none() {
+        return (Some(tls.cert_hash.clone()), Some(tls.ca_hashes.join(",")));
+    }
+    let live = observed
+        .statefulset
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref());
+    let get = |k: &str| live.and_then(|a| a.get(k)).cloned();
+    (
+        get(crate::resources::TLS_CERT_HASH_ANNOTATION),
+        get(crate::resources::TLS_CA_HASHES_ANNOTATION),
+    )
 }
 
 /// Server-side apply `desired` unless the live object already carries its hash. Returns whether it wrote.

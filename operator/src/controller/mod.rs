@@ -38,13 +38,53 @@ pub const MANAGER: &str = "litecluster-operator";
 pub struct Context {
     pub client: Client,
     pub nodes: Arc<dyn NodeApi>,
-    pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
     /// DNS domain of the Kubernetes cluster (`cluster.local`).
     pub cluster_domain: String,
+    reporter: Reporter,
+    /// Keys of the warnings `publish_once` has sent (this process only).
+    published: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Context {
+    pub fn new(
+        client: Client,
+        nodes: Arc<dyn NodeApi>,
+        reporter: Reporter,
+        metrics: Arc<Metrics>,
+        cluster_domain: String,
+    ) -> Self {
+        Self {
+            reporter,
+            client,
+            nodes,
+            metrics,
+            cluster_domain,
+            published: Default::default(),
+        }
+    }
+
+    /// `publish`, once per `key` for the life of this process: for a condition that each pass
+    /// sees again (a refused volume expansion) and that one Warning describes.
+    pub async fn publish_once(
+        &self,
+        key: String,
+        cluster: &SqliteCluster,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let new = self
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key);
+        if new {
+            self.publish(cluster, type_, reason, action, note).await;
+        }
+    }
+
     /// Publish an Event about `cluster`. A failed Event is logged, not fatal: it must not block
     /// the change it describes.
     pub async fn publish(
@@ -55,6 +95,9 @@ impl Context {
         action: &str,
         note: String,
     ) {
+        // A recorder per Event, not one shared: a shared one folds Events with the same reason
+        // into a series and keeps the first note, so "restarted db-1" would hide "restarted db-2".
+        // Repeats of one condition go through `publish_once` instead.
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         let ev = Event {
             type_,
@@ -108,12 +151,17 @@ pub async fn reconcile(cluster: Arc<SqliteCluster>, ctx: Arc<Context>) -> Result
 
     let sts_written =
         create::reconcile_resources(&cluster, &ctx, &observed, bootstrapped, &ns).await?;
-    storage::reconcile_volumes(&cluster, &ctx, &ns).await?;
+    let resizing = storage::reconcile_volumes(&cluster, &ctx, &ns).await;
 
     let action = if bootstrapped {
-        membership::decide(
-            observe::desired(&cluster),
-            &observe::membership_view(&cluster, &observed),
+        hold_back_join(
+            &cluster,
+            &observed,
+            &resizing,
+            membership::decide(
+                observe::desired(&cluster),
+                &observe::membership_view(&cluster, &observed),
+            ),
         )
     } else {
         membership::Action::Wait("bootstrapping the first member".into())
@@ -159,6 +207,37 @@ pub async fn reconcile(cluster: Arc<SqliteCluster>, ctx: Arc<Context>) -> Result
         membership::Action::Nothing => Action::requeue(Duration::from_secs(60)),
         _ => Action::requeue(Duration::from_secs(5)),
     })
+}
+
+/// A new member joins only when it can keep what it receives: its volume has the spec's size
+/// (catching up could fill a smaller one), and the TLS Secret it started with is one the
+/// members can talk over.
+fn hold_back_join(
+    cluster: &SqliteCluster,
+    observed: &observe::ObservedCluster,
+    resizing: &[u32],
+    action: membership::Action,
+) -> membership::Action {
+    match action {
+        membership::Action::AddLearner(o) if resizing.contains(&o) => {
+            membership::Action::Wait(format!(
+                "the volume of {} is growing to {}",
+                crate::resources::Names::pod(cluster, o),
+                cluster.spec.storage.size
+            ))
+        }
+        membership::Action::AddLearner(_)
+            if observed
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.unsafe_change.is_some()) =>
+        {
+            membership::Action::Wait(
+                "the TLS Secret is not safe for a new member (see the Degraded condition)".into(),
+            )
+        }
+        other => other,
+    }
 }
 
 /// Snapshot remediation, then the rollout: at most one disruptive step per pass, none while a

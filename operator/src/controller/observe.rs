@@ -219,12 +219,15 @@ pub async fn observe_tls(
             })
         })
         .collect();
-    let member = member_host(cluster, &Names::pod(cluster, 0), ns, &ctx.cluster_domain);
+    // Every member the spec asks for: a certificate listing names must cover them all.
+    let members: Vec<String> = (0..cluster.spec.replicas.max(1) as u32)
+        .map(|o| member_host(cluster, &Names::pod(cluster, o), ns, &ctx.cluster_domain))
+        .collect();
     Ok(Some(ObservedTls {
         ca_pem,
         cert_hash: bytes_hash(&chain[0]),
         ca_hashes: crate::tls::bundle_hashes(&bundle),
-        unsafe_change: crate::tls::judge_change(&running, &chain, &bundle, &member).err(),
+        unsafe_change: crate::tls::judge_change(&running, &chain, &bundle, &members).err(),
     }))
 }
 

@@ -14,91 +14,150 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{Context, MANAGER};
-use crate::Result;
 use crate::crd::SqliteCluster;
 use crate::resources::{ordinal_of, selector_string};
 
-/// Bytes in a Kubernetes quantity (`10Gi`, `500M`, `1.5e9`, `1073741824`), or None when it is
-/// not one. Sizes only: milli and smaller suffixes are not accepted.
-pub fn quantity_bytes(q: &str) -> Option<f64> {
+/// A Kubernetes quantity exactly, in billionths of its unit (`10Gi`, `8.3G`, `1395864371200m`,
+/// `1e9`), or None when it is not one (or too large). Exact because the API server rewrites a
+/// quantity into its canonical form (`8.3G` is stored as `8300M`): floats would see those differ
+/// and patch the claim on every pass.
+pub fn quantity_nanos(q: &str) -> Option<u128> {
     let q = q.trim();
-    let split = q
-        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
+    let q = q.strip_prefix('+').unwrap_or(q);
+    let end = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(q.len());
-    let (number, suffix) = q.split_at(split);
-    let factor = match suffix {
-        "" => 1.0,
-        "Ki" => 1024f64,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
+    let (number, suffix) = q.split_at(end);
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if int.len() + frac.len() == 0 || frac.contains('.') {
+        return None;
+    }
+    let mantissa: u128 = format!("{int}{frac}").parse().ok()?;
+    let (exp10, exp2): (i32, u32) = match suffix {
+        "" => (0, 0),
+        "n" => (-9, 0),
+        "u" => (-6, 0),
+        "m" => (-3, 0),
+        "k" => (3, 0),
+        "M" => (6, 0),
+        "G" => (9, 0),
+        "T" => (12, 0),
+        "P" => (15, 0),
+        "E" => (18, 0),
+        "Ki" => (0, 10),
+        "Mi" => (0, 20),
+        "Gi" => (0, 30),
+        "Ti" => (0, 40),
+        "Pi" => (0, 50),
+        "Ei" => (0, 60),
+        // A decimal exponent: `1e9`, `1E3` (a bare `E` above is exa).
+        s if s.starts_with(['e', 'E']) => (s[1..].parse().ok()?, 0),
         _ => return None,
     };
-    let n: f64 = number.parse().ok()?;
-    (n.is_finite() && n >= 0.0).then_some(n * factor)
+    let value = mantissa.checked_mul(1u128.checked_shl(exp2)?)?;
+    let scale = 9 + exp10 - frac.len() as i32;
+    if scale >= 0 {
+        value.checked_mul(10u128.checked_pow(scale as u32)?)
+    } else {
+        // Below a billionth: round up, as Kubernetes does.
+        Some(value.div_ceil(10u128.checked_pow(scale.unsigned_abs())?))
+    }
+}
+
+fn storage_of(
+    r: Option<
+        &std::collections::BTreeMap<
+            String,
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+        >,
+    >,
+) -> Option<&str> {
+    r?.get("storage").map(|q| q.0.as_str())
 }
 
 /// The storage a claim asks for.
 fn requested(pvc: &PersistentVolumeClaim) -> Option<&str> {
-    pvc.spec
-        .as_ref()?
-        .resources
-        .as_ref()?
-        .requests
-        .as_ref()?
-        .get("storage")
-        .map(|q| q.0.as_str())
+    storage_of(pvc.spec.as_ref()?.resources.as_ref()?.requests.as_ref())
 }
 
-/// Claims of this cluster's members that ask for less than `size`: (claim, what it asks now).
-pub fn claims_to_grow<'a>(
+/// The storage a claim has.
+fn capacity(pvc: &PersistentVolumeClaim) -> Option<&str> {
+    storage_of(pvc.status.as_ref()?.capacity.as_ref())
+}
+
+/// What the member claims need, from the claims as listed.
+#[derive(Debug, Default, PartialEq)]
+pub struct VolumePlan<'a> {
+    /// Bound member claims that ask for less than the spec: (claim, what it asks now).
+    pub grow: Vec<(&'a PersistentVolumeClaim, String)>,
+    /// Ordinals whose claim asks for the spec's size but does not have it yet (resizing).
+    pub resizing: Vec<u32>,
+}
+
+/// Sort the cluster's member claims (`data-<cluster>-<n>`) by what they need.
+pub fn plan_volumes<'a>(
     cluster: &SqliteCluster,
     claims: &'a [PersistentVolumeClaim],
-) -> Vec<(&'a PersistentVolumeClaim, String)> {
-    let Some(want) = quantity_bytes(&cluster.spec.storage.size) else {
-        return vec![];
+) -> VolumePlan<'a> {
+    let mut plan = VolumePlan::default();
+    let Some(want) = quantity_nanos(&cluster.spec.storage.size) else {
+        return plan;
     };
     let prefix = format!("{}-", crate::resources::statefulset::DATA_VOLUME);
-    claims
-        .iter()
-        .filter(|c| c.metadata.deletion_timestamp.is_none())
-        // data-<cluster>-<n>: the member's own claim, not another claim that shares the labels.
-        .filter(|c| {
-            c.name_any()
-                .strip_prefix(&prefix)
-                .is_some_and(|pod| ordinal_of(cluster, pod).is_some())
-        })
-        .filter_map(|c| {
-            let now = requested(c)?;
-            (quantity_bytes(now)? < want).then(|| (c, now.to_string()))
-        })
-        .collect()
+    for c in claims {
+        if c.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        // The member's own claim, not another claim that shares the labels.
+        let name = c.name_any();
+        let Some(ordinal) = name
+            .strip_prefix(&prefix)
+            .and_then(|pod| ordinal_of(cluster, pod))
+        else {
+            continue;
+        };
+        // An unbound claim cannot be resized; the next pass sees it bound.
+        if c.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound") {
+            continue;
+        }
+        let (Some(asks), has) = (requested(c), capacity(c)) else {
+            continue;
+        };
+        if quantity_nanos(asks).is_some_and(|n| n < want) {
+            plan.grow.push((c, asks.to_string()));
+        } else if has.and_then(quantity_nanos).is_some_and(|n| n < want) {
+            plan.resizing.push(ordinal);
+        }
+    }
+    plan
 }
 
-/// Ask every member claim that is smaller than `spec.storage.size` for the new size.
-pub async fn reconcile_volumes(cluster: &SqliteCluster, ctx: &Context, ns: &str) -> Result<()> {
+/// Ask every member claim that is smaller than `spec.storage.size` for the new size. Returns
+/// the ordinals whose volume is still being resized (a new member waits for it before joining:
+/// catching up could fill the smaller volume). Nothing here fails the reconcile: the database
+/// keeps running on the volumes it has, and each refusal is reported once as a Warning Event.
+pub async fn reconcile_volumes(cluster: &SqliteCluster, ctx: &Context, ns: &str) -> Vec<u32> {
     let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), ns);
-    let claims = api
+    let claims = match api
         .list(&ListParams::default().labels(&selector_string(cluster)))
-        .await?
-        .items;
+        .await
+    {
+        Ok(list) => list.items,
+        Err(e) => {
+            warn!(cluster = %cluster.name_any(), error = %e, "cannot list the member volumes; volume growth skipped");
+            return vec![];
+        }
+    };
     let size = &cluster.spec.storage.size;
-    for (claim, from) in claims_to_grow(cluster, &claims) {
+    let plan = plan_volumes(cluster, &claims);
+    for (claim, from) in plan.grow {
         let name = claim.name_any();
         let patch = json!({"spec": {"resources": {"requests": {"storage": size}}}});
         let params = PatchParams {
             field_manager: Some(MANAGER.into()),
             ..Default::default()
         };
-        match api.patch(&name, &params, &Patch::Merge(&patch)).await {
+        let note = match api.patch(&name, &params, &Patch::Merge(&patch)).await {
             Ok(_) => {
                 info!(cluster = %cluster.name_any(), claim = %name, %from, to = %size, "volume expansion requested");
                 let note = format!("growing {name} from {from} to {size}");
@@ -110,53 +169,68 @@ pub async fn reconcile_volumes(cluster: &SqliteCluster, ctx: &Context, ns: &str)
                     note,
                 )
                 .await;
+                continue;
             }
-            // Refused by admission: the claim's class cannot expand (or a quota). Say so and
-            // carry on; the next pass tries again, so fixing the class is enough.
-            Err(kube::Error::Api(e)) if matches!(e.code, 403 | 422) => {
-                warn!(cluster = %cluster.name_any(), claim = %name, error = %e.message, "volume expansion refused");
-                let note = format!(
-                    "cannot grow {name} from {from} to {size}: {}; its StorageClass must set allowVolumeExpansion: true",
-                    e.message
-                );
-                ctx.publish(
-                    cluster,
-                    EventType::Warning,
-                    "VolumeExpansionFailed",
-                    "Resize",
-                    note,
-                )
-                .await;
-            }
-            Err(e) => return Err(e.into()),
-        }
+            // Refused by admission: the claim's class cannot expand (or a quota).
+            Err(kube::Error::Api(e)) if matches!(e.code, 403 | 422) => format!(
+                "cannot grow {name} from {from} to {size}: {}; its StorageClass must set allowVolumeExpansion: true",
+                e.message
+            ),
+            Err(e) => format!("cannot grow {name} from {from} to {size}: {e}"),
+        };
+        warn!(cluster = %cluster.name_any(), claim = %name, %note, "volume expansion refused");
+        // Each pass tries again (fixing the class is enough); one Warning says why.
+        let key = format!(
+            "VolumeExpansionFailed/{}/{size}",
+            claim.uid().unwrap_or(name)
+        );
+        ctx.publish_once(
+            key,
+            cluster,
+            EventType::Warning,
+            "VolumeExpansionFailed",
+            "Resize",
+            note,
+        )
+        .await;
     }
-    Ok(())
+    plan.resizing
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::resources::testing::{ClusterExt, cluster};
-    use k8s_openapi::api::core::v1::{PersistentVolumeClaimSpec, VolumeResourceRequirements};
+    use k8s_openapi::api::core::v1::{
+        PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, VolumeResourceRequirements,
+    };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     #[test]
-    fn quantities_parse_as_bytes() {
-        assert_eq!(quantity_bytes("1Gi"), Some(1073741824.0));
-        assert_eq!(quantity_bytes("1073741824"), Some(1073741824.0));
-        assert_eq!(quantity_bytes("1.5Gi"), Some(1.5 * 1073741824.0));
-        assert_eq!(quantity_bytes("500M"), Some(5e8));
-        assert_eq!(quantity_bytes("2e9"), Some(2e9));
-        assert_eq!(quantity_bytes("10k"), Some(1e4));
-        assert!(quantity_bytes("1Gi") > quantity_bytes("1G"));
-        for bad in ["lots", "", "Gi", "1Xi", "-1Gi", "100m"] {
-            assert_eq!(quantity_bytes(bad), None, "{bad}");
+    fn quantities_parse_exactly() {
+        let gi = 1u128 << 30;
+        let n = |q| quantity_nanos(q);
+        assert_eq!(n("1Gi"), Some(gi * 1_000_000_000));
+        assert_eq!(n("1073741824"), n("1Gi"));
+        // The API server's canonical forms compare equal to what the user wrote.
+        assert_eq!(n("8.3G"), n("8300M"));
+        assert_eq!(n("1.07G"), n("1070M"));
+        assert_eq!(n("16.6T"), n("16600G"));
+        assert_eq!(n("1.3Gi"), n("1395864371200m"));
+        assert_eq!(n("1e3"), n("1k"));
+        assert_eq!(n("1E3"), n("1k"));
+        assert_eq!(n("2E"), n("2e18"));
+        assert_eq!(n(".5Ki"), n("512"));
+        assert!(n("1Gi") > n("1G"));
+        assert_eq!(n("1n"), Some(1));
+        for bad in ["lots", "", "Gi", "1Xi", "-1Gi", "1.2.3", ".", "1e", "1e999"] {
+            assert_eq!(n(bad), None, "{bad}");
         }
     }
 
-    fn claim(name: &str, size: &str) -> PersistentVolumeClaim {
+    fn claim(name: &str, asks: &str, has: Option<&str>) -> PersistentVolumeClaim {
+        let storage = |q: &str| Some([("storage".to_string(), Quantity(q.into()))].into());
         PersistentVolumeClaim {
             metadata: ObjectMeta {
                 name: Some(name.into()),
@@ -164,31 +238,39 @@ mod tests {
             },
             spec: Some(PersistentVolumeClaimSpec {
                 resources: Some(VolumeResourceRequirements {
-                    requests: Some([("storage".to_string(), Quantity(size.into()))].into()),
+                    requests: storage(asks),
                     ..Default::default()
                 }),
                 ..Default::default()
             }),
-            ..Default::default()
+            status: Some(PersistentVolumeClaimStatus {
+                phase: Some(if has.is_some() { "Bound" } else { "Pending" }.into()),
+                capacity: has.and_then(storage),
+                ..Default::default()
+            }),
         }
     }
 
     #[test]
-    fn only_member_claims_smaller_than_the_spec_grow() {
+    fn bound_member_claims_smaller_than_the_spec_grow_and_resizing_ones_are_known() {
         let c = cluster().with_storage("2Gi", None);
         let claims = [
-            claim("data-db-0", "1Gi"),
-            claim("data-db-1", "2Gi"),
-            claim("data-db-2", "2147483648"),
-            claim("data-db-3", "3Gi"),
-            claim("data-db-4", "1G"),
-            // Shares the labels but is not a member's data claim.
-            claim("scratch-db-0", "1Gi"),
-            claim("data-other-0", "1Gi"),
+            claim("data-db-0", "1Gi", Some("1Gi")),
+            claim("data-db-1", "2Gi", Some("2Gi")),
+            claim("data-db-2", "2147483648", Some("1Gi")),
+            claim("data-db-3", "3Gi", Some("3Gi")),
+            claim("data-db-4", "1G", Some("1G")),
+            // Not bound yet: it cannot be resized now.
+            claim("data-db-5", "1Gi", None),
+            // Share the labels but are not a member's data claim.
+            claim("scratch-db-0", "1Gi", Some("1Gi")),
+            claim("data-other-0", "1Gi", Some("1Gi")),
         ];
-        let grow: Vec<_> = claims_to_grow(&c, &claims)
-            .into_iter()
-            .map(|(c, from)| (c.name_any(), from))
+        let plan = plan_volumes(&c, &claims);
+        let grow: Vec<_> = plan
+            .grow
+            .iter()
+            .map(|(c, from)| (c.name_any(), from.clone()))
             .collect();
         assert_eq!(
             grow,
@@ -197,7 +279,16 @@ mod tests {
                 ("data-db-4".to_string(), "1G".to_string())
             ]
         );
-        // A size that does not parse never shrinks or grows anything.
-        assert!(claims_to_grow(&cluster().with_storage("lots", None), &claims).is_empty());
+        assert_eq!(plan.resizing, [2], "db-2 asks for 2Gi and has 1Gi");
+        // A size that does not parse never grows anything.
+        let none = plan_volumes(&cluster().with_storage("lots", None), &claims);
+        assert_eq!(none, VolumePlan::default());
+        // The canonical form of the spec's own size is not a reason to patch.
+        let c = cluster().with_storage("8.3G", None);
+        assert!(
+            plan_volumes(&c, &[claim("data-db-0", "8300M", Some("8300M"))])
+                .grow
+                .is_empty()
+        );
     }
 }

@@ -521,16 +521,16 @@ impl ApiServerVerifier {
 fn context(fake: FakeNodes) -> (Arc<Context>, ApiServerVerifier, Arc<FakeNodes>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let fake = Arc::new(fake);
-    let ctx = Context {
-        client: Client::new(service, "default"),
-        nodes: fake.clone(),
-        reporter: Reporter {
+    let ctx = Context::new(
+        Client::new(service, "default"),
+        fake.clone(),
+        Reporter {
             controller: "litecluster-operator".into(),
             instance: None,
         },
-        metrics: Arc::new(Metrics::default()),
-        cluster_domain: "cluster.local".into(),
-    };
+        Arc::new(Metrics::default()),
+        "cluster.local".into(),
+    );
     let verifier = ApiServerVerifier {
         handle,
         cluster: None,
@@ -552,16 +552,16 @@ async fn timeout<T>(f: impl std::future::Future<Output = T>) -> T {
 
 fn ctx_for_sts() -> Context {
     let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    Context {
-        client: Client::new(service, "default"),
-        nodes: Arc::new(FakeNodes::default()),
-        reporter: Reporter {
+    Context::new(
+        Client::new(service, "default"),
+        Arc::new(FakeNodes::default()),
+        Reporter {
             controller: "x".into(),
             instance: None,
         },
-        metrics: Arc::default(),
-        cluster_domain: "cluster.local".into(),
-    }
+        Arc::default(),
+        "cluster.local".into(),
+    )
 }
 
 // ---------- scenarios ----------
@@ -1137,10 +1137,16 @@ async fn tls_secret_without_its_ca_stops_the_reconcile_with_a_clear_error() {
 
 // ---------- volume growth ----------
 
-fn claim_json(name: &str, size: &str) -> Value {
+/// A bound member claim asking for `size` and having `has`.
+fn claim_with(name: &str, size: &str, has: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name, "namespace": "ns"},
-        "spec": {"resources": {"requests": {"storage": size}}}})
+        "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")},
+        "spec": {"resources": {"requests": {"storage": size}}},
+        "status": {"phase": "Bound", "capacity": {"storage": has}}})
+}
+
+fn claim_json(name: &str, size: &str) -> Value {
+    claim_with(name, size, size)
 }
 
 /// A settled 3-member cluster whose spec now asks for `size`; claims as given.
@@ -1221,19 +1227,21 @@ async fn an_unsafe_ca_swap_holds_every_restart_back_and_says_why() {
     // Plain HTTP on the API keeps the fake nodes reachable; the Raft port still uses the Secret.
     c.spec.tls.as_mut().unwrap().api = false;
     let fake = nodes(&[0, 1, 2], &[], &[]);
-    // The Secret now holds a certificate and a CA the running members have never seen.
-    let new_tls = super::observe::ObservedTls {
-        ca_pem: testdata("ca2.crt"),
-        cert_hash: leaf_hash("member2.crt"),
-        ca_hashes: vec![leaf_hash("ca2.crt")],
+    // The live template is what the members run: member1.crt under ca1. The Secret now holds
+    // a certificate and a CA they have never seen; the template must keep the old hashes (the
+    // verifier fails on any StatefulSet write).
+    let running_tls = super::observe::ObservedTls {
+        ca_pem: testdata("ca1.crt"),
+        cert_hash: leaf_hash("member1.crt"),
+        ca_hashes: vec![leaf_hash("ca1.crt")],
         unsafe_change: None,
     };
     let mut obs = observed(&[0, 1, 2], &fake, None);
-    obs.tls = Some(new_tls);
+    obs.tls = Some(running_tls);
     let mut sts = applied(desired_sts(&c, &ctx_for_sts(), &obs, true, None).unwrap());
     sts["metadata"]["generation"] = json!(2);
     sts["status"] = json!({"replicas": 3, "observedGeneration": 2, "updateRevision": "rev-2"});
-    // Every member runs the previous revision, started with member1.crt under ca1.
+    // Every member runs the previous revision (say, the image changed), with member1.crt under ca1.
     let pods = (0..3)
         .map(|o| {
             let mut p = pod_at(o, "rev-1", Some("older"));
@@ -1261,7 +1269,8 @@ async fn an_unsafe_ca_swap_holds_every_restart_back_and_says_why() {
     let mock = api.run(
         Scenario::Maintenance {
             sts,
-            // No DELETE: every member is outdated, yet none is restarted.
+            // The image rollout is announced, but no DELETE: every member is outdated, yet
+            // none is restarted while a restart would load the unsafe Secret.
             then: vec![
                 (Method::POST, events),
                 (Method::POST, events),
@@ -1292,5 +1301,46 @@ async fn an_unsafe_ca_swap_holds_every_restart_back_and_says_why() {
         status["phase"].as_str().unwrap().contains("TLS Secret"),
         "{}",
         status["phase"]
+    );
+}
+
+#[tokio::test]
+async fn a_new_member_waits_for_its_volume_to_reach_the_spec_size_before_joining() {
+    let c = cluster().bootstrapped().with_storage("2Gi", None);
+    let fake = nodes(&[0], &[], &[1]);
+    let sts = applied(
+        desired_sts(
+            &c,
+            &ctx_for_sts(),
+            &observed(&[0, 1], &fake, None),
+            true,
+            None,
+        )
+        .unwrap(),
+    );
+    let (ctx, mut api, fake) = context(fake);
+    api.cluster = Some(c.clone());
+    // db-1's claim was created from the template at 1Gi and asks for 2Gi now; it has 1Gi.
+    api.claims = vec![
+        claim_json("data-db-0", "2Gi"),
+        claim_with("data-db-1", "2Gi", "1Gi"),
+    ];
+    let status = "/apis/litecluster.io/v1alpha1/namespaces/ns/sqliteclusters/db/status";
+    let mock = api.run(
+        Scenario::Maintenance {
+            sts,
+            then: vec![(Method::PATCH, status)],
+        },
+        vec![pod(0), with_role(pod(1), None)],
+    );
+    timeout(reconcile(Arc::new(c), ctx)).await.unwrap();
+    let writes = timeout(mock).await.unwrap();
+    assert!(
+        fake.calls.lock().unwrap().is_empty(),
+        "db-1 must not join yet"
+    );
+    assert_eq!(
+        writes[0].2["status"]["phase"],
+        "Waiting: the volume of db-1 is growing to 2Gi"
     );
 }
