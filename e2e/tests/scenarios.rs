@@ -1241,6 +1241,19 @@ fn growing_storage_size_expands_member_claims_or_says_why_it_cannot() {
             "rows changed by the resize"
         );
         s.wait_ready(ns, "fixed", 1, ready_timeout())?;
+        // A member added now gets a claim from the template (1Gi): it is grown, and the member
+        // joins once it has 2Gi, then catches up.
+        s.cp.kubectl_ok(&["scale", "slc/grow", "--replicas=2", "-n", ns])?;
+        s.wait_ready(ns, "grow", 2, ready_timeout())?;
+        ensure!(
+            claim_sizes(s, ns, "data-grow-1")? == ("2Gi".into(), "2Gi".into()),
+            "the new member's claim: {:?}",
+            claim_sizes(s, ns, "data-grow-1")?
+        );
+        let a1 = member(s, ns, "grow-1")?;
+        s.wait_for("the row on grow-1", Duration::from_secs(30), || {
+            Ok((query_ints(&a1, "SELECT id FROM t", "none")? == [7]).then_some(()))
+        })?;
         s.cp.kubectl_ok(&["delete", "storageclass", "e2e-expandable", "--wait=false"])?;
         Ok(())
     });
