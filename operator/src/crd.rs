@@ -136,8 +136,10 @@ pub struct TlsSpec {
     /// example `*.mydb-headless.default.svc.cluster.local`). With `api`, clients reach the
     /// cluster through its Services, so add `<cluster>.<namespace>.svc`,
     /// `<cluster>-readonly.<namespace>.svc` and their `.<cluster domain>` forms. The operator
-    /// restarts members one at a time when `tls.crt` changes (a renewal); a new certificate
-    /// must come from the same CA.
+    /// restarts members one at a time when `tls.crt` changes (a renewal). Any certificate from
+    /// `ca.crt` is admitted on the Raft port, so give each cluster a CA of its own. To change CA,
+    /// add the new one to `ca.crt`, then issue from it, then drop the old one: a change the
+    /// running members could not follow holds restarts back (condition Degraded=TlsChangeUnsafe).
     #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("tls.secretName must be the name of a Secret"))]
     pub secret_name: String,
