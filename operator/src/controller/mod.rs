@@ -142,7 +142,26 @@ pub async fn reconcile(cluster: Arc<SqliteCluster>, ctx: Arc<Context>) -> Result
         return Ok(Action::await_change());
     }
     let ns = cluster.namespace().ok_or(Error::MissingNamespace)?;
-    let (observed, nodes) = observe::observe(&cluster, &ctx, &ns).await?;
+    let (observed, nodes) = match observe::observe(&cluster, &ctx, &ns).await {
+        Ok(o) => o,
+        // A Secret the cluster names is unusable: nothing can be reconciled until it is fixed.
+        // Say so where `kubectl describe` shows it, once per problem.
+        Err(e @ (Error::TlsSecret { .. } | Error::AuthSecret { .. })) => {
+            let note = format!("{e}; nothing is reconciled until the Secret is fixed");
+            let key = format!("SecretInvalid/{ns}/{}/{e}", cluster.name_any());
+            ctx.publish_once(
+                key,
+                &cluster,
+                EventType::Warning,
+                "SecretInvalid",
+                "Reconcile",
+                note,
+            )
+            .await;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     let bootstrapped = observe::bootstrapped(&cluster, &observed);
 
     // Labels before the objects: the read-only Service may start selecting learners in this

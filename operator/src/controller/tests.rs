@@ -1124,13 +1124,22 @@ async fn tls_secret_without_its_ca_stops_the_reconcile_with_a_clear_error() {
             Some(tls_secret(&["tls.crt", "tls.key"])),
         )
         .await;
-        api
+        let event = api
+            .expect_write(Method::POST, "/apis/events.k8s.io/v1/namespaces/ns/events")
+            .await;
+        (api, event)
     });
     let err = timeout(reconcile(Arc::new(c), ctx)).await.unwrap_err();
     assert_eq!(err.to_string(), "tls secret db-tls: missing key ca.crt");
     assert_eq!(err.metric_label(), "tls_secret");
-    let mut api = timeout(answer).await.unwrap();
-    // Nothing was created from a half-configured Secret.
+    let (mut api, event) = timeout(answer).await.unwrap();
+    assert_eq!(event.2["reason"], "SecretInvalid");
+    assert_eq!(event.2["type"], "Warning");
+    assert_eq!(
+        event.2["note"],
+        "tls secret db-tls: missing key ca.crt; nothing is reconciled until the Secret is fixed"
+    );
+    // Nothing else: no object was created from a half-configured Secret.
     let next = tokio::time::timeout(Duration::from_millis(100), api.handle.next_request()).await;
     assert!(next.is_err() || next.unwrap().is_none());
 }
