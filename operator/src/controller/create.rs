@@ -152,19 +152,14 @@ pub fn desired_sts(
     } else {
         1
     };
+    let (tls_cert_hash, tls_ca_hashes) = template_tls(observed);
     let params = StatefulSetParams {
         replicas: replicas as i32,
         bootstrap: !bootstrapped,
         cluster_domain: ctx.cluster_domain.clone(),
         restarted_at,
-        tls_cert_hash: None,
-        tls_ca_hashes: None,
-    };
-    let (tls_cert_hash, tls_ca_hashes) = template_tls(observed);
-    let params = StatefulSetParams {
         tls_cert_hash,
         tls_ca_hashes,
-        ..params
     };
     let mut sts = desired_statefulset(cluster, &params)?;
     // Volume claim templates are immutable: keep the live ones (volume growth is done on the PVCs).

@@ -203,22 +203,22 @@ pub async fn observe_tls(
     let bundle = crate::tls::pem_certs(&ca_pem).map_err(|e| error(format!("ca.crt {e}")))?;
     let chain =
         crate::tls::pem_certs(key("tls.crt")?).map_err(|e| error(format!("tls.crt {e}")))?;
-    // What the running members were started with, as far as their annotations say.
-    let running: Vec<crate::tls::Running> = pods
-        .iter()
-        .filter_map(|p| {
-            Some(crate::tls::Running {
-                cert_hash: p.template.tls_cert_hash.clone()?,
-                ca_hashes: p
-                    .template
-                    .tls_ca_hashes
-                    .as_deref()?
-                    .split(',')
-                    .map(String::from)
-                    .collect(),
-            })
-        })
-        .collect();
+    // What the running members were started with, as far as their annotations say; members
+    // started alike are judged once.
+    let mut running: Vec<crate::tls::Running> = vec![];
+    for p in pods {
+        let (Some(cert_hash), Some(cas)) = (&p.template.tls_cert_hash, &p.template.tls_ca_hashes)
+        else {
+            continue;
+        };
+        let r = crate::tls::Running {
+            cert_hash: cert_hash.clone(),
+            ca_hashes: cas.split(',').map(String::from).collect(),
+        };
+        if !running.contains(&r) {
+            running.push(r);
+        }
+    }
     // Every member the spec asks for: a certificate listing names must cover them all.
     let members: Vec<String> = (0..cluster.spec.replicas.max(1) as u32)
         .map(|o| member_host(cluster, &Names::pod(cluster, o), ns, &ctx.cluster_domain))

@@ -564,6 +564,14 @@ fn ctx_for_sts() -> Context {
     )
 }
 
+/// The condition of `type_` in a written status.
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
 // ---------- scenarios ----------
 
 #[tokio::test]
@@ -810,12 +818,7 @@ async fn rollout_deletes_one_outdated_follower_and_records_it() {
         status["phase"],
         "Rolling restart (2/3 updated): restarting member db-2 (pod template changed)"
     );
-    let progressing = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Progressing")
-        .unwrap();
+    let progressing = condition(status, "Progressing");
     assert_eq!(
         (&progressing["status"], &progressing["reason"]),
         (&json!("True"), &json!("RollingRestart"))
@@ -927,12 +930,7 @@ async fn remediation_asks_the_failing_member_for_a_full_snapshot() {
     );
     assert_eq!(r["baselineSuccess"], "2026-01-01T00:00:00Z");
     assert!(r["since"].is_string());
-    let snap = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "SnapshotsHealthy")
-        .unwrap();
+    let snap = condition(status, "SnapshotsHealthy");
     assert_eq!(
         (&snap["status"], &snap["reason"]),
         (&json!("False"), &json!("Remediating"))
@@ -1296,12 +1294,7 @@ async fn an_unsafe_ca_swap_holds_every_restart_back_and_says_why() {
     let note = writes[0].2["note"].as_str().unwrap();
     assert!(note.contains("Rotate in steps"), "{note}");
     let status = &writes[2].2["status"];
-    let degraded = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Degraded")
-        .unwrap();
+    let degraded = condition(status, "Degraded");
     assert_eq!(
         (&degraded["status"], &degraded["reason"]),
         (&json!("True"), &json!("TlsChangeUnsafe"))
@@ -1351,5 +1344,30 @@ async fn a_new_member_waits_for_its_volume_to_reach_the_spec_size_before_joining
     assert_eq!(
         writes[0].2["status"]["phase"],
         "Waiting: the volume of db-1 is growing to 2Gi"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_claim_patch_is_reported_and_the_reconcile_goes_on() {
+    // Neither admission's 403/422: say a validating webhook that is down.
+    let writes = grow_volumes(
+        vec![
+            claim_json("data-db-0", "1Gi"),
+            claim_json("data-db-1", "2Gi"),
+            claim_json("data-db-2", "2Gi"),
+        ],
+        vec![("data-db-0", Some((500, "webhook unavailable")))],
+    )
+    .await;
+    assert_eq!(writes[0].2["reason"], "VolumeExpansionFailed");
+    let note = writes[0].2["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("cannot grow data-db-0 from 1Gi to 2Gi:")
+            && note.contains("webhook unavailable"),
+        "{note}"
+    );
+    assert!(
+        writes[1].1.contains("/status"),
+        "the status is still written"
     );
 }
