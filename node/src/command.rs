@@ -61,10 +61,27 @@ pub enum Command {
         transaction: bool,
         mode: Mode,
     },
-    /// Replace the whole database with the given SQLite file image (`/db/load`).
+    /// Replace the whole database with the given SQLite file image. Written by earlier
+    /// versions; a load is now [`Command::LoadChunk`]s and a [`Command::LoadCommit`].
     Load {
         #[serde(with = "base64_bytes")]
         image: Vec<u8>,
+    },
+    /// One piece of a database image being loaded (`/db/load`, `--restore-from`), staged inside
+    /// the database so that it is part of snapshots and commits with the applied index.
+    /// `seq` 0 starts a load and drops any earlier one that never committed.
+    LoadChunk {
+        load: u64,
+        seq: u32,
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+    },
+    /// Replace the database with the staged image of `load`, once its pieces check out.
+    LoadCommit {
+        load: u64,
+        chunks: u32,
+        len: u64,
+        crc32: u32,
     },
 }
 

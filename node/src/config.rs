@@ -236,10 +236,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             _ => return Err(err()),
         };
         rest = &rest[unit_len..];
-        total += Duration::from_secs_f64(value * scale);
+        // Go's limit (about 292 years): anything larger, negative or not a number is refused
+        // rather than overflowing.
+        let part = Duration::try_from_secs_f64(value * scale).map_err(|_| err())?;
+        total = total.checked_add(part).ok_or_else(err)?;
+    }
+    if total > MAX_DURATION {
+        return Err(err());
     }
     Ok(total)
 }
+
+/// The longest duration Go's `time.ParseDuration` accepts, which rqlite's flags use.
+const MAX_DURATION: Duration = Duration::from_nanos(i64::MAX as u64);
 
 #[cfg(test)]
 mod tests {
@@ -253,5 +262,25 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("").is_err());
+        for bad in [
+            "99999999999999999999s",
+            "1e400s",
+            "-5s",
+            "NaN",
+            "nans",
+            "infs",
+            "300y",
+            "2562048h",
+            "9223372037s",
+            "1.5.5s",
+            ".s",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad} was accepted");
+        }
+        assert_eq!(
+            parse_duration("2562047h"),
+            Ok(Duration::from_secs(2562047 * 3600))
+        );
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
     }
 }

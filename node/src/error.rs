@@ -8,6 +8,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// This member could not apply committed entries (disk, I/O, memory): it must stop rather
+    /// than differ from the others.
+    #[error("apply failed: {0}")]
+    Apply(#[from] crate::sqlite::apply::ApplyError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -49,6 +53,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Sqlite(_) => "sqlite",
+            Self::Apply(_) => "apply",
             Self::Io { .. } => "io",
             Self::NotLeader { .. } => "not_leader",
             Self::NoLeader => "no_leader",

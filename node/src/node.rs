@@ -328,7 +328,10 @@ impl Node {
     }
 
     async fn hand_over(&self, timeout: Duration) -> anyhow::Result<NodeId> {
-        let deadline = Instant::now() + timeout;
+        // A `timeout` flag may be up to Go's 292 years: saturate rather than overflow.
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
         let (target, info) = {
             let m = self.raft.metrics();
             let m = m.borrow();

@@ -301,7 +301,10 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
         Some(s) => {
             // Days are common for retention; Go-style durations stop at hours.
             let parsed = match s.strip_suffix('d').and_then(|n| n.parse::<u64>().ok()) {
-                Some(days) => Ok(Duration::from_secs(days * 86_400)),
+                Some(days) => days
+                    .checked_mul(86_400)
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| format!("{s:?} is too long a duration")),
                 None => crate::config::parse_duration(&s),
             };
             parsed

@@ -7,62 +7,24 @@ use rusqlite::{Connection, ErrorCode};
 
 use crate::command::{Mode, ParamValue, Params, Statement, StmtResult, Value};
 
-/// The statement rolled back the caller's enclosing transaction (for example
-/// `INSERT OR ROLLBACK`). `resume_at` is the index of the next statement to run.
-#[derive(Debug)]
-pub struct TransactionLost {
-    pub results: Vec<StmtResult>,
-    pub resume_at: usize,
-}
-
-/// Runs `stmts` starting at `start` and returns one result per statement run.
-///
-/// With `transaction`, the statements run inside a savepoint and the first error rolls all of
-/// them back and stops (later statements get no result, as in rqlite). With `guard_tx`, the
-/// caller holds a transaction that must stay open; if a statement ends it, the run stops with
-/// [`TransactionLost`] so the caller can restore it.
-pub fn run(
-    conn: &Connection,
-    stmts: &[Statement],
-    start: usize,
-    transaction: bool,
-    mode: Mode,
-    guard_tx: bool,
-) -> Result<Vec<StmtResult>, TransactionLost> {
+/// Runs read statements (the read pool's path; writes go through `apply`) and returns one
+/// result per statement.
+pub fn run(conn: &Connection, stmts: &[Statement], mode: Mode) -> Vec<StmtResult> {
     let mut results = Vec::with_capacity(stmts.len());
-    if transaction && let Err(e) = conn.execute_batch("SAVEPOINT lc_request") {
-        results.push(StmtResult::error(e.to_string()));
-        return Ok(results);
-    }
-    for (i, stmt) in stmts.iter().enumerate().skip(start) {
+    for stmt in stmts {
         let started = Instant::now();
         let mut result = match run_one(conn, stmt, mode) {
             Ok(r) => r,
             Err(e) => StmtResult::error(error_message(&e)),
         };
         result.time = started.elapsed().as_secs_f64();
-        let failed = result.error.is_some();
         results.push(result);
-        if guard_tx && conn.is_autocommit() {
-            return Err(TransactionLost {
-                results,
-                resume_at: i + 1,
-            });
-        }
-        if transaction && failed {
-            // Roll back everything this request did, then stop: rqlite reports no results
-            // for the statements after the failing one.
-            let _ = conn.execute_batch("ROLLBACK TO lc_request; RELEASE lc_request");
-            return Ok(results);
-        }
     }
-    if transaction && let Err(e) = conn.execute_batch("RELEASE lc_request") {
-        results.push(StmtResult::error(e.to_string()));
-    }
-    Ok(results)
+    results
 }
 
-fn error_message(e: &rusqlite::Error) -> String {
+/// The error text rqlite clients see for a failed statement.
+pub fn error_message(e: &rusqlite::Error) -> String {
     match e {
         rusqlite::Error::SqliteFailure(err, Some(msg))
             if err.code == ErrorCode::OperationInterrupted =>
@@ -126,6 +88,15 @@ fn run_one(conn: &Connection, stmt: &Statement, mode: Mode) -> rusqlite::Result<
         Err(e) => return Err(e),
     };
     bind(&mut prepared, &stmt.params)?;
+    step(conn, &mut prepared, mode)
+}
+
+/// Steps a prepared (and bound) statement to the end and shapes its result for `mode`.
+pub fn step(
+    conn: &Connection,
+    prepared: &mut rusqlite::Statement<'_>,
+    mode: Mode,
+) -> rusqlite::Result<StmtResult> {
     let as_query = match mode {
         Mode::Query => true,
         Mode::Execute => false,
@@ -226,7 +197,7 @@ fn text_affinity(decl: &str) -> bool {
 /// Rows affected come from the change counter's delta, so DDL after an INSERT reports none.
 /// The last insert id is only reported for a statement that changed rows: the writer
 /// connection's rowid would otherwise show the node's own bookkeeping. Zeros are omitted.
-fn execute_result(conn: &Connection, changes_before: u64) -> StmtResult {
+pub fn execute_result(conn: &Connection, changes_before: u64) -> StmtResult {
     let affected = conn.total_changes() - changes_before;
     StmtResult {
         last_insert_id: Some(conn.last_insert_rowid()).filter(|&v| v != 0 && affected > 0),
@@ -235,7 +206,7 @@ fn execute_result(conn: &Connection, changes_before: u64) -> StmtResult {
     }
 }
 
-fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Result<()> {
+pub fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Result<()> {
     match params {
         Params::None => Ok(()),
         Params::Positional(values) => {
@@ -309,23 +280,15 @@ mod tests {
         let r = run(
             &c,
             &[Statement::new("INSERT INTO t(name, v) VALUES ('a', 1.5)")],
-            0,
-            false,
             Mode::Execute,
-            false,
-        )
-        .unwrap();
+        );
         assert_eq!(r[0].last_insert_id, Some(1));
         assert_eq!(r[0].rows_affected, Some(1));
         let r = run(
             &c,
             &[Statement::new("SELECT id, name, v, count(*) AS n FROM t")],
-            0,
-            false,
             Mode::Query,
-            false,
-        )
-        .unwrap();
+        );
         assert_eq!(r[0].columns.as_deref().unwrap(), ["id", "name", "v", "n"]);
         assert_eq!(
             r[0].types.as_deref().unwrap(),
@@ -359,36 +322,12 @@ mod tests {
             ),
             st("INSERT INTO t(name) VALUES (?)", Params::Positional(vec![])),
         ];
-        let r = run(&c, &stmts, 0, false, Mode::Execute, false).unwrap();
+        let r = run(&c, &stmts, Mode::Execute);
         assert!(r[0].error.is_none() && r[1].error.is_none(), "{r:?}");
         assert!(
             r[2].error.is_some(),
             "wrong parameter count must be an error"
         );
-    }
-
-    #[test]
-    fn transaction_rolls_back_and_stops_on_error() {
-        let c = conn();
-        let stmts = [
-            Statement::new("INSERT INTO t(name) VALUES ('a')"),
-            Statement::new("INSERT INTO t(name) VALUES ('a')"),
-            Statement::new("INSERT INTO t(name) VALUES ('b')"),
-        ];
-        let r = run(&c, &stmts, 0, true, Mode::Execute, false).unwrap();
-        assert_eq!(r.len(), 2);
-        assert!(r[1].error.as_deref().unwrap().contains("UNIQUE"));
-        let n: i64 = c
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 0);
-        // Without the flag each statement stands alone.
-        let r = run(&c, &stmts, 0, false, Mode::Execute, false).unwrap();
-        assert_eq!(r.len(), 3);
-        let n: i64 = c
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 2);
     }
 
     #[test]
@@ -398,7 +337,7 @@ mod tests {
             Statement::new("INSERT INTO t(name) VALUES ('a')"),
             Statement::new("SELECT name FROM t"),
         ];
-        let r = run(&c, &stmts, 0, false, Mode::Request, false).unwrap();
+        let r = run(&c, &stmts, Mode::Request);
         assert!(!r[0].is_query() && r[0].rows_affected == Some(1));
         let r = run(
             &c,
@@ -406,29 +345,11 @@ mod tests {
                 Statement::new("CREATE TABLE z (x)"),
                 Statement::new("SELECT * FROM z"),
             ],
-            0,
-            false,
             Mode::Request,
-            false,
-        )
-        .unwrap();
+        );
         assert_eq!(r[0].rows_affected, None, "DDL affects no rows");
         assert!(r[1].values.is_none(), "no rows, no values");
         assert!(r[1].is_query());
-    }
-
-    #[test]
-    fn lost_transaction_is_reported() {
-        let c = conn();
-        c.execute_batch("CREATE TABLE u (x UNIQUE); INSERT INTO u VALUES (1); BEGIN")
-            .unwrap();
-        let stmts = [
-            Statement::new("INSERT OR ROLLBACK INTO u VALUES (1)"),
-            Statement::new("INSERT INTO u VALUES (2)"),
-        ];
-        let err = run(&c, &stmts, 0, false, Mode::Execute, true).unwrap_err();
-        assert_eq!(err.resume_at, 1);
-        assert!(err.results[0].error.is_some());
     }
 
     #[test]
@@ -438,69 +359,5 @@ mod tests {
         assert!(forbidden("PRAGMA journal_mode=DELETE").is_some());
         assert!(forbidden("INSERT INTO t VALUES ('begin')").is_none());
         assert!(forbidden("BEGINNING").is_none());
-    }
-}
-
-#[cfg(test)]
-mod meta_tests {
-    use super::*;
-
-    #[test]
-    fn bookkeeping_writes_do_not_leak_into_results() {
-        let dir = std::env::temp_dir().join(format!("lc-exec-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let c = crate::sqlite::open_writer(&dir.join("db")).unwrap();
-        c.execute_batch("BEGIN").unwrap();
-        crate::sqlite::write_meta(&c, "applied", "1").unwrap();
-        crate::sqlite::write_meta(&c, "membership", "2").unwrap();
-        c.execute_batch("COMMIT; BEGIN").unwrap();
-        let r = run(
-            &c,
-            &[Statement::new(
-                "CREATE TABLE foo (id INTEGER PRIMARY KEY, name TEXT)",
-            )],
-            0,
-            false,
-            Mode::Execute,
-            true,
-        )
-        .unwrap();
-        assert_eq!(
-            r[0],
-            StmtResult {
-                time: r[0].time,
-                ..StmtResult::default()
-            }
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
-#[cfg(test)]
-mod multi_statement_tests {
-    use super::*;
-
-    #[test]
-    fn a_string_of_statements_that_build_on_each_other_runs_whole() {
-        let c = Connection::open_in_memory().unwrap();
-        let sql = "PRAGMA foreign_keys=OFF;\nCREATE TABLE d (id INTEGER PRIMARY KEY, t TEXT);\n\
-                   INSERT INTO \"d\" VALUES(1,'x');\nCREATE INDEX d_t ON d(t);";
-        let r = run(&c, &[Statement::new(sql)], 0, true, Mode::Execute, false).unwrap();
-        assert_eq!(r[0].error, None);
-        let n: i64 = c
-            .query_row("SELECT count(*) FROM d", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 1);
-        // A single bad statement still reports its own error.
-        let r = run(
-            &c,
-            &[Statement::new("INSERT INTO nope VALUES(1)")],
-            0,
-            true,
-            Mode::Execute,
-            false,
-        )
-        .unwrap();
-        assert_eq!(r[0].error.as_deref(), Some("no such table: nope"));
     }
 }

@@ -1,10 +1,14 @@
 //! SQLite access: connection setup, statement execution, the read pool, and SQL rewriting.
 
+pub mod apply;
 pub mod checkpoint;
 pub mod dump;
 pub mod exec;
+pub mod guard;
+pub mod load;
 pub mod reader;
 pub mod rewrite;
+pub mod split;
 
 use std::path::Path;
 
@@ -53,12 +57,15 @@ pub fn read_meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String
     .optional()
 }
 
-/// Writes a value to the meta table (inside the caller's transaction).
+/// Writes a value to the meta table (inside the caller's transaction). Never through the
+/// statement cache: user SQL with the same text would find it there, past the guard.
 pub fn write_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(&format!(
-        "INSERT INTO {META_TABLE} (key, value) VALUES (?1, ?2) \
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value"
-    ))?
-    .execute([key, value])?;
+    conn.execute(
+        &format!(
+            "INSERT INTO {META_TABLE} (key, value) VALUES (?1, ?2) \
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+        ),
+        [key, value],
+    )?;
     Ok(())
 }

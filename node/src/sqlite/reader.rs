@@ -84,8 +84,7 @@ impl ReadPool {
                 Some(c) => c,
                 None => crate::sqlite::open_reader(&inner.path)?,
             };
-            if let Some(t) = timeout {
-                let deadline = Instant::now() + t;
+            if let Some(deadline) = timeout.and_then(|t| Instant::now().checked_add(t)) {
                 conn.progress_handler(1000, Some(move || Instant::now() > deadline))?;
             }
             let id = inner
@@ -120,8 +119,7 @@ impl ReadPool {
 
 fn read_tx(conn: &Connection, stmts: &[Statement], mode: Mode) -> Result<Vec<StmtResult>> {
     conn.execute_batch("BEGIN")?;
-    let mut results = crate::sqlite::exec::run(conn, stmts, 0, false, mode, false)
-        .unwrap_or_else(|lost| lost.results);
+    let mut results = crate::sqlite::exec::run(conn, stmts, mode);
     // Read-only connections turn writes into errors; give rqlite's wording.
     for r in &mut results {
         if let Some(e) = &r.error
