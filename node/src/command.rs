@@ -85,6 +85,25 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Bytes this command takes in the log and on the wire, without building the encoding.
+    pub fn encoded_len(&self) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0 += b.len();
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut c = Count(0);
+        let _ = serde_json::to_writer(&mut c, self);
+        c.0
+    }
+}
+
 /// A cell value as rqlite returns it; BLOBs are base64 strings in JSON.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {

@@ -154,6 +154,15 @@ pub struct NodeConfig {
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "LITECLUSTER_MAX_BODY_BYTES", default_value_t = 64 << 20)]
     pub max_body_bytes: usize,
+    /// Largest Raft log entry one request may become, in bytes; larger requests get 413. One
+    /// entry must reach a follower, be written and fsynced within a heartbeat, so keep it well
+    /// below what the disk writes in that time. At most 64 MiB.
+    #[arg(long, env = "LITECLUSTER_MAX_ENTRY_BYTES", default_value_t = 16 << 20, value_parser = parse_entry_bytes)]
+    pub max_entry_bytes: usize,
+    /// Largest database image `/db/load` accepts, in bytes. It is spooled to the data dir and
+    /// replicated in pieces, so memory does not grow with it.
+    #[arg(long, env = "LITECLUSTER_MAX_LOAD_BYTES", default_value_t = 4 << 30)]
+    pub max_load_bytes: u64,
     /// Default time limit for a read statement (overridden per request by `db_timeout`).
     #[arg(long, env = "LITECLUSTER_DB_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub db_timeout: Duration,
@@ -245,6 +254,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(err());
     }
     Ok(total)
+}
+
+/// The hard limit on one entry: the receiver refuses frames over `MAX_FRAME`, and a frame holds
+/// at least one entry.
+pub const MAX_ENTRY_BYTES: usize = 64 << 20;
+
+fn parse_entry_bytes(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if !(1024..=MAX_ENTRY_BYTES).contains(&n) {
+        return Err(format!(
+            "{n} is outside 1024..={MAX_ENTRY_BYTES}: one entry must fit a Raft frame and a heartbeat"
+        ));
+    }
+    Ok(n)
 }
 
 /// The longest duration Go's `time.ParseDuration` accepts, which rqlite's flags use.

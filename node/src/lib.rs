@@ -6,10 +6,13 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod loader;
 pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod sqlite;
+#[cfg(test)]
+mod testing;
 
 pub use command::{Command, CommandResponse};
 pub use error::{Error, Result};

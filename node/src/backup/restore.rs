@@ -7,14 +7,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::Manager;
-use crate::command::Command;
 use crate::node::Node;
 
 const PENDING: &str = "restore-pending";
 
 /// Runs before bootstrap/join. On an empty data dir (or one whose earlier restore did not
 /// finish, marked by a `restore-pending` file) it downloads and verifies the newest backup,
-/// bootstraps a single-member cluster, proposes the image as `Command::Load`, and snapshots.
+/// bootstraps a single-member cluster, proposes the image in pieces, and snapshots.
 pub async fn at_start(node: &Arc<Node>) -> anyhow::Result<()> {
     let Some(cfg) = node.config.restore_from.clone() else {
         return Ok(());
@@ -54,9 +53,7 @@ pub async fn at_start(node: &Arc<Node>) -> anyhow::Result<()> {
     )
     .await
     .context("this member did not become leader of the restored cluster within 30s")??;
-    let resp = node
-        .raft
-        .client_write(Command::Load { image: db })
+    let resp = crate::loader::propose(node, &mut db.as_slice(), db.len() as u64)
         .await
         .context("proposing the backup image")?;
     if let Some(e) = resp.data.error {

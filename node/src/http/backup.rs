@@ -1,6 +1,6 @@
 //! `/db/backup` (a consistent SQLite file of the database) and `/db/load` (replace it).
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -109,72 +109,193 @@ pub async fn backup(
     }
 }
 
+/// A spooled upload, removed when the request ends.
+struct Spool(std::path::PathBuf);
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+enum SpoolError {
+    TooLarge,
+    Body(axum::Error),
+    Io(std::io::Error),
+}
+
+/// Writes the body to `path`, refusing more than `limit` bytes.
+async fn spool(body: Body, path: &std::path::Path, limit: u64) -> Result<u64, SpoolError> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::io::BufWriter::new(
+        tokio::fs::File::create(path)
+            .await
+            .map_err(SpoolError::Io)?,
+    );
+    let mut stream = body.into_data_stream();
+    let mut n = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(SpoolError::Body)?;
+        n += chunk.len() as u64;
+        if n > limit {
+            return Err(SpoolError::TooLarge);
+        }
+        file.write_all(&chunk).await.map_err(SpoolError::Io)?;
+    }
+    file.flush().await.map_err(SpoolError::Io)?;
+    Ok(n)
+}
+
 /// Accepts a SQLite file (replaces the database) or SQL text (executed as one batch), as rqlite.
+/// The body is spooled to the data dir; a database image is replicated in pieces.
 pub async fn load(
     State(node): State<AppState>,
     RawQuery(raw): RawQuery,
     incoming: Incoming,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let flags = match Flags::parse(raw.as_deref()) {
         Ok(f) => f,
         Err(e) => return text_error(StatusCode::BAD_REQUEST, &e),
     };
-    if body.is_empty() {
+    let file = Spool(
+        node.config
+            .data_dir
+            .join(format!("upload-{:016x}.tmp", rand::random::<u64>())),
+    );
+    let limit = node.config.max_load_bytes;
+    let size = match spool(body, &file.0, limit).await {
+        Ok(n) => n,
+        Err(SpoolError::TooLarge) => {
+            return text_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("load body exceeds --max-load-bytes ({limit} bytes)"),
+            );
+        }
+        Err(SpoolError::Body(e)) => {
+            return text_error(
+                StatusCode::BAD_REQUEST,
+                &format!("reading the load body: {e}"),
+            );
+        }
+        Err(SpoolError::Io(e)) => {
+            return text_error(
+                StatusCode::INSUFFICIENT_STORAGE,
+                &format!("spooling the load body to the data dir: {e}; free some space and retry"),
+            );
+        }
+    };
+    if size == 0 {
         return text_error(
             StatusCode::BAD_REQUEST,
             "empty load body: send a SQLite database file or SQL text",
         );
     }
+    let small = size <= node.config.max_body_bytes as u64;
     if !node.is_leader() {
-        return incoming.to_leader(&node, &flags, body).await;
-    }
-    let cmd = if body.starts_with(SQLITE_HEADER) {
-        Command::Load {
-            image: body.to_vec(),
+        if !small {
+            let leader = node.leader().map_or("unknown".into(), |(_, i)| i.api_addr);
+            return text_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "a load over --max-body-bytes ({} bytes) is not forwarded: send it to the leader ({leader})",
+                    node.config.max_body_bytes
+                ),
+            );
         }
-    } else {
-        let Ok(text) = std::str::from_utf8(&body) else {
+        return match tokio::fs::read(&file.0).await {
+            Ok(body) => incoming.to_leader(&node, &flags, body.into()).await,
+            Err(e) => text_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("reading the spooled load: {e}"),
+            ),
+        };
+    }
+    let mut head = [0u8; SQLITE_HEADER.len()];
+    let is_image = match tokio::fs::File::open(&file.0).await {
+        Ok(mut f) => {
+            use tokio::io::AsyncReadExt;
+            f.read_exact(&mut head).await.is_ok() && head == SQLITE_HEADER
+        }
+        Err(_) => false,
+    };
+    if is_image {
+        let mut f = match tokio::fs::File::open(&file.0).await {
+            Ok(f) => tokio::io::BufReader::new(f),
+            Err(e) => {
+                return text_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("reading the spooled load: {e}"),
+                );
+            }
+        };
+        return match crate::loader::propose(&node, &mut f, size).await {
+            Ok(resp) => load_reply(&resp.data, flags.pretty),
+            Err(crate::loader::ProposeError::Raft(e))
+                if matches!(
+                    *e,
+                    RaftError::APIError(ClientWriteError::ForwardToLeader(_))
+                ) =>
+            {
+                text_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "leadership changed during the load: retry it",
+                )
+            }
+            Err(e) => text_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("load not committed: {e}; retry"),
+            ),
+        };
+    }
+    if !small {
+        return text_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "SQL text over --max-body-bytes ({} bytes): split it, or load a SQLite file",
+                node.config.max_body_bytes
+            ),
+        );
+    }
+    let text = match tokio::fs::read(&file.0).await.map(String::from_utf8) {
+        Ok(Ok(t)) => t,
+        Ok(Err(_)) => {
             return text_error(
                 StatusCode::BAD_REQUEST,
                 "load body is neither a SQLite database nor UTF-8 SQL text",
             );
-        };
-        // A dump's own transaction lines are dropped: the load already runs atomically.
-        let sql: String = text
-            .lines()
-            .filter(|l| {
-                !matches!(
-                    l.trim().to_ascii_uppercase().as_str(),
-                    "BEGIN TRANSACTION;" | "BEGIN;" | "COMMIT;" | "END;"
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        Command::Statements {
-            stmts: vec![Statement::new(sql)],
-            transaction: true,
-            mode: Mode::Execute,
+        }
+        Err(e) => {
+            return text_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("reading the spooled load: {e}"),
+            );
         }
     };
+    // A dump's own transaction lines are dropped: the load already runs atomically.
+    let sql: String = text
+        .lines()
+        .filter(|l| {
+            !matches!(
+                l.trim().to_ascii_uppercase().as_str(),
+                "BEGIN TRANSACTION;" | "BEGIN;" | "COMMIT;" | "END;"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let cmd = Command::Statements {
+        stmts: vec![Statement::new(sql)],
+        transaction: true,
+        mode: Mode::Execute,
+    };
+    if let Some(resp) = super::entry_too_large(&node, &cmd) {
+        return resp;
+    }
     match node.write(cmd).await {
-        Ok(resp) => {
-            if let Some(e) = &resp.data.error {
-                return text_error(StatusCode::BAD_REQUEST, e);
-            }
-            let body = render::to_json(
-                &render::Response {
-                    results: &resp.data.results,
-                    error: None,
-                    time: None,
-                    timings: false,
-                    associative: false,
-                },
-                flags.pretty,
-            );
-            json_response(body)
-        }
+        Ok(resp) => load_reply(&resp.data, flags.pretty),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            let body = text.into_bytes().into();
             incoming.forward(&node, f.leader_node, &flags, body).await
         }
         Err(e) => text_error(
@@ -182,4 +303,21 @@ pub async fn load(
             &format!("load not committed: {e}; retry"),
         ),
     }
+}
+
+fn load_reply(data: &crate::command::CommandResponse, pretty: bool) -> Response {
+    if let Some(e) = &data.error {
+        return text_error(StatusCode::BAD_REQUEST, e);
+    }
+    let body = render::to_json(
+        &render::Response {
+            results: &data.results,
+            error: None,
+            time: None,
+            timings: false,
+            associative: false,
+        },
+        pretty,
+    );
+    json_response(body)
 }

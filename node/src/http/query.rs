@@ -150,6 +150,9 @@ impl Ctx<'_> {
             transaction: self.flags.transaction,
             mode,
         };
+        if let Some(resp) = super::entry_too_large(self.node, &cmd) {
+            return resp;
+        }
         match self.node.write(cmd).await {
             Ok(resp) => {
                 self.node

@@ -60,7 +60,16 @@ impl Connection {
     ) -> Result<Resp, CallError> {
         let body =
             serde_json::to_vec(req).map_err(|e| CallError::Network(std::io::Error::other(e)))?;
-        match tokio::time::timeout(ttl, self.round_trip(kind, &body)).await {
+        self.call_encoded(kind, &body, ttl).await
+    }
+
+    async fn call_encoded<Resp: serde::de::DeserializeOwned>(
+        &mut self,
+        kind: u8,
+        body: &[u8],
+        ttl: Duration,
+    ) -> Result<Resp, CallError> {
+        match tokio::time::timeout(ttl, self.round_trip(kind, body)).await {
             Ok(Ok(())) => serde_json::from_slice(&self.buf).map_err(|e| {
                 self.stream = None;
                 CallError::Network(std::io::Error::other(e))
@@ -146,6 +155,49 @@ impl Connection {
     }
 }
 
+/// Bytes of entries one AppendEntries carries at most (it always carries at least one): small
+/// enough to be sent, decoded, written and fsynced within the heartbeat openraft allows an RPC,
+/// and far below the receiver's frame limit.
+pub const APPEND_BUDGET: usize = 8 << 20;
+
+/// Encodes an AppendEntries with as many of its entries as fit `budget` bytes; returns the
+/// frame body and how many entries it holds.
+pub fn encode_append(
+    rpc: &AppendEntriesRequest<TypeConfig>,
+    budget: usize,
+) -> serde_json::Result<(Vec<u8>, usize)> {
+    let head = AppendEntriesRequest::<TypeConfig> {
+        vote: rpc.vote,
+        prev_log_id: rpc.prev_log_id,
+        leader_commit: rpc.leader_commit,
+        entries: Vec::new(),
+    };
+    let head = serde_json::to_vec(&head)?;
+    const EMPTY: &[u8] = b"\"entries\":[]";
+    let Some(at) = head.windows(EMPTY.len()).position(|w| w == EMPTY) else {
+        // Not the layout this splices into: send the request whole.
+        return Ok((serde_json::to_vec(rpc)?, rpc.entries.len()));
+    };
+    let split = at + EMPTY.len() - 1;
+    let (before, after) = head.split_at(split);
+    let mut out = before.to_vec();
+    let mut sent = 0;
+    for e in &rpc.entries {
+        let mark = out.len();
+        if sent > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, e)?;
+        if sent > 0 && out.len() + after.len() > budget {
+            out.truncate(mark);
+            break;
+        }
+        sent += 1;
+    }
+    out.extend_from_slice(after);
+    Ok((out, sent))
+}
+
 impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
@@ -153,7 +205,25 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberInfo, RaftError<NodeId>>>
     {
-        self.rpc(KIND_APPEND, &rpc, option).await
+        let ttl = option.hard_ttl();
+        let (body, sent) = encode_append(&rpc, APPEND_BUDGET)
+            .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        let res: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = self
+            .call_encoded(KIND_APPEND, &body, ttl)
+            .await
+            .map_err(|e| self.rpc_error(e, ttl))?;
+        match res {
+            // openraft sends the rest from where the follower now matches.
+            Ok(AppendEntriesResponse::Success) if sent < rpc.entries.len() => Ok(
+                AppendEntriesResponse::PartialSuccess(Some(rpc.entries[sent - 1].log_id)),
+            ),
+            Ok(r) => Ok(r),
+            Err(e) => Err(RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))),
+        }
     }
 
     async fn install_snapshot(
@@ -199,5 +269,44 @@ pub async fn request_election(
         Ok(r) => r,
         Err(CallError::Unreachable(e) | CallError::Network(e)) => Err(e.to_string()),
         Err(CallError::Timeout) => Err("timed out".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Command;
+
+    fn entry(index: u64, bytes: usize) -> crate::Entry {
+        openraft::Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(Command::LoadChunk {
+                load: 7,
+                seq: index as u32,
+                data: vec![index as u8; bytes],
+            }),
+        }
+    }
+
+    #[test]
+    fn append_entries_are_cut_to_the_byte_budget_and_decode_whole() {
+        let rpc = AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: (1..=5).map(|i| entry(i, 5 << 19)).collect(),
+        };
+        let (body, sent) = encode_append(&rpc, APPEND_BUDGET).unwrap();
+        assert_eq!(sent, 2, "two entries of 3.3 MiB (base64) fit 8 MiB");
+        assert!(body.len() <= APPEND_BUDGET);
+        let back: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back.entries, rpc.entries[..2]);
+        assert_eq!(back.vote, rpc.vote);
+        // One entry over the budget still goes, alone; the whole request when all fit.
+        let (_, sent) = encode_append(&rpc, 1).unwrap();
+        assert_eq!(sent, 1);
+        let (body, sent) = encode_append(&rpc, usize::MAX).unwrap();
+        assert_eq!(sent, 5);
+        assert_eq!(body, serde_json::to_vec(&rpc).unwrap());
     }
 }

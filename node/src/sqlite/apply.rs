@@ -80,7 +80,19 @@ pub struct Writer {
 type Pos = (usize, usize);
 
 /// A rolled-back span `[from, to]`; `to` is the statement that rolled it back.
-type Span = (Pos, Pos);
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    from: Pos,
+    to: Pos,
+    /// `last_insert_rowid()` right after `to` ran: a rollback does not undo it.
+    rowid: i64,
+}
+
+impl Span {
+    fn holds(&self, p: Pos) -> bool {
+        self.from <= p && p <= self.to
+    }
+}
 
 /// A user transaction, as the emulation sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +226,7 @@ impl Writer {
             };
             tracing::warn!(
                 seed = work.seed,
-                statement = lost.span.1.0,
+                statement = lost.span.to.0,
                 "a statement rolled back the apply transaction; re-applying what came before it"
             );
             self.begin()?;
@@ -278,10 +290,15 @@ impl Writer {
                     // It ran without rolling back before: determinism is broken.
                     return Err(ApplyError::Diverged);
                 }
-                let span = match tx.open {
-                    _ if work.transaction => ((0, 0), at),
-                    Some(Open::Begin(p) | Open::Savepoint(p)) => (p, at),
-                    _ => (at, at),
+                let from = match tx.open {
+                    _ if work.transaction => (0, 0),
+                    Some(Open::Begin(p) | Open::Savepoint(p)) => p,
+                    _ => at,
+                };
+                let span = Span {
+                    from,
+                    to: at,
+                    rowid: self.conn.last_insert_rowid(),
                 };
                 return Ok(Run {
                     results,
@@ -328,16 +345,22 @@ impl Writer {
     /// Every entry starts with `last_insert_rowid()` and `changes()` at 0, as on a member that
     /// has just restarted, so neither depends on what the batch held before.
     fn reset_connection_state(&self) -> Result<()> {
-        if self.conn.last_insert_rowid() == 0 && self.conn.changes() == 0 {
+        self.set_connection_state(0)
+    }
+
+    /// Sets `last_insert_rowid()` to `rowid` and `changes()` to 0 (what a failed statement
+    /// leaves), through a row of our own table.
+    fn set_connection_state(&self, rowid: i64) -> Result<()> {
+        if self.conn.last_insert_rowid() == rowid && self.conn.changes() == 0 {
             return Ok(());
         }
         self.sql(
             &format!(
-                "INSERT OR REPLACE INTO {t} (rowid, key, value) VALUES (0, 'reset', ''); \
+                "INSERT OR REPLACE INTO {t} (rowid, key, value) VALUES ({rowid}, 'reset', ''); \
                  DELETE FROM {t} WHERE 0",
                 t = super::META_TABLE
             ),
-            "resetting connection state",
+            "setting connection state",
         )
     }
 
@@ -350,11 +373,14 @@ impl Writer {
         skip: &[Span],
     ) -> Result<Step> {
         let pieces = split::ranges(&stmt.sql);
-        let skipped = |pos: Pos| skip.iter().find(|(from, to)| *from <= pos && pos <= *to);
+        let skipped = |pos: Pos| skip.iter().find(|s| s.holds(pos)).copied();
         match pieces.len() {
             0 => Ok(Step::Done(StmtResult::default())),
             1 => {
-                if skipped((i, 0)).is_some() {
+                if let Some(span) = skipped((i, 0)) {
+                    if span.to == (i, 0) {
+                        self.set_connection_state(span.rowid)?;
+                    }
                     return Ok(Step::Skipped);
                 }
                 self.run_one((i, 0), &stmt.sql, &stmt.params, mode, tx, true)
@@ -373,7 +399,8 @@ impl Writer {
                 for (j, range) in pieces.into_iter().enumerate() {
                     if let Some(span) = skipped((i, j)) {
                         any_skipped = true;
-                        if span.1 == (i, j) {
+                        if span.to == (i, j) {
+                            self.set_connection_state(span.rowid)?;
                             break;
                         }
                         continue;
@@ -590,7 +617,7 @@ fn seed_state(seed: u64) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A writer on a fresh database in its own directory.

@@ -1,6 +1,8 @@
 //! SQLite access: connection setup, statement execution, the read pool, and SQL rewriting.
 
 pub mod apply;
+#[cfg(test)]
+mod apply_props;
 pub mod checkpoint;
 pub mod dump;
 pub mod exec;

@@ -20,7 +20,10 @@ const DATE_FUNCTIONS: [&str; 7] = [
 /// the Unix epoch. DDL is left alone: a `DEFAULT` or trigger body must stay an expression.
 pub fn rewrite<'a>(sql: &'a str, now_unix: f64, rng: &mut impl Rng) -> Cow<'a, str> {
     let trimmed = sql.trim_start();
-    if trimmed.len() >= 6 && trimmed[..6].eq_ignore_ascii_case("create") {
+    if trimmed
+        .get(..6)
+        .is_some_and(|h| h.eq_ignore_ascii_case("create"))
+    {
         return Cow::Borrowed(sql);
     }
     let bytes = sql.as_bytes();
