@@ -174,7 +174,7 @@ pub struct CommandResponse {
 }
 
 /// Bytes as one base64 string: the log is JSON, where a byte array would take ~3.5x the space.
-mod base64_bytes {
+pub(crate) mod base64_bytes {
     use base64::Engine;
     use serde::{Deserialize, Deserializer, Serializer};
 

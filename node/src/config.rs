@@ -157,7 +157,7 @@ pub struct NodeConfig {
     /// Largest Raft log entry one request may become, in bytes; larger requests get 413. One
     /// entry must reach a follower, be written and fsynced within a heartbeat, so keep it well
     /// below what the disk writes in that time. At most 64 MiB.
-    #[arg(long, env = "LITECLUSTER_MAX_ENTRY_BYTES", default_value_t = 16 << 20, value_parser = parse_entry_bytes)]
+    #[arg(long, env = "LITECLUSTER_MAX_ENTRY_BYTES", default_value_t = 8 << 20, value_parser = parse_entry_bytes)]
     pub max_entry_bytes: usize,
     /// Largest database image `/db/load` accepts, in bytes. It is spooled to the data dir and
     /// replicated in pieces, so memory does not grow with it.

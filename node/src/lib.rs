@@ -68,7 +68,10 @@ pub fn raft_id_from_name(name: &str) -> Option<NodeId> {
 /// Test hook: `LITECLUSTER_FAILPOINT=<name>` aborts the process at the named point, the way a
 /// SIGKILL or power cut would, so crash safety can be tested with real processes.
 pub fn failpoint(name: &str) {
-    if std::env::var("LITECLUSTER_FAILPOINT").is_ok_and(|v| v == name) {
+    // Read once: failpoints sit on the write path.
+    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let armed = ARMED.get_or_init(|| std::env::var("LITECLUSTER_FAILPOINT").ok());
+    if armed.as_deref() == Some(name) {
         eprintln!("failpoint {name}: aborting");
         std::process::abort();
     }

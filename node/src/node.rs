@@ -89,7 +89,8 @@ impl Node {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_threshold),
             max_in_snapshot_log_to_keep: config.snapshot_trailing_logs,
             install_snapshot_timeout: 30_000,
-            snapshot_max_chunk_size: 4 << 20,
+            // Like AppendEntries: each chunk must arrive and be written well within a heartbeat.
+            snapshot_max_chunk_size: 1 << 20,
             max_payload_entries: 512,
             ..Config::default()
         }

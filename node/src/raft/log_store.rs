@@ -252,7 +252,10 @@ fn write_batch(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
             }
         }
     }
-    tx.commit()
+    crate::failpoint("log-before-commit");
+    tx.commit()?;
+    crate::failpoint("log-after-commit");
+    Ok(())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {

@@ -13,7 +13,7 @@ use openraft::raft::{
 use tokio::io::{BufReader, BufWriter};
 use tokio::net::TcpStream;
 
-use super::rpc::{self, KIND_APPEND, KIND_ELECT, KIND_SNAPSHOT, KIND_VOTE};
+use super::rpc::{self, KIND_APPEND, KIND_ELECT, KIND_SNAPSHOT_B64, KIND_VOTE, SnapshotChunk};
 use super::tls::{self, RaftTls, ReadHalf, WriteHalf};
 use crate::{MemberInfo, NodeId, TypeConfig};
 
@@ -86,28 +86,35 @@ impl Connection {
         }
     }
 
+    /// One request and its reply. The stream is taken out for the exchange and put back only
+    /// after the reply is read: if openraft drops this future on its own timeout mid-exchange,
+    /// the connection goes with it, so a late reply can never answer the next request.
     async fn round_trip(&mut self, kind: u8, body: &[u8]) -> Result<(), CallError> {
-        if self.stream.is_none() {
-            let s = TcpStream::connect(&self.node.raft_addr)
-                .await
-                .map_err(CallError::Unreachable)?;
-            s.set_nodelay(true).map_err(CallError::Unreachable)?;
-            let (r, w) = match &self.tls {
-                Some(t) => t
-                    .connect(&self.node.raft_addr, s)
+        let (mut r, mut w) = match self.stream.take() {
+            Some(s) => s,
+            None => {
+                let s = TcpStream::connect(&self.node.raft_addr)
                     .await
-                    .map_err(CallError::Unreachable)?,
-                None => tls::plain(s),
-            };
-            self.stream = Some((BufReader::new(r), BufWriter::new(w)));
-        }
-        let (r, w) = self.stream.as_mut().expect("connected above");
-        rpc::write_frame(w, Some(kind), body)
+                    .map_err(CallError::Unreachable)?;
+                s.set_nodelay(true).map_err(CallError::Unreachable)?;
+                let (r, w) = match &self.tls {
+                    Some(t) => t
+                        .connect(&self.node.raft_addr, s)
+                        .await
+                        .map_err(CallError::Unreachable)?,
+                    None => tls::plain(s),
+                };
+                (BufReader::new(r), BufWriter::new(w))
+            }
+        };
+        rpc::write_frame(&mut w, Some(kind), body)
             .await
             .map_err(CallError::Network)?;
-        rpc::read_frame(r, &mut self.buf)
+        rpc::read_frame(&mut r, &mut self.buf)
             .await
-            .map_err(CallError::Network)
+            .map_err(CallError::Network)?;
+        self.stream = Some((r, w));
+        Ok(())
     }
 
     fn rpc_error<E: std::error::Error>(
@@ -158,7 +165,7 @@ impl Connection {
 /// Bytes of entries one AppendEntries carries at most (it always carries at least one): small
 /// enough to be sent, decoded, written and fsynced within the heartbeat openraft allows an RPC,
 /// and far below the receiver's frame limit.
-pub const APPEND_BUDGET: usize = 8 << 20;
+pub const APPEND_BUDGET: usize = 2 << 20;
 
 /// Encodes an AppendEntries with as many of its entries as fit `budget` bytes; returns the
 /// frame body and how many entries it holds.
@@ -234,7 +241,8 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, MemberInfo, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.rpc(KIND_SNAPSHOT, &rpc, option).await
+        self.rpc(KIND_SNAPSHOT_B64, &SnapshotChunk::from(rpc), option)
+            .await
     }
 
     async fn vote(
@@ -294,10 +302,10 @@ mod tests {
             vote: openraft::Vote::new_committed(1, 1),
             prev_log_id: None,
             leader_commit: None,
-            entries: (1..=5).map(|i| entry(i, 5 << 19)).collect(),
+            entries: (1..=5).map(|i| entry(i, 5 << 17)).collect(),
         };
         let (body, sent) = encode_append(&rpc, APPEND_BUDGET).unwrap();
-        assert_eq!(sent, 2, "two entries of 3.3 MiB (base64) fit 8 MiB");
+        assert_eq!(sent, 2, "two entries of 0.8 MiB (base64) fit 2 MiB");
         assert!(body.len() <= APPEND_BUDGET);
         let back: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(&body).unwrap();
         assert_eq!(back.entries, rpc.entries[..2]);

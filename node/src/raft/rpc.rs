@@ -19,6 +19,46 @@ pub const KIND_VOTE: u8 = 2;
 pub const KIND_SNAPSHOT: u8 = 3;
 /// Ask the receiver to start an election now: the leader uses it to hand over leadership.
 pub const KIND_ELECT: u8 = 4;
+/// InstallSnapshot with the chunk as one base64 string ([`SnapshotChunk`]); `KIND_SNAPSHOT`
+/// (a JSON array of numbers, four times the size) is still accepted from older members.
+pub const KIND_SNAPSHOT_B64: u8 = 5;
+
+/// The wire form of an InstallSnapshot request.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct SnapshotChunk {
+    vote: openraft::Vote<crate::NodeId>,
+    meta: crate::SnapshotMeta,
+    offset: u64,
+    #[serde(with = "crate::command::base64_bytes")]
+    data: Vec<u8>,
+    done: bool,
+}
+
+type SnapshotRequest = openraft::raft::InstallSnapshotRequest<crate::TypeConfig>;
+
+impl From<SnapshotRequest> for SnapshotChunk {
+    fn from(r: SnapshotRequest) -> Self {
+        Self {
+            vote: r.vote,
+            meta: r.meta,
+            offset: r.offset,
+            data: r.data,
+            done: r.done,
+        }
+    }
+}
+
+impl From<SnapshotChunk> for SnapshotRequest {
+    fn from(c: SnapshotChunk) -> Self {
+        Self {
+            vote: c.vote,
+            meta: c.meta,
+            offset: c.offset,
+            data: c.data,
+            done: c.done,
+        }
+    }
+}
 
 /// Frames above this size are refused; snapshot chunks and append batches stay far below it.
 pub const MAX_FRAME: usize = 256 << 20;
@@ -113,13 +153,16 @@ async fn serve_conn(
                 "empty raft frame",
             ));
         };
-        if kind == KIND_APPEND || kind == KIND_SNAPSHOT {
+        if kind == KIND_APPEND || kind == KIND_SNAPSHOT || kind == KIND_SNAPSHOT_B64 {
             contact.store(epoch.elapsed().as_millis().max(1) as u64, Ordering::Relaxed);
         }
         let reply = match kind {
             KIND_APPEND => respond(body, |req| raft.append_entries(req)).await,
             KIND_VOTE => respond(body, |req| raft.vote(req)).await,
             KIND_SNAPSHOT => respond(body, |req| raft.install_snapshot(req)).await,
+            KIND_SNAPSHOT_B64 => {
+                respond(body, |req: SnapshotChunk| raft.install_snapshot(req.into())).await
+            }
             KIND_ELECT => {
                 let res = raft.trigger().elect().await.map_err(|e| e.to_string());
                 serde_json::to_vec(&res)

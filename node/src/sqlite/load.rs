@@ -17,7 +17,7 @@ pub const STAGING_TABLE: &str = "_litecluster_load";
 
 /// Size of one piece: small enough that an AppendEntries of one piece is sent, written and
 /// fsynced well within a heartbeat.
-pub const CHUNK_BYTES: usize = 4 << 20;
+pub const CHUNK_BYTES: usize = 1 << 20;
 
 /// Why a load did not replace the database.
 #[derive(Debug, thiserror::Error)]

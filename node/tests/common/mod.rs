@@ -81,8 +81,12 @@ impl Member {
             ])
             .args(args)
             .args(&self.extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("LITECLUSTER_TEST_RUST_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -138,8 +142,26 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             for m in &self.members {
                 let log = std::fs::read_to_string(&m.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                eprintln!("---- log of member {} (last 40 lines) ----", m.name);
+                // A panic's first lines matter most: show them, then the tail.
+                let n = std::env::var("LITECLUSTER_TEST_LOG_LINES")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(40);
+                let lines: Vec<&str> = log.lines().collect();
+                for (i, _) in lines
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.contains("panicked at"))
+                    .take(3)
+                {
+                    eprintln!(
+                        "member {} panicked: {}",
+                        m.name,
+                        lines[i..(i + 2).min(lines.len())].join(" / ")
+                    );
+                }
+                let tail: Vec<&str> = log.lines().rev().take(n).collect();
+                eprintln!("---- log of member {} (last {n} lines) ----", m.name);
                 for l in tail.iter().rev() {
                     eprintln!("{l}");
                 }
@@ -148,7 +170,9 @@ impl Drop for Cluster {
         for m in &mut self.members {
             m.kill();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("LITECLUSTER_KEEP_TEST_DIR").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
