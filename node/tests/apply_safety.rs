@@ -10,6 +10,10 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
+/// The big load and the kill tests each keep both cores and the disk busy; run them one at a
+/// time so neither measures the other's load.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const SCHEMA: &str = "CREATE TABLE u (id INTEGER PRIMARY KEY, v TEXT); \
     CREATE TABLE g (x INTEGER); \
     CREATE TRIGGER g_guard BEFORE INSERT ON g WHEN new.x < 0 BEGIN SELECT RAISE(ROLLBACK, 'negative'); END";
@@ -298,6 +302,7 @@ async fn image_on(c: &Cluster, i: usize) -> (i64, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_load_of_a_few_hundred_mib_reaches_every_member() {
+    let _heavy = HEAVY.lock().await;
     let mib: usize = std::env::var("LITECLUSTER_LOAD_TEST_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -403,6 +408,7 @@ async fn a_member_killed_at_each_dangerous_step_restarts_consistent_with_every_w
         "--snapshot-trailing-logs",
         "0",
     ];
+    let _heavy = HEAVY.lock().await;
     let mut c = Cluster::start("apply-failpoints", 3, &flags).await;
     let leader = c.leader().await;
     let victim = (leader + 1) % 3;
@@ -470,6 +476,7 @@ async fn a_member_killed_at_each_dangerous_step_restarts_consistent_with_every_w
         let r = c
             .http
             .post(format!("{}/db/load", c.url(leader)))
+            .timeout(Duration::from_secs(300))
             .body(body.clone())
             .send()
             .await
