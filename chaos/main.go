@@ -195,10 +195,17 @@ func oneRun(bin, dir string, seed int64, level string, n, nclients int, kinds []
 	wg.Wait()
 	end := time.Now()
 	r.Attempted, r.OK, r.Failed, r.Unknown = cnt.attempted.Load(), cnt.ok.Load(), cnt.failed.Load(), cnt.unknown.Load()
-	r.Outage = h.longestOutage(end)
+	r.Outage = h.longestOutage(h.start, end)
+	for i := range r.Faults {
+		f := &r.Faults[i]
+		f.Outage = h.longestOutage(f.Start, f.End)
+	}
 	for _, f := range r.Faults {
 		if f.Recovery < 0 {
 			problem("no recovery after %s on %s", f.Kind, f.Target)
+		}
+		if strings.HasPrefix(f.Note, "DISRUPTED") {
+			problem("%s on %s: %s", f.Kind, f.Target, f.Note)
 		}
 	}
 
@@ -307,9 +314,11 @@ func printRow(r runReport) {
 // summary prints recovery times by fault kind over all runs.
 func summary(reports []runReport) {
 	by := map[string][]time.Duration{}
+	outages := map[string][]time.Duration{}
 	for _, r := range reports {
 		for _, f := range r.Faults {
 			by[f.Kind] = append(by[f.Kind], f.Recovery)
+			outages[f.Kind] = append(outages[f.Kind], f.Outage)
 		}
 	}
 	var kinds []string
@@ -317,10 +326,13 @@ func summary(reports []runReport) {
 		kinds = append(kinds, k)
 	}
 	sort.Strings(kinds)
-	fmt.Println("recovery after each fault (min / median / max seconds):")
+	fmt.Println("after each fault, seconds (min / median / max): recovery once healed | longest write outage from injection to recovery")
 	for _, k := range kinds {
-		d := by[k]
+		d, o := by[k], outages[k]
 		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
-		fmt.Printf("  %-16s n=%-3d %.2f / %.2f / %.2f\n", k, len(d), d[0].Seconds(), d[len(d)/2].Seconds(), d[len(d)-1].Seconds())
+		sort.Slice(o, func(i, j int) bool { return o[i] < o[j] })
+		fmt.Printf("  %-16s n=%-3d %.2f / %.2f / %.2f | %.2f / %.2f / %.2f\n", k, len(d),
+			d[0].Seconds(), d[len(d)/2].Seconds(), d[len(d)-1].Seconds(),
+			o[0].Seconds(), o[len(o)/2].Seconds(), o[len(o)-1].Seconds())
 	}
 }

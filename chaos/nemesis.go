@@ -17,6 +17,9 @@ var allFaults = []string{
 }
 
 type faultRecord struct {
+	Start    time.Time
+	End      time.Time     // healed and recovered
+	Outage   time.Duration // longest time without an acknowledged write around the fault
 	Kind     string
 	Target   string
 	Held     time.Duration
@@ -58,20 +61,23 @@ func (n *nemesis) run(stop <-chan struct{}) []faultRecord {
 		}
 		kind := n.kinds[n.rng.Intn(len(n.kinds))]
 		hold := n.minDur + time.Duration(n.rng.Int63n(int64(n.maxDur-n.minDur)+1))
+		start := time.Now()
 		rec, err := n.inject(kind, hold)
 		if err != nil {
 			n.log("fault %s not injected: %v", kind, err)
 			continue
 		}
+		rec.Start = start
 		rec.Recovery = n.recover()
+		rec.End = time.Now()
 		n.log("fault %-16s on %-6s held %4.1fs, recovered in %5.2fs %s", rec.Kind, rec.Target,
 			rec.Held.Seconds(), rec.Recovery.Seconds(), rec.Note)
 		out = append(out, rec)
 	}
 }
 
-func (n *nemesis) inject(kind string, hold time.Duration) (faultRecord, error) {
-	rec := faultRecord{Kind: kind, Held: hold}
+func (n *nemesis) inject(kind string, hold time.Duration) (rec faultRecord, err error) {
+	rec = faultRecord{Kind: kind, Held: hold}
 	c := n.c
 	leader, rest, ok := n.followers()
 	if !ok {
@@ -98,13 +104,23 @@ func (n *nemesis) inject(kind string, hold time.Duration) (faultRecord, error) {
 			m = rest[n.rng.Intn(len(rest))]
 		}
 		rec.Target = fmt.Sprint(m.id)
+		before := leader
+		defer func() {
+			// A follower that comes back must not depose a healthy leader (pre-vote).
+			if kind == "isolate-follower" {
+				waitFor(10*time.Second, func() bool { _, ok := c.leader(); return ok })
+				if after, ok := c.leader(); ok && after != before {
+					rec.Note = fmt.Sprintf("DISRUPTED: leader moved from %d to %d", before.id, after.id)
+				}
+			}
+		}()
 		var others []*member
 		for _, x := range c.members {
 			if x != m {
 				others = append(others, x)
 			}
 		}
-		if err := c.partition([]*member{m}, others); err != nil {
+		if err = c.partition([]*member{m}, others); err != nil {
 			return rec, err
 		}
 		time.Sleep(hold)

@@ -120,12 +120,16 @@ func (h *history) add(op porcupine.Operation, okWrite bool, done time.Time) {
 	}
 }
 
-// longestOutage is the longest time without an acknowledged write.
-func (h *history) longestOutage(end time.Time) time.Duration {
+// longestOutage is the longest time without an acknowledged write between from and to.
+func (h *history) longestOutage(from, to time.Time) time.Duration {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	ts := append([]time.Time{h.start}, h.okWrites...)
-	ts = append(ts, end)
+	ts := []time.Time{from, to}
+	for _, t := range h.okWrites {
+		if t.After(from) && t.Before(to) {
+			ts = append(ts, t)
+		}
+	}
 	sort.Slice(ts, func(i, j int) bool { return ts[i].Before(ts[j]) })
 	var max time.Duration
 	for i := 1; i < len(ts); i++ {
@@ -150,13 +154,25 @@ func client(id int, c *cluster, level string, seed int64, h *history, n *counter
 	rng := rand.New(rand.NewSource(seed))
 	hc := &http.Client{Timeout: 2 * time.Second}
 	next := id * 1_000_000
+	// Like an rqlite client with several hosts: a member that failed is left alone for a few
+	// seconds (unless all have failed), so availability is the cluster's, not one member's.
+	bad := map[*member]time.Time{}
 	for {
 		select {
 		case <-stop:
 			return
 		default:
 		}
-		m := c.members[rng.Intn(len(c.members))]
+		var good []*member
+		for _, x := range c.members {
+			if time.Since(bad[x]) > 3*time.Second {
+				good = append(good, x)
+			}
+		}
+		if len(good) == 0 {
+			good = c.members
+		}
+		m := good[rng.Intn(len(good))]
 		in := regInput{Key: rng.Intn(registers)}
 		switch r := rng.Intn(10); {
 		case r < 4:
@@ -179,6 +195,9 @@ func client(id int, c *cluster, level string, seed int64, h *history, n *counter
 		call := time.Now()
 		out, outcome := do(hc, m, level, in)
 		done := time.Now()
+		if outcome != applied {
+			bad[m] = done
+		}
 		op := porcupine.Operation{ClientId: id, Input: in, Call: call.Sub(h.start).Nanoseconds(), Output: out}
 		switch {
 		case outcome == notApplied || (in.Kind == opRead && outcome == unknown):

@@ -166,7 +166,8 @@ pub struct NodeConfig {
     /// Default time limit for a read statement (overridden per request by `db_timeout`).
     #[arg(long, env = "LITECLUSTER_DB_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub db_timeout: Duration,
-    /// Raft election timeout (the minimum; the maximum is twice this).
+    /// Raft election timeout: a voter calls an election (after a pre-vote) once the leader has
+    /// been silent for 1.5 to 2 times this.
     #[arg(long, env = "LITECLUSTER_ELECTION_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub election_timeout: Duration,
     /// Raft heartbeat interval.

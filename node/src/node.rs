@@ -45,6 +45,8 @@ pub struct Node {
     /// Writes hold it shared; a leadership hand-over holds it exclusively so that the target
     /// can catch up with a log that has stopped growing.
     write_gate: tokio::sync::RwLock<()>,
+    /// Decides when this member calls an election; a hand-over pauses it.
+    prevote: Arc<crate::raft::prevote::PreVote>,
 }
 
 impl Node {
@@ -69,6 +71,7 @@ impl Node {
         let reads = ReadPool::new(db_path.clone(), 8);
         let log = LogStore::open(&config.data_dir.join("raft.db"), metrics.clone())
             .context("opening the raft log")?;
+        let log_view = log.clone();
         let snapshots = Arc::new(SnapshotControl::default());
         let sm = StateMachine::open(
             &db_path,
@@ -83,9 +86,13 @@ impl Node {
         let election = config.election_timeout.as_millis() as u64;
         let raft_config = Config {
             cluster_name: "litecluster".into(),
+            // Elections are called by pre-vote (raft/prevote.rs), not by openraft's timer.
+            enable_elect: false,
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
             election_timeout_min: election,
-            election_timeout_max: election * 2,
+            // Also openraft's leader lease, which pre-vote waits out: kept close to the minimum
+            // so a lost leader is replaced quickly.
+            election_timeout_max: election * 3 / 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_threshold),
             max_in_snapshot_log_to_keep: config.snapshot_trailing_logs,
             install_snapshot_timeout: 30_000,
@@ -125,13 +132,24 @@ impl Node {
         );
         let started_at = Instant::now();
         let leader_contact_ms = Arc::new(AtomicU64::new(0));
+        let prevote = crate::raft::prevote::PreVote::new(
+            id,
+            raft.clone(),
+            log_view,
+            leader_contact_ms.clone(),
+            started_at,
+            Duration::from_millis(election * 3 / 2),
+            raft_tls.clone(),
+        );
         tokio::spawn(rpc::serve(
             listener,
             raft_tls.clone(),
             raft.clone(),
             started_at,
             leader_contact_ms.clone(),
+            prevote.clone(),
         ));
+        tokio::spawn(prevote.clone().run());
 
         let backup =
             crate::backup::Manager::for_node(&config).context("loading --backup-config")?;
@@ -154,6 +172,7 @@ impl Node {
             membership_lock: tokio::sync::Mutex::new(()),
             raft_tls,
             write_gate: tokio::sync::RwLock::new(()),
+            prevote,
         });
         tokio::spawn(crate::raft::scheduler::run(node.clone()));
         crate::backup::restore::at_start(&node).await?;
@@ -322,9 +341,9 @@ impl Node {
     /// first campaign may fail; it only makes us step down. Our own elections stay off until
     /// leadership has moved, or we could win the next term back.
     pub async fn transfer_leadership(&self, timeout: Duration) -> anyhow::Result<NodeId> {
-        self.raft.runtime_config().elect(false);
+        self.prevote.pause(true);
         let res = self.hand_over(timeout).await;
-        self.raft.runtime_config().elect(true);
+        self.prevote.pause(false);
         res
     }
 

@@ -46,13 +46,12 @@ async fn serve(config: litecluster_node::config::NodeConfig) -> anyhow::Result<(
     // process; exit so that the supervisor restarts the member, which then retries.
     let mut metrics = node.raft.metrics();
     let fatal = async move {
-        match metrics
-            .wait_for(|m| m.running_state.is_err())
-            .await
-            .map(|m| m.running_state.clone())
-        {
-            Ok(Err(e)) => e.to_string(),
-            _ => "the Raft core stopped".into(),
+        match metrics.wait_for(|m| m.running_state.is_err()).await {
+            Ok(m) => match &m.running_state {
+                Err(e) => e.to_string(),
+                Ok(()) => "the Raft core stopped".into(),
+            },
+            Err(_) => "the Raft core stopped".into(),
         }
     };
     tokio::select! {

@@ -40,6 +40,19 @@ pub async fn to_leader(
     if flags.redirect {
         return (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, target)]).into_response();
     }
+    // A leader silent for several heartbeats is most likely gone: say so at once rather than
+    // hold the client until a new one is elected. Nothing was sent, so this is a clean refusal.
+    let silent = node.config.heartbeat_interval * 5;
+    if let Some(d) = node.since_leader_contact().filter(|d| *d > silent) {
+        return text_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "leader not found: {} has been silent for {:.1}s; retry",
+                leader.name,
+                d.as_secs_f64()
+            ),
+        );
+    }
     node.metrics
         .forwarded
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -54,7 +67,27 @@ pub async fn to_leader(
             fwd = fwd.header(h, v);
         }
     }
-    match fwd.send().await {
+    // If another member becomes leader meanwhile, the old one may never answer: give the client
+    // its answer now (outcome unknown) so it can retry on the new leader.
+    let mut metrics = node.raft.metrics();
+    let moved = metrics.wait_for(|m| {
+        m.current_leader
+            .and_then(|id| m.membership_config.membership().get_node(&id).cloned())
+            .is_some_and(|n| n.name != leader.name)
+    });
+    let sent = tokio::select! {
+        r = fwd.send() => r,
+        _ = moved => {
+            return text_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "leadership moved from {} while it held this request; whether it was applied is unknown: retry, or check",
+                    leader.name
+                ),
+            );
+        }
+    };
+    match sent {
         Ok(resp) => {
             let status = resp.status();
             let ctype = resp.headers().get(header::CONTENT_TYPE).cloned();

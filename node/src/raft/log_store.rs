@@ -97,6 +97,15 @@ fn get_meta<T: serde::de::DeserializeOwned>(
 }
 
 impl LogStore {
+    /// The id of the newest entry appended (durable or not yet), for pre-vote.
+    pub fn last_log_id(&self) -> Option<LogId> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_log_id
+    }
+
     /// Opens (or creates) the log at `path` and starts its writer thread.
     pub fn open(path: &Path, metrics: Arc<crate::metrics::Metrics>) -> Result<Self, StorageError> {
         let writer = open(path).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;

@@ -3,6 +3,7 @@
 pub mod health;
 pub mod log_store;
 pub mod network;
+pub mod prevote;
 pub mod rpc;
 pub mod scheduler;
 pub mod snapshot;

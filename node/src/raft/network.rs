@@ -13,7 +13,9 @@ use openraft::raft::{
 use tokio::io::{BufReader, BufWriter};
 use tokio::net::TcpStream;
 
-use super::rpc::{self, KIND_APPEND, KIND_ELECT, KIND_SNAPSHOT_B64, KIND_VOTE, SnapshotChunk};
+use super::rpc::{
+    self, KIND_APPEND, KIND_ELECT, KIND_PREVOTE, KIND_SNAPSHOT_B64, KIND_VOTE, SnapshotChunk,
+};
 use super::tls::{self, RaftTls, ReadHalf, WriteHalf};
 use crate::{MemberInfo, NodeId, TypeConfig};
 
@@ -251,6 +253,32 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MemberInfo, RaftError<NodeId>>> {
         self.rpc(KIND_VOTE, &rpc, option).await
+    }
+}
+
+/// Asks the voter at `raft_addr` whether it would vote for us (pre-vote). Unreachable or silent
+/// is no. A member older than pre-vote drops the connection on the unknown request: that is yes,
+/// or a rolling upgrade could leave no member able to start an election.
+pub async fn request_prevote(
+    raft_addr: &str,
+    tls: Option<RaftTls>,
+    req: &super::prevote::PreVoteRequest,
+    ttl: Duration,
+) -> bool {
+    let mut conn = Connection {
+        target: 0,
+        node: MemberInfo {
+            raft_addr: raft_addr.to_owned(),
+            ..MemberInfo::default()
+        },
+        tls,
+        stream: None,
+        buf: Vec::new(),
+    };
+    match conn.call::<_, bool>(KIND_PREVOTE, req, ttl).await {
+        Ok(granted) => granted,
+        Err(CallError::Network(e)) => e.kind() == std::io::ErrorKind::UnexpectedEof,
+        Err(_) => false,
     }
 }
 

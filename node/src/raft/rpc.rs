@@ -22,6 +22,8 @@ pub const KIND_ELECT: u8 = 4;
 /// InstallSnapshot with the chunk as one base64 string ([`SnapshotChunk`]); `KIND_SNAPSHOT`
 /// (a JSON array of numbers, four times the size) is still accepted from older members.
 pub const KIND_SNAPSHOT_B64: u8 = 5;
+/// Would you vote for me? ([`super::prevote`]); the reply is a JSON boolean.
+pub const KIND_PREVOTE: u8 = 6;
 
 /// The wire form of an InstallSnapshot request.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -101,6 +103,7 @@ pub async fn serve(
     raft: Arc<Raft>,
     epoch: Instant,
     contact: Arc<AtomicU64>,
+    prevote: Arc<super::prevote::PreVote>,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -111,7 +114,8 @@ pub async fn serve(
                 continue;
             }
         };
-        let (raft, contact, tls) = (raft.clone(), contact.clone(), tls.clone());
+        let (raft, contact, tls, prevote) =
+            (raft.clone(), contact.clone(), tls.clone(), prevote.clone());
         tokio::spawn(async move {
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(%peer, error = %e, "raft connection lost");
@@ -128,7 +132,7 @@ pub async fn serve(
                 },
                 None => tls::plain(stream),
             };
-            if let Err(e) = serve_conn(halves, &raft, epoch, &contact).await
+            if let Err(e) = serve_conn(halves, &raft, epoch, &contact, &prevote).await
                 && e.kind() != std::io::ErrorKind::UnexpectedEof
             {
                 tracing::debug!(%peer, error = %e, "raft connection closed");
@@ -142,6 +146,7 @@ async fn serve_conn(
     raft: &Raft,
     epoch: Instant,
     contact: &AtomicU64,
+    prevote: &super::prevote::PreVote,
 ) -> std::io::Result<()> {
     let (mut r, mut w) = (BufReader::new(r), BufWriter::new(w));
     let mut buf = Vec::new();
@@ -163,6 +168,9 @@ async fn serve_conn(
             KIND_SNAPSHOT_B64 => {
                 respond(body, |req: SnapshotChunk| raft.install_snapshot(req.into())).await
             }
+            KIND_PREVOTE => serde_json::from_slice(body)
+                .map(|req| prevote.grant(&req))
+                .and_then(|granted| serde_json::to_vec(&granted)),
             KIND_ELECT => {
                 let res = raft.trigger().elect().await.map_err(|e| e.to_string());
                 serde_json::to_vec(&res)
