@@ -264,8 +264,17 @@ func (c *cluster) ready(m *member) bool {
 }
 
 func (c *cluster) post(m *member, path string, body any) (int, []byte, error) {
+	return c.send(http.MethodPost, m, path, body)
+}
+
+func (c *cluster) send(method string, m *member, path string, body any) (int, []byte, error) {
 	b, _ := json.Marshal(body)
-	resp, err := c.http.Post(m.url()+path, "application/json", bytes.NewReader(b))
+	req, err := http.NewRequest(method, m.url()+path, bytes.NewReader(b))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(req)
 	if err != nil {
 		return 0, nil, err
 	}

@@ -173,7 +173,7 @@ func (n *nemesis) inject(kind string, hold time.Duration) (rec faultRecord, err 
 		// Remove a follower, wipe it, and have it join again as a new voter.
 		m := rest[n.rng.Intn(len(rest))]
 		rec.Target = fmt.Sprint(m.id)
-		code, body, err := c.post(leader, "/remove", map[string]string{"id": fmt.Sprint(m.id)})
+		code, body, err := c.send("DELETE", leader, "/remove", map[string]string{"id": fmt.Sprint(m.id)})
 		if err != nil || code != 200 {
 			return rec, fmt.Errorf("remove: %d %s %v", code, body, err)
 		}
