@@ -256,6 +256,22 @@ impl RaftNetwork<TypeConfig> for Connection {
     }
 }
 
+impl Connection {
+    /// A connection for one call outside openraft (pre-vote, hand-over).
+    fn one_off(raft_addr: &str, tls: Option<RaftTls>) -> Self {
+        Self {
+            target: 0,
+            node: MemberInfo {
+                raft_addr: raft_addr.to_owned(),
+                ..MemberInfo::default()
+            },
+            tls,
+            stream: None,
+            buf: Vec::new(),
+        }
+    }
+}
+
 /// Asks the voter at `raft_addr` whether it would vote for us (pre-vote). Unreachable or silent
 /// is no. A member older than pre-vote drops the connection on the unknown request: that is yes,
 /// or a rolling upgrade could leave no member able to start an election.
@@ -265,16 +281,7 @@ pub async fn request_prevote(
     req: &super::prevote::PreVoteRequest,
     ttl: Duration,
 ) -> bool {
-    let mut conn = Connection {
-        target: 0,
-        node: MemberInfo {
-            raft_addr: raft_addr.to_owned(),
-            ..MemberInfo::default()
-        },
-        tls,
-        stream: None,
-        buf: Vec::new(),
-    };
+    let mut conn = Connection::one_off(raft_addr, tls);
     match conn.call::<_, bool>(KIND_PREVOTE, req, ttl).await {
         Ok(granted) => granted,
         Err(CallError::Network(e)) => e.kind() == std::io::ErrorKind::UnexpectedEof,
@@ -288,16 +295,7 @@ pub async fn request_election(
     tls: Option<RaftTls>,
     ttl: Duration,
 ) -> Result<(), String> {
-    let mut conn = Connection {
-        target: 0,
-        node: MemberInfo {
-            raft_addr: raft_addr.to_owned(),
-            ..MemberInfo::default()
-        },
-        tls,
-        stream: None,
-        buf: Vec::new(),
-    };
+    let mut conn = Connection::one_off(raft_addr, tls);
     match conn
         .call::<(), Result<(), String>>(KIND_ELECT, &(), ttl)
         .await

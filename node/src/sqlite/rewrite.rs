@@ -134,7 +134,8 @@ pub fn rewrite<'a>(sql: &'a str, now_unix: f64, rng: &mut impl Rng) -> Cow<'a, s
     Cow::Owned(out)
 }
 
-fn skip_quoted(bytes: &[u8], start: usize, quote: u8) -> usize {
+/// The end of the quoted token starting at `start` (a doubled quote is part of it).
+pub(crate) fn skip_quoted(bytes: &[u8], start: usize, quote: u8) -> usize {
     let mut i = start + 1;
     while i < bytes.len() {
         if bytes[i] == quote {

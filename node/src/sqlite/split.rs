@@ -115,7 +115,7 @@ fn token(b: &[u8], i: usize) -> (Token, usize) {
                 .map_or(b.len(), |p| i + 2 + p + 2);
             (Token::Space, end)
         }
-        b'\'' | b'"' | b'`' => (Token::Other, quoted(b, i, c)),
+        b'\'' | b'"' | b'`' => (Token::Other, super::rewrite::skip_quoted(b, i, c)),
         b'[' => {
             let end = b[i..]
                 .iter()
@@ -158,21 +158,6 @@ fn token(b: &[u8], i: usize) -> (Token, usize) {
 
 fn is_id(c: u8) -> bool {
     c.is_ascii_alphabetic() || c == b'_' || c == b'$' || c >= 0x80
-}
-
-fn quoted(b: &[u8], start: usize, q: u8) -> usize {
-    let mut i = start + 1;
-    while i < b.len() {
-        if b[i] == q {
-            if b.get(i + 1) == Some(&q) {
-                i += 2;
-                continue;
-            }
-            return i + 1;
-        }
-        i += 1;
-    }
-    b.len()
 }
 
 #[cfg(test)]
