@@ -16,7 +16,8 @@ cargo run -q -p litecluster-operator -- crd | diff -u crds/sqliteclusters.litecl
 step "node: unit and integration tests (real processes on loopback, pyrqlite, SeaweedFS S3, Azurite)"
 cargo test -p litecluster-node
 step "fault injection: short runs of real members under a nemesis, histories checked for linearizability (needs root, iptables)"
-(cd chaos && go run . -runs 2 -seconds 20 -bin ../target/debug/litecluster-node)
+(cd chaos && go run . -runs 2 -seconds 20 -bin ../target/debug/litecluster-node \
+  && go run . -runs 1 -seconds 15 -faults isolate-follower,isolate-leader -bin ../target/debug/litecluster-node)
 step "operator: unit and mocked-API reconcile tests"
 cargo test -p litecluster-operator
 step "e2e: real Kubernetes control plane built from k8s.io/kubernetes (cached after the first build)"

@@ -315,6 +315,22 @@ impl Node {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
+    /// On a leader of several voters that has not heard from a quorum for longer than the
+    /// leader lease (it is cut off and a new leader is probably being elected), how long.
+    pub fn quorum_silence(&self) -> Option<Duration> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        if m.state != ServerState::Leader
+            || m.membership_config.membership().voter_ids().count() < 2
+        {
+            return None;
+        }
+        let lease = self.config.election_timeout * 3 / 2;
+        m.millis_since_quorum_ack
+            .map(Duration::from_millis)
+            .filter(|d| *d > lease)
+    }
+
     /// Time since the leader last reached this member; zero on the leader itself.
     pub fn since_leader_contact(&self) -> Option<Duration> {
         if self.is_leader() {

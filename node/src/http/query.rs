@@ -153,6 +153,17 @@ impl Ctx<'_> {
         if let Some(resp) = super::entry_too_large(self.node, &cmd) {
             return resp;
         }
+        // Refuse at once rather than hold the client until the write times out: it would not
+        // commit here, and another member is most likely leader by now.
+        if let Some(d) = self.node.quorum_silence() {
+            return text_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "leader not found: this member leads but has not heard from a quorum for {:.1}s; retry on another member",
+                    d.as_secs_f64()
+                ),
+            );
+        }
         match self.node.write(cmd).await {
             Ok(resp) => {
                 self.node
