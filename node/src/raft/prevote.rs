@@ -42,6 +42,9 @@ pub struct PreVote {
     tls: Option<RaftTls>,
     /// A leadership hand-over keeps this member out of elections.
     paused: AtomicBool,
+    /// When we last granted a pre-vote (ms since `epoch`): like a vote in Raft, it restarts our
+    /// own election timer, so two members do not both run and split the vote.
+    granted: AtomicU64,
 }
 
 impl PreVote {
@@ -64,6 +67,7 @@ impl PreVote {
             lease,
             tls,
             paused: AtomicBool::new(false),
+            granted: AtomicU64::new(0),
         })
     }
 
@@ -79,6 +83,16 @@ impl PreVote {
             .saturating_sub(Duration::from_millis(ms))
     }
 
+    /// Time since a leader reached us or we granted someone a pre-vote.
+    fn quiet(&self) -> Duration {
+        let granted = self.granted.load(Ordering::Relaxed);
+        let since_grant = self
+            .epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(granted));
+        self.silence().min(since_grant)
+    }
+
     /// The receiver's answer: yes when it is not leading, its leader lease has run out (with a
     /// margin, so the real vote that follows is not refused), and the candidate's log is at
     /// least as up to date as ours.
@@ -90,7 +104,14 @@ impl PreVote {
         if self.silence() < self.lease + GRANT_MARGIN {
             return false;
         }
-        req.last_log_id >= self.log.last_log_id()
+        let yes = req.last_log_id >= self.log.last_log_id();
+        if yes {
+            self.granted.store(
+                self.epoch.elapsed().as_millis().max(1) as u64,
+                Ordering::Relaxed,
+            );
+        }
+        yes
     }
 
     /// Calls an election when the leader has been silent for a randomized timeout past the
@@ -122,7 +143,7 @@ impl PreVote {
             }
             // One election per randomized timeout; refused pre-votes are retried at once, as
             // they raise no term.
-            if self.silence() < timeout || last_election.elapsed() < timeout {
+            if self.quiet() < timeout || last_election.elapsed() < timeout {
                 continue;
             }
             let req = PreVoteRequest {
@@ -146,7 +167,7 @@ impl PreVote {
                 }
             }
             // A leader may have reached us while we asked.
-            if granted * 2 <= voters.len() || self.silence() < timeout {
+            if granted * 2 <= voters.len() || self.quiet() < timeout {
                 tracing::debug!(granted, voters = voters.len(), "pre-vote refused");
                 continue;
             }
