@@ -124,8 +124,9 @@ enum SpoolError {
     Io(std::io::Error),
 }
 
-/// Writes the body to `path`, refusing more than `limit` bytes.
-async fn spool(body: Body, path: &std::path::Path, limit: u64) -> Result<u64, SpoolError> {
+/// Writes the body to `path`, refusing more than `limit` bytes. Returns its size and whether it
+/// starts like a SQLite file.
+async fn spool(body: Body, path: &std::path::Path, limit: u64) -> Result<(u64, bool), SpoolError> {
     use futures::StreamExt;
     use tokio::io::AsyncWriteExt;
     let mut file = tokio::io::BufWriter::new(
@@ -135,8 +136,11 @@ async fn spool(body: Body, path: &std::path::Path, limit: u64) -> Result<u64, Sp
     );
     let mut stream = body.into_data_stream();
     let mut n = 0u64;
+    let mut head = Vec::with_capacity(SQLITE_HEADER.len());
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(SpoolError::Body)?;
+        let want = SQLITE_HEADER.len() - head.len();
+        head.extend_from_slice(&chunk[..want.min(chunk.len())]);
         n += chunk.len() as u64;
         if n > limit {
             return Err(SpoolError::TooLarge);
@@ -144,7 +148,7 @@ async fn spool(body: Body, path: &std::path::Path, limit: u64) -> Result<u64, Sp
         file.write_all(&chunk).await.map_err(SpoolError::Io)?;
     }
     file.flush().await.map_err(SpoolError::Io)?;
-    Ok(n)
+    Ok((n, head == SQLITE_HEADER))
 }
 
 /// Accepts a SQLite file (replaces the database) or SQL text (executed as one batch), as rqlite.
@@ -165,8 +169,8 @@ pub async fn load(
             .join(format!("upload-{:016x}.tmp", rand::random::<u64>())),
     );
     let limit = node.config.max_load_bytes;
-    let size = match spool(body, &file.0, limit).await {
-        Ok(n) => n,
+    let (size, is_image) = match spool(body, &file.0, limit).await {
+        Ok(r) => r,
         Err(SpoolError::TooLarge) => {
             return text_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -212,14 +216,6 @@ pub async fn load(
             ),
         };
     }
-    let mut head = [0u8; SQLITE_HEADER.len()];
-    let is_image = match tokio::fs::File::open(&file.0).await {
-        Ok(mut f) => {
-            use tokio::io::AsyncReadExt;
-            f.read_exact(&mut head).await.is_ok() && head == SQLITE_HEADER
-        }
-        Err(_) => false,
-    };
     if is_image {
         let mut f = match tokio::fs::File::open(&file.0).await {
             Ok(f) => tokio::io::BufReader::new(f),
