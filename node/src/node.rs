@@ -44,7 +44,11 @@ pub struct Node {
     pub raft_tls: Option<crate::raft::tls::RaftTls>,
     /// Writes hold it shared; a leadership hand-over holds it exclusively so that the target
     /// can catch up with a log that has stopped growing.
-    write_gate: tokio::sync::RwLock<()>,
+    write_gate: Arc<tokio::sync::RwLock<()>>,
+    /// Coalesces statement requests into batch entries.
+    pub proposer: crate::raft::propose::Proposer,
+    /// Shares one leadership check among the linearizable reads waiting for it.
+    pub leadership: Arc<crate::raft::leadership::LeaderCheck>,
     /// Decides when this member calls an election; a hand-over pauses it.
     prevote: Arc<crate::raft::prevote::PreVote>,
 }
@@ -121,9 +125,7 @@ impl Node {
             Raft::new(
                 id,
                 Arc::new(raft_config),
-                NetworkFactory {
-                    tls: raft_tls.clone(),
-                },
+                NetworkFactory::new(raft_tls.clone()),
                 log,
                 sm,
             )
@@ -154,6 +156,9 @@ impl Node {
         let backup =
             crate::backup::Manager::for_node(&config).context("loading --backup-config")?;
         let client = http_client(&config)?;
+        let write_gate = Arc::new(tokio::sync::RwLock::new(()));
+        let proposer = crate::raft::propose::Proposer::start(raft.clone(), write_gate.clone());
+        let leadership = crate::raft::leadership::LeaderCheck::new(raft.clone());
         let node = Arc::new(Self {
             id,
             info,
@@ -171,7 +176,9 @@ impl Node {
             snapshots,
             membership_lock: tokio::sync::Mutex::new(()),
             raft_tls,
-            write_gate: tokio::sync::RwLock::new(()),
+            write_gate,
+            proposer,
+            leadership,
             prevote,
         });
         tokio::spawn(crate::raft::scheduler::run(node.clone()));

@@ -12,7 +12,7 @@ use serde_json::Value as Json;
 use super::forward::Incoming;
 use super::render::{self, Flags, Level};
 use super::{AppState, json_response, text_error};
-use crate::command::{Command, Mode, ParamValue, Params, Statement, StmtResult};
+use crate::command::{Mode, ParamValue, Params, Request, Statement, StmtResult, encoded_len};
 use crate::node::Node;
 
 /// Parses an rqlite request body: a JSON array of SQL strings or `[sql, params...]` arrays.
@@ -145,14 +145,16 @@ impl Ctx<'_> {
                 }
             }
         }
-        let cmd = Command::Statements {
+        let req = Request {
             stmts,
             transaction: self.flags.transaction,
             mode,
         };
-        if let Some(resp) = super::entry_too_large(self.node, &cmd) {
-            return resp;
-        }
+        // The request's encoding plus the few bytes of the entry around it.
+        let bytes = match super::check_entry_size(self.node, encoded_len(&req) + 32) {
+            Ok(n) => n,
+            Err(resp) => return resp,
+        };
         // Refuse at once rather than hold the client until the write times out: it would not
         // commit here, and another member is most likely leader by now.
         if let Some(d) = self.node.quorum_silence() {
@@ -164,13 +166,13 @@ impl Ctx<'_> {
                 ),
             );
         }
-        match self.node.write(cmd).await {
-            Ok(resp) => {
+        match self.node.proposer.propose(req, bytes).await {
+            Ok(results) => {
                 self.node
                     .metrics
                     .executions
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.reply(&resp.data.results, resp.data.error.as_deref())
+                self.reply(&results, None)
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 self.forward(f.leader_node).await
@@ -200,7 +202,7 @@ impl Ctx<'_> {
                     return self.forward(leader).await;
                 }
             }
-            Level::Linearizable => match node.raft.ensure_linearizable().await {
+            Level::Linearizable => match node.leadership.confirm().await {
                 Ok(_) => {}
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                     return self.forward(f.leader_node).await;

@@ -1,9 +1,11 @@
 //! Raft plumbing: the durable log, the SQLite state machine, snapshots, and the RPC transport.
 
 pub mod health;
+pub mod leadership;
 pub mod log_store;
 pub mod network;
 pub mod prevote;
+pub mod propose;
 pub mod rpc;
 pub mod scheduler;
 pub mod snapshot;

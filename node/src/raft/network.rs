@@ -1,5 +1,7 @@
 //! The client side of Raft RPCs: one reusable TCP connection per target member.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{
@@ -23,6 +25,45 @@ use crate::{MemberInfo, NodeId, TypeConfig};
 #[derive(Clone, Default)]
 pub struct NetworkFactory {
     pub tls: Option<RaftTls>,
+    pool: Pool,
+}
+
+impl NetworkFactory {
+    pub fn new(tls: Option<RaftTls>) -> Self {
+        Self {
+            tls,
+            pool: Pool::default(),
+        }
+    }
+}
+
+type Stream = (BufReader<ReadHalf>, BufWriter<WriteHalf>);
+
+/// Idle connections by address. openraft makes a new client for every leadership check of a
+/// linearizable read (and every vote): without the pool each one was a TCP connect, and a TLS
+/// handshake under mTLS. A connection goes back only after a complete exchange.
+#[derive(Clone, Default)]
+struct Pool(Arc<Mutex<HashMap<String, Vec<Stream>>>>);
+
+/// Idle connections kept per member.
+const POOL_PER_TARGET: usize = 8;
+
+impl Pool {
+    fn take(&self, addr: &str) -> Option<Stream> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(addr)?
+            .pop()
+    }
+
+    fn put(&self, addr: &str, s: Stream) {
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let v = idle.entry(addr.to_owned()).or_default();
+        if v.len() < POOL_PER_TARGET {
+            v.push(s);
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -35,6 +76,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             tls: self.tls.clone(),
             stream: None,
             buf: Vec::new(),
+            pool: Some(self.pool.clone()),
         }
     }
 }
@@ -43,8 +85,17 @@ pub struct Connection {
     target: NodeId,
     node: MemberInfo,
     tls: Option<RaftTls>,
-    stream: Option<(BufReader<ReadHalf>, BufWriter<WriteHalf>)>,
+    stream: Option<Stream>,
     buf: Vec<u8>,
+    pool: Option<Pool>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let (Some(pool), Some(s)) = (&self.pool, self.stream.take()) {
+            pool.put(&self.node.raft_addr, s);
+        }
+    }
 }
 
 enum CallError {
@@ -92,6 +143,24 @@ impl Connection {
     /// after the reply is read: if openraft drops this future on its own timeout mid-exchange,
     /// the connection goes with it, so a late reply can never answer the next request.
     async fn round_trip(&mut self, kind: u8, body: &[u8]) -> Result<(), CallError> {
+        if self.stream.is_none()
+            && let Some(s) = self
+                .pool
+                .as_ref()
+                .and_then(|p| p.take(&self.node.raft_addr))
+        {
+            self.stream = Some(s);
+            // An idle connection may have been closed by the other side (it restarted): then
+            // once more on a new one. Every Raft RPC is idempotent.
+            match self.exchange(kind, body).await {
+                Err(CallError::Network(_)) => {}
+                done => return done,
+            }
+        }
+        self.exchange(kind, body).await
+    }
+
+    async fn exchange(&mut self, kind: u8, body: &[u8]) -> Result<(), CallError> {
         let (mut r, mut w) = match self.stream.take() {
             Some(s) => s,
             None => {
@@ -268,6 +337,7 @@ impl Connection {
             tls,
             stream: None,
             buf: Vec::new(),
+            pool: None,
         }
     }
 }

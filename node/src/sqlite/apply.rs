@@ -354,14 +354,22 @@ impl Writer {
         if self.conn.last_insert_rowid() == rowid && self.conn.changes() == 0 {
             return Ok(());
         }
-        self.sql(
-            &format!(
-                "INSERT OR REPLACE INTO {t} (rowid, key, value) VALUES ({rowid}, 'reset', ''); \
-                 DELETE FROM {t} WHERE 0",
-                t = super::META_TABLE
-            ),
-            "setting connection state",
+        let run = |sql: String, rowid: Option<i64>| {
+            let mut st = self.conn.prepare_cached(&sql)?;
+            match rowid {
+                Some(r) => st.execute([r]),
+                None => st.execute([]),
+            }
+        };
+        let t = super::META_TABLE;
+        let i = super::INTERNAL;
+        run(
+            format!("{i} INSERT OR REPLACE INTO {t} (rowid, key, value) VALUES (?1, 'reset', '')"),
+            Some(rowid),
         )
+        .and_then(|_| run(format!("{i} DELETE FROM {t} WHERE 0"), None))
+        .map(drop)
+        .map_err(internal("setting connection state"))
     }
 
     fn run_statement(
@@ -433,7 +441,7 @@ impl Writer {
     ) -> Result<Step> {
         let gate = self.gate.clone();
         let scope = gate.enter();
-        let prepared = if cache {
+        let prepared = if cache && super::cacheable(sql) {
             self.conn.prepare_cached(sql).map(Prepared::Cached)
         } else {
             self.conn.prepare(sql).map(Prepared::Plain)

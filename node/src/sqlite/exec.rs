@@ -74,7 +74,7 @@ fn run_one(conn: &Connection, stmt: &Statement, mode: Mode) -> rusqlite::Result<
     if let Some(msg) = forbidden(&stmt.sql) {
         return Ok(StmtResult::error(msg));
     }
-    let mut prepared = match conn.prepare(&stmt.sql) {
+    let mut prepared = match conn.prepare_cached(&stmt.sql) {
         Ok(p) => p,
         // Several statements in one string (a dump, say): run them all, report their combined
         // effect. rusqlite checks the tail by preparing it, so a later statement that needs an

@@ -21,11 +21,12 @@ use rusqlite::{Connection, OpenFlags};
 pub const META_TABLE: &str = "_litecluster_meta";
 
 /// Opens the single read-write connection. WAL mode; automatic checkpoints off because snapshots
-/// own checkpointing; `synchronous=FULL` so an applied transaction survives power loss.
+/// own checkpointing; `synchronous=NORMAL`: commits do not fsync, the Raft log is the durable
+/// record and the database is synced before each snapshot (`raft/state_machine/durable.rs`).
 pub fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -59,15 +60,22 @@ pub fn read_meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String
     .optional()
 }
 
-/// Writes a value to the meta table (inside the caller's transaction). Never through the
-/// statement cache: user SQL with the same text would find it there, past the guard.
+/// The start of every internal statement kept in the statement cache. User SQL that starts
+/// with it (after trimming, as the cache's key is trimmed) is never looked up there: a hit would
+/// reach a statement the guard never saw.
+pub const INTERNAL: &str = "/*litecluster*/";
+
+/// Whether user SQL may use the statement cache.
+pub fn cacheable(user_sql: &str) -> bool {
+    !user_sql.trim().starts_with(INTERNAL)
+}
+
+/// Writes a value to the meta table (inside the caller's transaction).
 pub fn write_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
-    conn.execute(
-        &format!(
-            "INSERT INTO {META_TABLE} (key, value) VALUES (?1, ?2) \
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value"
-        ),
-        [key, value],
-    )?;
+    conn.prepare_cached(&format!(
+        "{INTERNAL} INSERT INTO {META_TABLE} (key, value) VALUES (?1, ?2) \
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+    ))?
+    .execute([key, value])?;
     Ok(())
 }

@@ -15,40 +15,84 @@ use crate::sqlite::load::{self, Expect, LoadError};
 use crate::sqlite::{self};
 use crate::{Entry, LogId, StoredMembership};
 
-/// Records progress through an entry (inside the caller's transaction).
+/// Records progress (inside the caller's transaction): every entry up to `applied`, and of the
+/// entry after it the first units `partial.1` (a batch committed part way, see [`reapply`]).
+/// The membership is written unless `saved` says the database holds it already.
 fn write_progress(
     conn: &Connection,
     applied: Option<LogId>,
     membership: &StoredMembership,
+    partial: Option<Partial>,
+    saved: Option<&mut String>,
 ) -> rusqlite::Result<()> {
     let applied = serde_json::to_string(&applied).unwrap_or_default();
-    let membership = serde_json::to_string(membership).unwrap_or_default();
     sqlite::write_meta(conn, "applied", &applied)?;
-    sqlite::write_meta(conn, "membership", &membership)
+    let membership = serde_json::to_string(membership).unwrap_or_default();
+    match saved {
+        Some(saved) if *saved == membership => {}
+        Some(saved) => {
+            sqlite::write_meta(conn, "membership", &membership)?;
+            *saved = membership;
+        }
+        None => sqlite::write_meta(conn, "membership", &membership)?,
+    }
+    if let Some(p) = partial {
+        sqlite::write_meta(
+            conn,
+            "partial",
+            &serde_json::to_string(&p).unwrap_or_default(),
+        )?;
+    }
+    Ok(())
 }
 
-fn work(entry: &Entry) -> Option<Work<'_>> {
+/// Of the entry at log index `.0`, the first `.1` requests are applied and committed.
+pub(super) type Partial = (u64, usize);
+
+/// A unit of work: (entry in the batch, request within the entry).
+type Unit = (usize, usize);
+
+/// Seeds `random()` for request `k` of the entry at `index`: the index alone for the first, so
+/// a one-request batch and a plain entry are the same.
+fn seed(index: u64, k: usize) -> u64 {
+    index ^ ((k as u64) << 48)
+}
+
+/// The requests of a statements entry, each applied as if it were an entry of its own.
+fn works(entry: &Entry) -> Vec<Work<'_>> {
+    let index = entry.log_id.index;
     match &entry.payload {
         EntryPayload::Normal(Command::Statements {
             stmts,
             transaction,
             mode,
-        }) => Some(Work {
-            seed: entry.log_id.index,
+        }) => vec![Work {
+            seed: index,
             stmts,
             transaction: *transaction,
             mode: *mode,
-        }),
-        _ => None,
+        }],
+        EntryPayload::Normal(Command::Batch { reqs }) => reqs
+            .iter()
+            .enumerate()
+            .map(|(k, r)| Work {
+                seed: seed(index, k),
+                stmts: &r.stmts,
+                transaction: r.transaction,
+                mode: r.mode,
+            })
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
-/// Applies again, inside a new transaction, entries that were applied in the one a statement
-/// rolled back. Only the first can roll back again (one that did would have started the batch).
-fn reapply(writer: &mut Writer, entries: &[Entry]) -> Result<(), ApplyError> {
-    for (k, entry) in entries.iter().enumerate() {
-        match &entry.payload {
-            EntryPayload::Normal(Command::LoadChunk { load, seq, data }) => {
+/// Applies again, inside a new transaction, the units `from..to` that were applied in the one
+/// a statement rolled back. Only the first can roll back again (one that did would have started
+/// the batch).
+fn reapply(writer: &mut Writer, entries: &[Entry], from: Unit, to: Unit) -> Result<(), ApplyError> {
+    for (i, entry) in entries.iter().enumerate().take(to.0 + 1).skip(from.0) {
+        if let EntryPayload::Normal(Command::LoadChunk { load, seq, data }) = &entry.payload {
+            if i < to.0 {
                 load::stage(writer.conn(), *load, *seq, data).map_err(|source| {
                     ApplyError::Sqlite {
                         context: "staging a load piece",
@@ -56,19 +100,32 @@ fn reapply(writer: &mut Writer, entries: &[Entry]) -> Result<(), ApplyError> {
                     }
                 })?;
             }
-            _ => {
-                if let Some(w) = work(entry) {
-                    writer.reapply(w, k == 0)?;
-                }
-            }
+            continue;
+        }
+        let works = works(entry);
+        let first = if i == from.0 { from.1 } else { 0 };
+        let end = if i == to.0 { to.1 } else { works.len() };
+        for (k, w) in works.into_iter().enumerate().take(end).skip(first) {
+            writer.reapply(w, (i, k) == from)?;
         }
     }
     Ok(())
 }
 
 impl Worker {
-    pub(super) fn save_progress(&self) -> rusqlite::Result<()> {
-        write_progress(self.writer.conn(), self.applied, &self.membership)
+    pub(super) fn save_progress(&mut self) -> rusqlite::Result<()> {
+        write_progress(
+            self.writer.conn(),
+            self.applied,
+            &self.membership,
+            None,
+            Some(&mut self.membership_saved),
+        )?;
+        if self.partial_stored {
+            sqlite::write_meta(self.writer.conn(), "partial", "null")?;
+            self.partial_stored = false;
+        }
+        Ok(())
     }
 
     pub(super) fn apply(&mut self, entries: &[Entry]) -> crate::Result<Vec<CommandResponse>> {
@@ -95,6 +152,10 @@ impl Worker {
         self.membership = sqlite::read_meta(conn, "membership")?
             .and_then(|s| serde_json::from_str(&s).ok())
             .unwrap_or_default();
+        self.partial =
+            sqlite::read_meta(conn, "partial")?.and_then(|s| serde_json::from_str(&s).ok());
+        self.partial_stored = self.partial.is_some();
+        self.membership_saved.clear();
         Ok(())
     }
 
@@ -103,8 +164,18 @@ impl Worker {
         entries: &[Entry],
         responses: &mut Vec<CommandResponse>,
     ) -> crate::Result<()> {
-        // First entry of the open transaction.
-        let mut start = 0;
+        // First unit of the open transaction. After a crash mid-batch the first entry may be
+        // partly applied already.
+        let skip = |partial: Option<Partial>, index: u64| match partial {
+            Some((at, done)) if at == index => done,
+            _ => 0,
+        };
+        let mut start: Unit = (
+            0,
+            entries
+                .first()
+                .map_or(0, |e| skip(self.partial, e.log_id.index)),
+        );
         for (i, entry) in entries.iter().enumerate() {
             let resp = match &entry.payload {
                 EntryPayload::Blank => CommandResponse::default(),
@@ -130,35 +201,49 @@ impl Worker {
                         crc32: *crc32,
                     };
                     let resp = self.load(entry.log_id, Source::Staged(expect))?;
-                    start = i + 1;
+                    start = (i + 1, 0);
                     resp
                 }
                 EntryPayload::Normal(Command::Load { image }) => {
                     let resp = self.load(entry.log_id, Source::Image(image))?;
-                    start = i + 1;
+                    start = (i + 1, 0);
                     resp
                 }
-                EntryPayload::Normal(Command::Statements { .. }) => {
-                    let w = work(entry).expect("a statements entry");
-                    let prior = &entries[start..i];
-                    let (applied, membership) = (self.applied, &self.membership);
-                    let mut again = |writer: &mut Writer| -> Result<bool, ApplyError> {
-                        reapply(writer, prior)?;
-                        write_progress(writer.conn(), applied, membership).map_err(|source| {
-                            ApplyError::Sqlite {
-                                context: "recording progress",
-                                source,
+                EntryPayload::Normal(Command::Statements { .. } | Command::Batch { .. }) => {
+                    let done = skip(self.partial.take(), entry.log_id.index);
+                    let mut parts = vec![Vec::new(); done];
+                    for (k, w) in works(entry).into_iter().enumerate().skip(done) {
+                        let (applied, membership) = (self.applied, &self.membership);
+                        let partial = (k > 0).then_some((entry.log_id.index, k));
+                        let prior = start;
+                        let mut again = |writer: &mut Writer| -> Result<bool, ApplyError> {
+                            if prior == (i, k) {
+                                return Ok(false);
                             }
-                        })?;
-                        Ok(!prior.is_empty())
-                    };
-                    let out = self.writer.apply(w, &mut again)?;
-                    if out.committed_prior {
-                        start = i;
+                            reapply(writer, entries, prior, (i, k))?;
+                            write_progress(writer.conn(), applied, membership, partial, None)
+                                .map_err(|source| ApplyError::Sqlite {
+                                    context: "recording progress",
+                                    source,
+                                })?;
+                            Ok(true)
+                        };
+                        let out = self.writer.apply(w, &mut again)?;
+                        if out.committed_prior {
+                            start = (i, k);
+                            self.partial_stored |= partial.is_some();
+                        }
+                        parts.push(out.results);
                     }
-                    CommandResponse {
-                        results: out.results,
-                        error: None,
+                    match &entry.payload {
+                        EntryPayload::Normal(Command::Batch { .. }) => CommandResponse {
+                            batch: parts,
+                            ..CommandResponse::default()
+                        },
+                        _ => CommandResponse {
+                            results: parts.pop().unwrap_or_default(),
+                            ..CommandResponse::default()
+                        },
                     }
                 }
             };
@@ -198,6 +283,7 @@ impl Worker {
         });
         let _ = std::fs::remove_file(&image);
         self.reads.reset();
+        self.membership_saved.clear();
         // The copy replaced pages under the WAL; only a full snapshot is safe next.
         self.control.health().full_needed = true;
         let resp = match outcome {
@@ -211,8 +297,8 @@ impl Worker {
                 self.writer.begin()?;
                 load::clear(self.writer.conn())?;
                 return Ok(CommandResponse {
-                    results: Vec::new(),
                     error: Some(msg),
+                    ..CommandResponse::default()
                 });
             }
             Err(e @ LoadError::Member { .. }) => {

@@ -41,7 +41,16 @@ impl Worker {
     /// instead: no frame is lost, the failure is counted and shown, and retried with backoff.
     pub(super) fn build(&mut self) -> crate::Result<SnapshotMeta> {
         let started = Instant::now();
+        // openraft may purge the log up to this snapshot once it has it (see `durable`).
+        let synced = self.make_durable()?;
         let meta = self.snapshot_meta()?;
+        let meta = self.build_at(meta, started)?;
+        // A completed checkpoint synced the database and emptied the WAL.
+        self.record_synced(synced.min(file_len(&self.wal_path())));
+        Ok(meta)
+    }
+
+    fn build_at(&mut self, meta: SnapshotMeta, started: Instant) -> crate::Result<SnapshotMeta> {
         let index = meta.last_log_id.map_or(0, |l| l.index);
         let chain_len = self
             .store

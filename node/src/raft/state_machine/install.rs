@@ -90,6 +90,7 @@ fn stage(src: &Path, dest: &Path, meta: &SnapshotMeta) -> crate::Result<()> {
         let membership = serde_json::to_string(&meta.last_membership).unwrap_or_default();
         sqlite::write_meta(&conn, "applied", &applied)?;
         sqlite::write_meta(&conn, "membership", &membership)?;
+        sqlite::write_meta(&conn, "partial", "null")?;
         conn.execute_batch("COMMIT")?;
     }
     std::fs::File::open(dest)
@@ -130,6 +131,10 @@ impl Worker {
         self.writer = Writer::open(&db)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        self.partial = None;
+        self.partial_stored = false;
+        self.membership_saved.clear();
+        self.record_synced(0);
         self.reads.reset();
         // The database now equals the new base and its WAL starts empty: the chain is valid.
         self.control.health().full_needed = false;

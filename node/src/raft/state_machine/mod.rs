@@ -3,6 +3,7 @@
 
 mod apply;
 mod build;
+mod durable;
 mod install;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +45,13 @@ struct Worker {
     db_path: PathBuf,
     applied: Option<LogId>,
     membership: StoredMembership,
+    /// A batch entry committed part way (a statement rolled the transaction back).
+    partial: Option<apply::Partial>,
+    /// The database holds a `partial` row that is not `null`.
+    partial_stored: bool,
+    /// The membership as last written to the database (empty: unknown): most batches do not
+    /// change it, so they need not write it.
+    membership_saved: String,
     store: Arc<SnapshotStore>,
     reads: ReadPool,
     metrics: Arc<Metrics>,
@@ -65,6 +73,7 @@ impl StateMachine {
         // An install interrupted by a crash is finished before the database is opened.
         install::recover(db_path)
             .map_err(|e| crate::Error::io("finishing an interrupted snapshot install", e))?;
+        durable::simulate_power_loss(db_path);
         let writer = Writer::open(db_path)?;
         let conn = writer.conn();
         let applied =
@@ -72,6 +81,8 @@ impl StateMachine {
         let membership = sqlite::read_meta(conn, "membership")?
             .and_then(|s| serde_json::from_str(&s).ok())
             .unwrap_or_default();
+        let partial: Option<apply::Partial> =
+            sqlite::read_meta(conn, "partial")?.and_then(|s| serde_json::from_str(&s).ok());
         let store = Arc::new(
             SnapshotStore::open(snapshot_dir)
                 .map_err(|e| crate::Error::io("opening snapshot store", e))?,
@@ -81,6 +92,9 @@ impl StateMachine {
             db_path: db_path.to_owned(),
             applied,
             membership,
+            partial,
+            partial_stored: partial.is_some(),
+            membership_saved: String::new(),
             store: store.clone(),
             reads,
             metrics,
