@@ -39,6 +39,32 @@ struct Args {
     /// Rows per request for the `batch` workload.
     #[arg(long, default_value_t = 100)]
     batch_size: usize,
+    /// Also start an rqlite cluster of the same size from this `rqlited` and run every workload
+    /// against both, alternating, then print both sides and the ratio (needs --spawn).
+    #[arg(long, value_name = "PATH_TO_RQLITED")]
+    compare: Option<PathBuf>,
+    /// Rounds of every workload (with --compare, each round alternates which system goes first).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+}
+
+/// One system under test.
+struct Target {
+    name: &'static str,
+    urls: Vec<String>,
+    leader: String,
+    cluster: Option<LocalCluster>,
+}
+
+/// One run's figures.
+#[derive(Clone)]
+struct Figures {
+    ops_s: f64,
+    rows_s: f64,
+    p50: f64,
+    p99: f64,
+    errors: u64,
+    rss_mb: f64,
 }
 
 #[derive(Default)]
@@ -52,88 +78,191 @@ struct Run {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut cluster = None;
-    let urls = match args.spawn {
-        Some(n) => {
-            let c = LocalCluster::start(n).await?;
-            let urls = c.urls.clone();
-            cluster = Some(c);
-            urls
+    for op in &args.ops {
+        if !["insert", "batch", "strong", "linearizable"].contains(&op.as_str()) {
+            bail!("unknown op {op:?}: use insert, batch, strong or linearizable");
         }
-        None => args.url.clone(),
-    };
+    }
+    if args.compare.is_some() && args.spawn.is_none() {
+        bail!("--compare starts both clusters itself: give --spawn N (for example --spawn 3)");
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let leader = find_leader(&client, &urls)
-        .await
-        .unwrap_or_else(|| urls[0].clone());
-    post(
-        &client,
-        &leader,
-        "/db/execute",
-        &json!(["CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, v TEXT)"]),
-    )
-    .await?;
-    post(
-        &client,
-        &leader,
-        "/db/execute",
-        &json!(["INSERT OR IGNORE INTO bench(id, v) VALUES (1, 'seed')"]),
-    )
-    .await?;
+    let mut targets = Vec::new();
+    if let Some(rqlited) = &args.compare {
+        let n = args.spawn.unwrap_or(3);
+        println!("starting rqlite: {n} members from {}", rqlited.display());
+        let c = LocalCluster::start_rqlite(rqlited, n).await?;
+        targets.push(Target::new("rqlite", c.urls.clone(), Some(c), &client).await?);
+    }
+    match args.spawn {
+        Some(n) => {
+            println!("starting litecluster: {n} members");
+            let c = LocalCluster::start(n).await?;
+            targets.push(Target::new("litecluster", c.urls.clone(), Some(c), &client).await?);
+        }
+        None => targets.push(Target::new("target", args.url.clone(), None, &client).await?),
+    }
     let next_id = Arc::new(AtomicU64::new(1_000_000 + rand_seed()));
-    println!(
-        "target: {} member(s), leader {leader}; {}s per run",
-        urls.len(),
-        args.seconds
-    );
-    let mut rows = Vec::new();
-    for op in &args.ops {
-        for &clients in &args.clients {
-            let run = run(&client, &urls, &leader, op, clients, &args, next_id.clone()).await?;
-            let secs = args.seconds;
-            let mut lat = run.latencies_us;
-            lat.sort_unstable();
-            let pct = |p: f64| {
-                lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-                    .copied()
-                    .unwrap_or(0) as f64
-                    / 1000.0
-            };
-            let ops_s = run.ok as f64 / secs;
-            let rows_s = if op == "batch" {
-                ops_s * args.batch_size as f64
-            } else {
-                ops_s
-            };
-            let line = json!({
-                "op": op, "clients": clients, "seconds": secs, "requests": run.ok, "errors": run.errors,
-                "ops_per_sec": (ops_s * 10.0).round() / 10.0, "rows_per_sec": rows_s.round(),
-                "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-            });
-            println!("{line}");
-            rows.push((
-                op.clone(),
-                clients,
-                ops_s,
-                rows_s,
-                pct(0.5),
-                pct(0.99),
-                run.errors,
-            ));
+    for t in &targets {
+        println!(
+            "{}: {} member(s), leader {}; {}s per run",
+            t.name,
+            t.urls.len(),
+            t.leader,
+            args.seconds
+        );
+    }
+    // (op, clients) -> per target, every round's figures.
+    let mut table: Vec<((String, usize), Vec<Vec<Figures>>)> = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        for op in &args.ops {
+            for &clients in &args.clients {
+                let key = (op.clone(), clients);
+                let slot = match table.iter().position(|(k, _)| *k == key) {
+                    Some(i) => i,
+                    None => {
+                        table.push((key, vec![Vec::new(); targets.len()]));
+                        table.len() - 1
+                    }
+                };
+                // Alternate who goes first, so neither always runs on a warmer machine.
+                let mut order: Vec<usize> = (0..targets.len()).collect();
+                if round % 2 == 1 {
+                    order.reverse();
+                }
+                for ti in order {
+                    let t = &targets[ti];
+                    let f = run(&client, t, op, clients, &args, next_id.clone()).await?;
+                    println!(
+                        "{}",
+                        json!({
+                            "system": t.name, "round": round + 1, "op": op, "clients": clients,
+                            "seconds": args.seconds, "errors": f.errors,
+                            "ops_per_sec": (f.ops_s * 10.0).round() / 10.0, "rows_per_sec": f.rows_s.round(),
+                            "p50_ms": f.p50, "p99_ms": f.p99, "max_member_rss_mb": f.rss_mb.round(),
+                        })
+                    );
+                    table[slot].1[ti].push(f);
+                }
+            }
         }
     }
-    println!(
-        "\n{:<14} {:>7} {:>11} {:>11} {:>9} {:>9} {:>7}",
-        "op", "clients", "req/s", "rows/s", "p50 ms", "p99 ms", "errors"
-    );
-    for (op, c, o, r, p50, p99, e) in rows {
-        println!("{op:<14} {c:>7} {o:>11.1} {r:>11.0} {p50:>9.2} {p99:>9.2} {e:>7}");
-    }
-    drop(cluster);
+    print_table(&targets, &table);
     Ok(())
+}
+
+/// The median of each figure over the rounds.
+fn median(runs: &[Figures]) -> Figures {
+    let mid = |f: fn(&Figures) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    Figures {
+        ops_s: mid(|f| f.ops_s),
+        rows_s: mid(|f| f.rows_s),
+        p50: mid(|f| f.p50),
+        p99: mid(|f| f.p99),
+        errors: runs.iter().map(|f| f.errors).sum(),
+        rss_mb: mid(|f| f.rss_mb),
+    }
+}
+
+fn print_table(targets: &[Target], table: &[((String, usize), Vec<Vec<Figures>>)]) {
+    println!(
+        "\nmedian of {} round(s)",
+        table.first().map_or(0, |(_, r)| r[0].len())
+    );
+    let mut head = format!("{:<14} {:>7}", "op", "clients");
+    for t in targets {
+        head += &format!(
+            " | {:>11} {:>8} {:>8} {:>7} {:>6}",
+            format!("{} r/s", t.name.chars().take(6).collect::<String>()),
+            "p50 ms",
+            "p99 ms",
+            "rss MB",
+            "errors"
+        );
+    }
+    if targets.len() == 2 {
+        head += &format!(" | {:>6}", "ratio");
+    }
+    println!("{head}");
+    for ((op, clients), per) in table {
+        let mut line = format!("{op:<14} {clients:>7}");
+        let meds: Vec<Figures> = per.iter().map(|r| median(r)).collect();
+        for m in &meds {
+            line += &format!(
+                " | {:>11.0} {:>8.2} {:>8.2} {:>7.0} {:>6}",
+                m.rows_s, m.p50, m.p99, m.rss_mb, m.errors
+            );
+        }
+        if let [a, b] = meds.as_slice() {
+            line += &format!(
+                " | {:>6.2}",
+                if a.rows_s > 0.0 {
+                    b.rows_s / a.rows_s
+                } else {
+                    0.0
+                }
+            );
+        }
+        println!("{line}");
+    }
+    println!(
+        "(r/s: requests per second, rows per second for batch; ratio: the second over the first)"
+    );
+}
+
+impl Target {
+    async fn new(
+        name: &'static str,
+        urls: Vec<String>,
+        cluster: Option<LocalCluster>,
+        client: &reqwest::Client,
+    ) -> anyhow::Result<Self> {
+        let leader = find_leader(client, &urls)
+            .await
+            .unwrap_or_else(|| urls[0].clone());
+        post(
+            client,
+            &leader,
+            "/db/execute",
+            &json!(["CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, v TEXT)"]),
+        )
+        .await?;
+        post(
+            client,
+            &leader,
+            "/db/execute",
+            &json!(["INSERT OR IGNORE INTO bench(id, v) VALUES (1, 'seed')"]),
+        )
+        .await?;
+        Ok(Self {
+            name,
+            urls,
+            leader,
+            cluster,
+        })
+    }
+
+    /// The largest resident set among the members we started, in MiB.
+    fn rss_mb(&self) -> f64 {
+        let Some(c) = &self.cluster else { return 0.0 };
+        c.children
+            .iter()
+            .filter_map(|ch| std::fs::read_to_string(format!("/proc/{}/status", ch.id())).ok())
+            .filter_map(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            })
+            .fold(0.0, f64::max)
+            / 1024.0
+    }
 }
 
 fn rand_seed() -> u64 {
@@ -173,30 +302,37 @@ async fn find_leader(client: &reqwest::Client, urls: &[String]) -> Option<String
         {
             return Some(api.to_owned());
         }
+        // rqlite names its leader in /nodes.
+        if let Ok(r) = client.get(format!("{u}/nodes")).send().await
+            && let Ok(v) = r.json::<serde_json::Value>().await
+            && let Some(nodes) = v.as_object()
+            && let Some(api) = nodes
+                .values()
+                .find(|n| n["leader"].as_bool() == Some(true))
+                .and_then(|n| n["api_addr"].as_str())
+        {
+            return Some(api.to_owned());
+        }
     }
     None
 }
 
 async fn run(
     client: &reqwest::Client,
-    urls: &[String],
-    leader: &str,
+    target: &Target,
     op: &str,
     clients: usize,
     args: &Args,
     next_id: Arc<AtomicU64>,
-) -> anyhow::Result<Run> {
-    if !["insert", "batch", "strong", "linearizable"].contains(&op) {
-        bail!("unknown op {op:?}: use insert, batch, strong or linearizable");
-    }
+) -> anyhow::Result<Figures> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in 0..clients {
         // Writes go to the leader (as an rqlite client would after a redirect); reads spread.
         let base = if op == "insert" || op == "batch" {
-            leader.to_owned()
+            target.leader.clone()
         } else {
-            urls[c % urls.len()].clone()
+            target.urls[c % target.urls.len()].clone()
         };
         let (client, stop, next_id, op, batch) = (
             client.clone(),
@@ -249,6 +385,7 @@ async fn run(
         }));
     }
     tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
+    let rss_mb = target.rss_mb();
     stop.store(true, Ordering::Relaxed);
     let mut total = Run::default();
     for t in tasks {
@@ -257,7 +394,27 @@ async fn run(
         total.errors += r.errors;
         total.latencies_us.extend(r.latencies_us);
     }
-    Ok(total)
+    let mut lat = total.latencies_us;
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    let ops_s = total.ok as f64 / args.seconds;
+    Ok(Figures {
+        ops_s,
+        rows_s: if op == "batch" {
+            ops_s * args.batch_size as f64
+        } else {
+            ops_s
+        },
+        p50: pct(0.50),
+        p99: pct(0.99),
+        errors: total.errors,
+        rss_mb,
+    })
 }
 
 /// A throwaway local cluster for `--spawn`.
@@ -309,27 +466,81 @@ impl LocalCluster {
             }
             c.children.push(cmd.spawn()?);
             c.urls.push(url.clone());
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if client
-                    .get(format!("{url}/readyz"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-                {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!(
-                        "member {} did not become ready; see {}",
-                        i + 1,
-                        dir.display()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            c.wait_ready(&client, &url, i).await?;
         }
         Ok(c)
+    }
+}
+
+impl LocalCluster {
+    /// An rqlite cluster of `n` members from `rqlited`, on loopback.
+    async fn start_rqlite(rqlited: &std::path::Path, n: usize) -> anyhow::Result<Self> {
+        if !rqlited.exists() {
+            bail!(
+                "{} not found: build rqlite with ../shared/peers/build-rqlite.sh and pass the rqlited it prints",
+                rqlited.display()
+            );
+        }
+        let dir = std::env::temp_dir().join(format!("rqlite-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let base = 34000 + (std::process::id() % 1000) as u16 * 10;
+        let mut c = Self {
+            dir: dir.clone(),
+            children: Vec::new(),
+            urls: Vec::new(),
+        };
+        let client = reqwest::Client::new();
+        let first_raft = format!("127.0.0.1:{}", base + 1);
+        for i in 0..n {
+            let (http, raft) = (base + 2 * i as u16, base + 2 * i as u16 + 1);
+            let url = format!("http://127.0.0.1:{http}");
+            let mut cmd = Command::new(rqlited);
+            cmd.args([
+                "-node-id",
+                &(i + 1).to_string(),
+                "-http-addr",
+                &format!("127.0.0.1:{http}"),
+                "-raft-addr",
+                &format!("127.0.0.1:{raft}"),
+            ]);
+            if i > 0 {
+                cmd.args(["-join", &first_raft]);
+            }
+            cmd.arg(dir.join(format!("r{}", i + 1)))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join(format!("r{}.log", i + 1)))?);
+            c.children.push(cmd.spawn()?);
+            c.urls.push(url.clone());
+            c.wait_ready(&client, &url, i).await?;
+        }
+        Ok(c)
+    }
+
+    async fn wait_ready(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        i: usize,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if client
+                .get(format!("{url}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "member {} did not become ready in 30 s; see the logs in {}",
+                    i + 1,
+                    self.dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

@@ -115,21 +115,20 @@ async fn common_headers(State(node): State<AppState>, req: Request, next: Next) 
 
 /// 413 when `cmd` would be a log entry over `--max-entry-bytes`.
 pub fn entry_too_large(node: &Node, cmd: &crate::command::Command) -> Option<Response> {
-    check_entry_size(node, cmd.encoded_len()).err()
+    too_large(node, cmd.encoded_len())
 }
 
-/// `len` back if a log entry of that many bytes is allowed, else a 413.
-pub fn check_entry_size(node: &Node, len: usize) -> Result<usize, Response> {
+/// 413 when a log entry of `len` bytes would be over `--max-entry-bytes`.
+pub fn too_large(node: &Node, len: usize) -> Option<Response> {
     let limit = node.config.max_entry_bytes;
-    if len <= limit {
-        return Ok(len);
-    }
-    Err(text_error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        &format!(
-            "request too large: it would be a log entry of {len} bytes, over --max-entry-bytes ({limit}); split it into smaller requests"
-        ),
-    ))
+    (len > limit).then(|| {
+        text_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "request too large: it would be a log entry of {len} bytes, over --max-entry-bytes ({limit}); split it into smaller requests"
+            ),
+        )
+    })
 }
 
 /// A plain-text error in Go's `http.Error` style, which rqlite clients expect.

@@ -151,10 +151,10 @@ impl Ctx<'_> {
             mode,
         };
         // The request's encoding plus the few bytes of the entry around it.
-        let bytes = match super::check_entry_size(self.node, encoded_len(&req) + 32) {
-            Ok(n) => n,
-            Err(resp) => return resp,
-        };
+        let bytes = encoded_len(&req) + 32;
+        if let Some(resp) = super::too_large(self.node, bytes) {
+            return resp;
+        }
         // Refuse at once rather than hold the client until the write times out: it would not
         // commit here, and another member is most likely leader by now.
         if let Some(d) = self.node.quorum_silence() {

@@ -22,8 +22,10 @@ use tokio::sync::oneshot;
 use super::io_err;
 use crate::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
-/// Flushed entries kept in memory for replication reads.
+/// Flushed entries kept in memory for replication reads: at most this many, and at most
+/// [`CACHE_DURABLE_BYTES`] of them (entries of coalesced requests can be a MiB each).
 const CACHE_DURABLE_ENTRIES: usize = 8192;
+const CACHE_DURABLE_BYTES: usize = 32 << 20;
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -39,6 +41,7 @@ struct Inner {
 struct State {
     cache: BTreeMap<u64, Cached>,
     durable_in_cache: usize,
+    durable_bytes: usize,
     last_log_id: Option<LogId>,
     last_purged: Option<LogId>,
     vote: Option<Vote<NodeId>>,
@@ -48,7 +51,19 @@ struct State {
 struct Cached {
     seq: u64,
     durable: bool,
+    /// Its encoded size.
+    bytes: usize,
     entry: Entry,
+}
+
+impl State {
+    /// Accounts for cached entries that leave the cache.
+    fn forget<'a>(&mut self, gone: impl IntoIterator<Item = &'a Cached>) {
+        for c in gone.into_iter().filter(|c| c.durable) {
+            self.durable_in_cache -= 1;
+            self.durable_bytes -= c.bytes;
+        }
+    }
 }
 
 enum Op {
@@ -126,6 +141,7 @@ impl LogStore {
         let state = State {
             cache: BTreeMap::new(),
             durable_in_cache: 0,
+            durable_bytes: 0,
             last_log_id,
             last_purged,
             vote,
@@ -371,16 +387,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let id = *entry.get_log_id();
             let bytes = serde_json::to_vec(&entry)
                 .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            let len = bytes.len();
             rows.push((id.index, id.leader_id.term, bytes));
             if let Some(old) = st.cache.insert(
                 id.index,
                 Cached {
                     seq,
                     durable: false,
+                    bytes: len,
                     entry,
                 },
             ) {
-                st.durable_in_cache -= usize::from(old.durable);
+                st.forget([&old]);
             }
             st.last_log_id = Some(id);
         }
@@ -396,7 +414,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut st = self.state();
             let removed = st.cache.split_off(&log_id.index);
-            st.durable_in_cache -= removed.values().filter(|c| c.durable).count();
+            st.forget(removed.values());
         }
         self.send_wait(
             |done| Op::Truncate {
@@ -428,7 +446,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut st = self.state();
         let keep = st.cache.split_off(&(log_id.index + 1));
         let removed = std::mem::replace(&mut st.cache, keep);
-        st.durable_in_cache -= removed.values().filter(|c| c.durable).count();
+        st.forget(removed.values());
         st.last_purged = Some(log_id);
         if st.last_log_id.is_none_or(|l| l.index < log_id.index) {
             st.last_log_id = Some(log_id);
@@ -441,7 +459,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// cache budget. An entry re-appended (after a truncation) by a later append keeps its own state.
 fn mark_durable(state: &Mutex<State>, batch: &[Op]) {
     let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-    let mut newly = 0;
+    let (mut newly, mut bytes) = (0, 0);
     for op in batch {
         if let Op::Append { seq, rows, .. } = op {
             for (idx, _, _) in rows {
@@ -451,19 +469,22 @@ fn mark_durable(state: &Mutex<State>, batch: &[Op]) {
                 {
                     c.durable = true;
                     newly += 1;
+                    bytes += c.bytes;
                 }
             }
         }
     }
     st.durable_in_cache += newly;
-    while st.durable_in_cache > CACHE_DURABLE_ENTRIES {
+    st.durable_bytes += bytes;
+    while st.durable_in_cache > CACHE_DURABLE_ENTRIES || st.durable_bytes > CACHE_DURABLE_BYTES {
         let Some((&k, c)) = st.cache.first_key_value() else {
             break;
         };
         if !c.durable {
             break;
         }
-        st.cache.remove(&k);
-        st.durable_in_cache -= 1;
+        if let Some(c) = st.cache.remove(&k) {
+            st.forget([&c]);
+        }
     }
 }

@@ -1,23 +1,22 @@
-//! Coalesces write requests on the leader: requests that arrive while earlier entries are on
-//! their way through Raft wait, and then go together as one [`Command::Batch`] entry. openraft
-//! spends about the same on an entry of one request as on one of a hundred (append, replicate,
-//! commit, apply), so under load the cost per request falls with the batch; a lone request
-//! still goes at once. Each request of a batch applies as if it were an entry of its own, so
-//! results do not depend on the coalescing (see `raft/state_machine/apply.rs`).
+//! Coalesces write requests on the leader: one entry is on its way through Raft at a time, and
+//! the requests that arrive meanwhile go together as the next one, a [`Command::Batch`]. openraft
+//! spends about the same on an entry of one request as on one of a hundred (append, fsync,
+//! replicate, commit, apply), so under load the cost per request falls with the batch, and a
+//! lone request still goes at once. Measured (3 members, 64 clients of single-row inserts): one
+//! entry in flight gave 8,800 req/s, two 8,200, four 6,700, eight 6,200; the same order at 16
+//! clients and for strong reads. Each request of a batch applies as if it were an entry of its
+//! own, so results do not depend on the coalescing (see `raft/state_machine/apply.rs`).
 
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{OwnedSemaphorePermit, RwLock, Semaphore, mpsc, oneshot};
+use tokio::sync::{RwLock, mpsc, oneshot};
 
 use crate::command::{Command, Request, StmtResult};
 use crate::{MemberInfo, NodeId, Raft};
 
 pub type WriteError = RaftError<NodeId, ClientWriteError<NodeId, MemberInfo>>;
 
-/// Entries proposed and not yet applied. More do not make a round faster; fewer leave the log
-/// writer and the followers idle between rounds.
-const IN_FLIGHT: usize = 4;
 /// Requests in one entry, at most.
 const MAX_REQUESTS: usize = 1024;
 /// Bytes of requests in one entry, at most (a larger request goes alone): well inside one
@@ -46,6 +45,7 @@ impl Proposer {
     }
 
     /// Proposes one request (`bytes`: its size in the log) and waits until it is applied.
+    #[allow(clippy::result_large_err)] // openraft's own error type, as `client_write` returns it
     pub async fn propose(&self, req: Request, bytes: usize) -> Result<Vec<StmtResult>, WriteError> {
         let (reply, rx) = oneshot::channel();
         let stopped = || RaftError::Fatal(openraft::error::Fatal::Stopped);
@@ -58,13 +58,8 @@ impl Proposer {
 }
 
 async fn run(mut rx: mpsc::Receiver<Pending>, raft: Arc<Raft>, gate: Arc<RwLock<()>>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut carry: Option<Pending> = None;
     loop {
-        // Wait for a slot first: what arrives meanwhile joins this entry.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let first = match carry.take() {
             Some(p) => p,
             None => match rx.recv().await {
@@ -87,16 +82,12 @@ async fn run(mut rx: mpsc::Receiver<Pending>, raft: Arc<Raft>, gate: Arc<RwLock<
                 Err(_) => break,
             }
         }
-        tokio::spawn(propose(raft.clone(), gate.clone(), batch, slot));
+        // What arrives while this one is in flight waits in the channel for the next.
+        propose(&raft, &gate, batch).await;
     }
 }
 
-async fn propose(
-    raft: Arc<Raft>,
-    gate: Arc<RwLock<()>>,
-    batch: Vec<Pending>,
-    _slot: OwnedSemaphorePermit,
-) {
+async fn propose(raft: &Raft, gate: &RwLock<()>, batch: Vec<Pending>) {
     let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.reply)).unzip();
     let single = reqs.len() == 1;
     let cmd = if single {
