@@ -627,6 +627,7 @@ fn seed_state(seed: u64) -> u64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::command::ParamValue;
 
     /// A writer on a fresh database in its own directory.
     pub(crate) fn writer(name: &str) -> (std::path::PathBuf, Writer) {
@@ -835,6 +836,79 @@ pub(crate) mod tests {
             Some("cannot start a transaction within a transaction")
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn user_sql_never_reaches_a_cached_internal_statement() {
+        let (dir, mut w) = writer("internal-cache");
+        // The first entry resets the connection state and records progress through the cache.
+        one(&mut w, &[TABLE, "INSERT INTO u VALUES (1, 'a')"]);
+        one(&mut w, &["INSERT INTO u VALUES (2, 'b')"]);
+        w.begin().unwrap();
+        crate::sqlite::write_meta(w.conn(), "applied", "1").unwrap();
+        w.commit().unwrap();
+        let t = crate::sqlite::META_TABLE;
+        let i = crate::sqlite::INTERNAL;
+        let same = [
+            format!("{i} INSERT OR REPLACE INTO {t} (rowid, key, value) VALUES (?1, 'reset', '')"),
+            format!("{i} DELETE FROM {t} WHERE 0"),
+            format!(
+                "  {i} INSERT INTO {t} (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value "
+            ),
+        ];
+        let r = batch_with(
+            &mut w,
+            &same,
+            &[
+                ParamValue::Text("applied".into()),
+                ParamValue::Text("x".into()),
+            ],
+        );
+        for (k, x) in r.iter().enumerate() {
+            let e = x.error.as_deref().unwrap_or_default();
+            assert!(
+                e.contains("belongs to litecluster"),
+                "statement {k} was not refused: {x:?}"
+            );
+        }
+        let applied: String = w
+            .conn()
+            .query_row(
+                &format!("SELECT value FROM {t} WHERE key = 'applied'"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(applied, "1");
+        drop(w);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// One entry of the given statements, each bound to as many of `params` as it takes.
+    fn batch_with(w: &mut Writer, sql: &[String], params: &[ParamValue]) -> Vec<StmtResult> {
+        let stmts: Vec<Statement> = sql
+            .iter()
+            .map(|q| Statement {
+                sql: q.clone(),
+                params: Params::Positional(
+                    params[..q.matches('?').count().min(params.len())].to_vec(),
+                ),
+            })
+            .collect();
+        w.begin().unwrap();
+        let r = w
+            .apply(
+                Work {
+                    seed: 99,
+                    stmts: &stmts,
+                    transaction: false,
+                    mode: Mode::Execute,
+                },
+                &mut |_| Ok(false),
+            )
+            .unwrap();
+        w.commit().unwrap();
+        r.results
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::apply::{Work, Writer};
 use crate::command::{Mode, ParamValue, Params, Statement, StmtResult};
 use crate::testing::{self, Gen};
 
-const SCHEMA: &str = "CREATE TABLE k (id INTEGER PRIMARY KEY, v INTEGER NOT NULL); \
+pub(crate) const SCHEMA: &str = "CREATE TABLE k (id INTEGER PRIMARY KEY, v INTEGER NOT NULL); \
     CREATE TABLE r (id INTEGER PRIMARY KEY ON CONFLICT ROLLBACK, v INTEGER); \
     CREATE TABLE g (x INTEGER); \
     CREATE TRIGGER g_guard BEFORE INSERT ON g WHEN new.x < 0 BEGIN SELECT RAISE(ROLLBACK, 'negative'); END; \
@@ -17,9 +17,9 @@ const SCHEMA: &str = "CREATE TABLE k (id INTEGER PRIMARY KEY, v INTEGER NOT NULL
 const TABLES: [&str; 4] = ["k", "r", "g", "s"];
 
 #[derive(Debug, Clone)]
-struct Request {
-    stmts: Vec<Statement>,
-    transaction: bool,
+pub(crate) struct Request {
+    pub stmts: Vec<Statement>,
+    pub transaction: bool,
 }
 
 fn id(g: &mut Gen) -> u64 {
@@ -103,7 +103,7 @@ fn stmt(g: &mut Gen, control: bool) -> Statement {
     Statement::new(one(g))
 }
 
-fn requests(g: &mut Gen) -> Vec<Request> {
+pub(crate) fn requests(g: &mut Gen) -> Vec<Request> {
     let n = 1 + g.below(14);
     (0..n)
         .map(|_| {
@@ -117,7 +117,7 @@ fn requests(g: &mut Gen) -> Vec<Request> {
         .collect()
 }
 
-fn dump(conn: &Connection) -> Vec<String> {
+pub(crate) fn dump(conn: &Connection) -> Vec<String> {
     let mut out = Vec::new();
     for t in TABLES {
         let mut s = conn
@@ -138,7 +138,7 @@ fn dump(conn: &Connection) -> Vec<String> {
 }
 
 /// A response with the timing left out.
-fn shape(r: &[StmtResult]) -> Vec<StmtResult> {
+pub(crate) fn shape(r: &[StmtResult]) -> Vec<StmtResult> {
     r.iter()
         .map(|x| StmtResult {
             time: 0.0,

@@ -2,7 +2,7 @@
 
 pub mod apply;
 #[cfg(test)]
-mod apply_props;
+pub(crate) mod apply_props;
 pub mod checkpoint;
 pub mod dump;
 pub mod exec;

@@ -111,6 +111,18 @@ impl Member {
     }
 
     /// Waits for the process to exit by itself (e.g. at a failpoint) and returns its status.
+    /// Whether the member exits within `timeout` (it keeps its status for [`Self::wait_exit`]).
+    pub fn exits_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(_))) | None => return true,
+                _ if Instant::now() > deadline => return false,
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("member running");
         let deadline = Instant::now() + timeout;

@@ -231,7 +231,11 @@ impl Worker {
                         let out = self.writer.apply(w, &mut again)?;
                         if out.committed_prior {
                             start = (i, k);
-                            self.partial_stored |= partial.is_some();
+                            if partial.is_some() {
+                                // Committed: the requests before `k`, with progress saying so.
+                                self.partial_stored = true;
+                                crate::failpoint("apply-after-partial");
+                            }
                         }
                         parts.push(out.results);
                     }

@@ -2,6 +2,8 @@
 //! writer thread owns. Applying entries is in `apply`, snapshots in `build` and `install`.
 
 mod apply;
+#[cfg(test)]
+mod batch_props;
 mod build;
 mod durable;
 mod install;
