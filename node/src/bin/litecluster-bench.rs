@@ -56,6 +56,9 @@ struct Target {
     cluster: Option<LocalCluster>,
 }
 
+/// Per (op, clients): per target, every round's figures.
+type Table = Vec<((String, usize), Vec<Vec<Figures>>)>;
+
 /// One run's figures.
 #[derive(Clone)]
 struct Figures {
@@ -115,8 +118,7 @@ async fn main() -> anyhow::Result<()> {
             args.seconds
         );
     }
-    // (op, clients) -> per target, every round's figures.
-    let mut table: Vec<((String, usize), Vec<Vec<Figures>>)> = Vec::new();
+    let mut table: Table = Vec::new();
     for round in 0..args.rounds.max(1) {
         for op in &args.ops {
             for &clients in &args.clients {
@@ -171,7 +173,7 @@ fn median(runs: &[Figures]) -> Figures {
     }
 }
 
-fn print_table(targets: &[Target], table: &[((String, usize), Vec<Vec<Figures>>)]) {
+fn print_table(targets: &[Target], table: &Table) {
     println!(
         "\nmedian of {} round(s)",
         table.first().map_or(0, |(_, r)| r[0].len())
