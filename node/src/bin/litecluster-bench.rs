@@ -39,16 +39,25 @@ struct Args {
     /// Rows per request for the `batch` workload.
     #[arg(long, default_value_t = 100)]
     batch_size: usize,
-    /// Also start an rqlite cluster of the same size from this `rqlited` and run every workload
-    /// against both, alternating, then print both sides and the ratio (needs --spawn).
-    #[arg(long, value_name = "PATH_TO_RQLITED")]
-    compare: Option<PathBuf>,
+    /// Also start clusters of the same size from these binaries (comma-separated): an `rqlited`,
+    /// or another `litecluster-node` (an older build, say). Every workload runs against each,
+    /// alternating, and the table shows each one's ratio to the first (needs --spawn).
+    #[arg(long, value_name = "PATH_TO_RQLITED", value_delimiter = ',')]
+    compare: Vec<PathBuf>,
     /// Rounds of every workload (with --compare, each round alternates which system goes first).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
 }
 
-/// One system under test.
+/// A system to measure.
+enum System {
+    Rqlite(PathBuf),
+    Litecluster(PathBuf),
+    /// Already running at these URLs (no --spawn).
+    External(Vec<String>),
+}
+
+/// One system under test, running.
 struct Target {
     name: &'static str,
     urls: Vec<String>,
@@ -86,58 +95,76 @@ async fn main() -> anyhow::Result<()> {
             bail!("unknown op {op:?}: use insert, batch, strong or linearizable");
         }
     }
-    if args.compare.is_some() && args.spawn.is_none() {
+    if !args.compare.is_empty() && args.spawn.is_none() {
         bail!("--compare starts both clusters itself: give --spawn N (for example --spawn 3)");
     }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let mut targets = Vec::new();
-    if let Some(rqlited) = &args.compare {
-        let n = args.spawn.unwrap_or(3);
-        println!("starting rqlite: {n} members from {}", rqlited.display());
-        let c = LocalCluster::start_rqlite(rqlited, n).await?;
-        targets.push(Target::new("rqlite", c.urls.clone(), Some(c), &client).await?);
+    // What to measure: each system's cluster runs alone, started for its turn and removed
+    // after it, so an idle cluster never takes CPU from the one being measured.
+    let mut systems: Vec<(&'static str, System)> = Vec::new();
+    for bin in &args.compare {
+        let rqlite = bin
+            .file_name()
+            .is_some_and(|f| f.to_string_lossy().starts_with("rqlited"));
+        systems.push(if rqlite {
+            ("rqlite", System::Rqlite(bin.clone()))
+        } else {
+            ("other", System::Litecluster(bin.clone()))
+        });
     }
-    match args.spawn {
-        Some(n) => {
-            println!("starting litecluster: {n} members");
-            let c = LocalCluster::start(n).await?;
-            targets.push(Target::new("litecluster", c.urls.clone(), Some(c), &client).await?);
-        }
-        None => targets.push(Target::new("target", args.url.clone(), None, &client).await?),
-    }
+    systems.push(match args.spawn {
+        Some(_) => (
+            "litecluster",
+            System::Litecluster(std::env::current_exe()?.with_file_name("litecluster-node")),
+        ),
+        None => ("target", System::External(args.url.clone())),
+    });
+    let names: Vec<&str> = systems.iter().map(|(n, _)| *n).collect();
     let next_id = Arc::new(AtomicU64::new(1_000_000 + rand_seed()));
-    for t in &targets {
-        println!(
-            "{}: {} member(s), leader {}; {}s per run",
-            t.name,
-            t.urls.len(),
-            t.leader,
-            args.seconds
-        );
-    }
     let mut table: Table = Vec::new();
     for round in 0..args.rounds.max(1) {
-        for op in &args.ops {
-            for &clients in &args.clients {
-                let key = (op.clone(), clients);
-                let slot = match table.iter().position(|(k, _)| *k == key) {
-                    Some(i) => i,
-                    None => {
-                        table.push((key, vec![Vec::new(); targets.len()]));
-                        table.len() - 1
-                    }
-                };
-                // Alternate who goes first, so neither always runs on a warmer machine.
-                let mut order: Vec<usize> = (0..targets.len()).collect();
-                if round % 2 == 1 {
-                    order.reverse();
+        // Alternate who goes first, so neither always runs on a warmer machine.
+        let mut order: Vec<usize> = (0..systems.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for ti in order {
+            let (name, system) = &systems[ti];
+            let n = args.spawn.unwrap_or(0);
+            let (urls, cluster) = match system {
+                System::External(urls) => (urls.clone(), None),
+                System::Rqlite(bin) => {
+                    let c = LocalCluster::start_rqlite(bin, n, ti).await?;
+                    (c.urls.clone(), Some(c))
                 }
-                for ti in order {
-                    let t = &targets[ti];
-                    let f = run(&client, t, op, clients, &args, next_id.clone()).await?;
+                System::Litecluster(bin) => {
+                    let c = LocalCluster::start(bin, n, ti).await?;
+                    (c.urls.clone(), Some(c))
+                }
+            };
+            let t = Target::new(name, urls, cluster, &client).await?;
+            println!(
+                "round {}: {} ({} member(s), leader {}), {}s per run",
+                round + 1,
+                t.name,
+                t.urls.len(),
+                t.leader,
+                args.seconds
+            );
+            for op in &args.ops {
+                for &clients in &args.clients {
+                    let key = (op.clone(), clients);
+                    let slot = match table.iter().position(|(k, _)| *k == key) {
+                        Some(i) => i,
+                        None => {
+                            table.push((key, vec![Vec::new(); systems.len()]));
+                            table.len() - 1
+                        }
+                    };
+                    let f = run(&client, &t, op, clients, &args, next_id.clone()).await?;
                     println!(
                         "{}",
                         json!({
@@ -152,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    print_table(&targets, &table);
+    print_table(&names, &table);
     Ok(())
 }
 
@@ -173,24 +200,24 @@ fn median(runs: &[Figures]) -> Figures {
     }
 }
 
-fn print_table(targets: &[Target], table: &Table) {
+fn print_table(names: &[&str], table: &Table) {
     println!(
         "\nmedian of {} round(s)",
         table.first().map_or(0, |(_, r)| r[0].len())
     );
     let mut head = format!("{:<14} {:>7}", "op", "clients");
-    for t in targets {
+    for t in names {
         head += &format!(
             " | {:>11} {:>8} {:>8} {:>7} {:>6}",
-            format!("{} r/s", t.name.chars().take(6).collect::<String>()),
+            format!("{} r/s", short(t)),
             "p50 ms",
             "p99 ms",
             "rss MB",
             "errors"
         );
     }
-    if targets.len() == 2 {
-        head += &format!(" | {:>6}", "ratio");
+    for t in names.iter().skip(1) {
+        head += &format!(" | {:>7}", format!("{}/{}", short(t), short(names[0])));
     }
     println!("{head}");
     for ((op, clients), per) in table {
@@ -202,9 +229,10 @@ fn print_table(targets: &[Target], table: &Table) {
                 m.rows_s, m.p50, m.p99, m.rss_mb, m.errors
             );
         }
-        if let [a, b] = meds.as_slice() {
+        for b in meds.iter().skip(1) {
+            let a = &meds[0];
             line += &format!(
-                " | {:>6.2}",
+                " | {:>7.2}",
                 if a.rows_s > 0.0 {
                     b.rows_s / a.rows_s
                 } else {
@@ -214,9 +242,11 @@ fn print_table(targets: &[Target], table: &Table) {
         }
         println!("{line}");
     }
-    println!(
-        "(r/s: requests per second, rows per second for batch; ratio: the second over the first)"
-    );
+    println!("(r/s: requests per second, rows per second for batch; a/b: a's r/s over b's)");
+}
+
+fn short(name: &str) -> String {
+    name.chars().take(6).collect()
 }
 
 impl Target {
@@ -424,24 +454,28 @@ struct LocalCluster {
     dir: PathBuf,
     children: Vec<Child>,
     urls: Vec<String>,
+    /// Members that came up.
+    ready: usize,
 }
 
 impl LocalCluster {
-    async fn start(n: usize) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe()?.with_file_name("litecluster-node");
+    /// A litecluster of `n` members from `exe`; `slot` keeps clusters' ports and dirs apart.
+    async fn start(exe: &std::path::Path, n: usize, slot: usize) -> anyhow::Result<Self> {
         if !exe.exists() {
             bail!(
                 "{} not found: build it with `cargo build --release -p litecluster-node`",
                 exe.display()
             );
         }
-        let dir = std::env::temp_dir().join(format!("litecluster-bench-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("litecluster-bench-{}-{slot}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let base = 24000 + (std::process::id() % 1000) as u16 * 10;
+        let base = 24000 + (std::process::id() % 500) as u16 * 40 + (slot * 2 * n) as u16;
         let mut c = Self {
             dir: dir.clone(),
             children: Vec::new(),
             urls: Vec::new(),
+            ready: 0,
         };
         let client = reqwest::Client::new();
         for i in 0..n {
@@ -469,6 +503,7 @@ impl LocalCluster {
             c.children.push(cmd.spawn()?);
             c.urls.push(url.clone());
             c.wait_ready(&client, &url, i).await?;
+            c.ready += 1;
         }
         Ok(c)
     }
@@ -476,20 +511,25 @@ impl LocalCluster {
 
 impl LocalCluster {
     /// An rqlite cluster of `n` members from `rqlited`, on loopback.
-    async fn start_rqlite(rqlited: &std::path::Path, n: usize) -> anyhow::Result<Self> {
+    async fn start_rqlite(
+        rqlited: &std::path::Path,
+        n: usize,
+        slot: usize,
+    ) -> anyhow::Result<Self> {
         if !rqlited.exists() {
             bail!(
                 "{} not found: build rqlite with ../shared/peers/build-rqlite.sh and pass the rqlited it prints",
                 rqlited.display()
             );
         }
-        let dir = std::env::temp_dir().join(format!("rqlite-bench-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("rqlite-bench-{}-{slot}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let base = 34000 + (std::process::id() % 1000) as u16 * 10;
+        let base = 44000 + (std::process::id() % 500) as u16 * 40 + (slot * 2 * n) as u16;
         let mut c = Self {
             dir: dir.clone(),
             children: Vec::new(),
             urls: Vec::new(),
+            ready: 0,
         };
         let client = reqwest::Client::new();
         let first_raft = format!("127.0.0.1:{}", base + 1);
@@ -514,6 +554,7 @@ impl LocalCluster {
             c.children.push(cmd.spawn()?);
             c.urls.push(url.clone());
             c.wait_ready(&client, &url, i).await?;
+            c.ready += 1;
         }
         Ok(c)
     }
@@ -551,6 +592,10 @@ impl Drop for LocalCluster {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if std::thread::panicking() || self.urls.len() > self.ready {
+            // Keep the logs of a cluster that did not come up.
+            return;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
