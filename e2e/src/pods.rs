@@ -551,6 +551,27 @@ impl PodManager {
         let _ = fs::remove_dir_all(pod_dir(&self.cfg.run_dir, &rt.ns, &rt.name).join("volumes"));
     }
 
+    /// The add-ons' cluster hosts file, waiting (up to 30 s) until it has been written: it
+    /// always names `kubernetes.default.svc`, so a pod never starts without the cluster's names.
+    async fn cluster_hosts_once_written(&self) -> String {
+        let path = self.cfg.run_dir.join("cluster-hosts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            if text.contains("kubernetes.default.svc") {
+                return text;
+            }
+            if std::time::Instant::now() > deadline {
+                log(
+                    &self.node,
+                    "cluster hosts file still missing after 30s; starting the pod without the cluster's names",
+                );
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn start_pod(&mut self, pod: &Pod) -> Result<PodRt> {
         let cidr = self.pod_cidr.context("no podCIDR yet")?;
         let spec = pod.spec.clone().context("pod without spec")?;
@@ -572,9 +593,9 @@ impl PodManager {
             &self.cfg.gateway,
         )?;
         self.used_ips.insert(last);
-        // Names resolve from the first instruction on.
-        let cluster_hosts =
-            fs::read_to_string(self.cfg.run_dir.join("cluster-hosts")).unwrap_or_default();
+        // Names resolve from the first instruction on: the cluster's names come from the
+        // add-ons' file, which a fresh control plane may not have written yet.
+        let cluster_hosts = self.cluster_hosts_once_written().await;
         let _ = fs::write(
             Path::new("/etc/netns").join(&netns).join("hosts"),
             hosts_file(pod, &ip, &cluster_hosts),
@@ -1300,23 +1321,25 @@ fn pod_status(rt: &mut PodRt, host_ip: &str, pod: &Pod) -> serde_json::Value {
 
 /// `litecluster-e2e pod-exec [--mount SRC:DST]... [--uid U] [--gid G] [--read-only-root]
 /// -- PROGRAM ARGS...`: run by the kubelet under `ip netns exec` (which gives it a private
-/// mount namespace); bind-mounts each volume at its mount path, applies the security
-/// context, then execs the program (same pid, so signals reach it directly).
+/// mount namespace); bind-mounts the program into a private tmpfs, then each volume at its
+/// mount path, applies the security context, then execs the program (same pid, so signals
+/// reach it directly). The program goes first: a volume over the directory the workspace lives
+/// in (an emptyDir at `/tmp` with a checkout under `/tmp`) would otherwise hide it, and any user
+/// can reach the tmpfs, whatever the permissions on the way to the workspace.
 pub fn pod_exec(args: &[String]) -> Result<()> {
     let sep = args
         .iter()
         .position(|a| a == "--")
         .context("pod-exec: missing --")?;
     let (mut uid, mut gid, mut read_only_root) = (None::<u32>, None::<u32>, false);
-    let mut volume_dsts = Vec::new();
+    let mut mounts = Vec::new();
     let mut it = args[..sep].iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--mount" => {
                 let m = it.next().context("--mount needs SRC:DST")?;
                 let (src, dst) = m.rsplit_once(':').context("--mount needs SRC:DST")?;
-                bind(Path::new(src), dst)?;
-                volume_dsts.push(dst.to_string());
+                mounts.push((src.to_string(), dst.to_string()));
             }
             "--uid" => uid = Some(it.next().context("--uid needs a value")?.parse()?),
             "--gid" => gid = Some(it.next().context("--gid needs a value")?.parse()?),
@@ -1325,10 +1348,8 @@ pub fn pod_exec(args: &[String]) -> Result<()> {
         }
     }
     let given = args.get(sep + 1).context("pod-exec: no program")?;
-    // A non-root user may not be able to reach the workspace's target directory; a private
-    // tmpfs holding a bind mount of the program is reachable by anyone.
-    let prog = if uid.is_some_and(|u| u != 0) {
-        let dir = "/run/litecluster-e2e-programs";
+    let prog = {
+        let dir = PROGRAMS_DIR;
         fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
         run("mount", &["-t", "tmpfs", "-o", "mode=0755", "tmpfs", dir])?;
         let name = Path::new(given)
@@ -1336,11 +1357,16 @@ pub fn pod_exec(args: &[String]) -> Result<()> {
             .context("program without a file name")?;
         let dst = Path::new(dir).join(name);
         bind(Path::new(given), &dst.display().to_string())?;
-        volume_dsts.push(dir.to_string());
         dst.display().to_string()
-    } else {
-        given.clone()
     };
+    let mut volume_dsts = vec![PROGRAMS_DIR.to_string()];
+    for (src, dst) in &mounts {
+        if is_under(PROGRAMS_DIR, dst) {
+            bail!("volume mount {dst} would hide the program: mount volumes elsewhere");
+        }
+        bind(Path::new(src), dst)?;
+        volume_dsts.push(dst.clone());
+    }
     if read_only_root {
         let keep: Vec<&str> = ["/proc", "/sys", "/dev", "/run/netns"]
             .into_iter()
@@ -1371,6 +1397,9 @@ pub fn pod_exec(args: &[String]) -> Result<()> {
     let err = cmd.exec();
     bail!("exec {prog}: {err}")
 }
+
+/// Where pod-exec mounts the program, in the pod's private mount namespace.
+const PROGRAMS_DIR: &str = "/run/litecluster-e2e-programs";
 
 fn bind(src: &Path, dst: &str) -> Result<()> {
     if src.is_dir() {

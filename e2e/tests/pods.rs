@@ -140,6 +140,46 @@ spec:
         !locked.contains("root-writable"),
         "the root filesystem was writable:\n{locked}"
     );
+    // A program that lives under /tmp (a checkout there) runs in a pod whose emptyDir is
+    // mounted at /tmp, as root and as another user: the volume must not hide it.
+    let prog_dir = std::env::temp_dir().join(format!("lc-e2e-prog-{}", std::process::id()));
+    fs::create_dir_all(&prog_dir).unwrap();
+    let prog = prog_dir.join("tmpsh");
+    fs::copy("/bin/sh", &prog).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&prog_dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&prog, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for (name, user) in [("tmpvol-root", "0"), ("tmpvol-user", "65532")] {
+        apply(
+            &cp,
+            &format!(
+                r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  securityContext: {{runAsUser: {user}}}
+  volumes:
+  - {{name: tmp, emptyDir: {{}}}}
+  containers:
+  - name: main
+    image: example.com/shell:1
+    command: ["{prog}", "-c", "touch /tmp/x && echo tmp-volume-ok"]
+    volumeMounts:
+    - {{name: tmp, mountPath: /tmp}}
+"#,
+                prog = prog.display()
+            ),
+        );
+        let log = pod_dir(&cp.run_dir, "default", name).join("main.log");
+        wait(&format!("{name} ran"), Duration::from_secs(60), || {
+            fs::read_to_string(&log).is_ok_and(|l| l.contains("tmp-volume-ok"))
+        });
+    }
+    let _ = fs::remove_dir_all(&prog_dir);
+
     // runAsNonRoot without a user would run as root: refused, as a real kubelet does.
     apply(
         &cp,

@@ -88,14 +88,6 @@ fn run(s: &Stack) -> Result<()> {
         started.elapsed().as_secs_f64(),
         st["remediation"]
     );
-    // Further rungs (rolling restart, giving up) depend on the reader keeping its hold through
-    // restarts, which a host process cannot always do: let them happen or not for a while.
-    std::thread::sleep(Duration::from_secs(60));
-    eprintln!(
-        "[remediation] events while the reader held on: {:?}",
-        reasons(s)?
-    );
-
     // The reader ends: the next checkpoint completes and the operator records the recovery.
     reader.kill().ok();
     reader.wait().ok();

@@ -11,7 +11,7 @@ pub enum Error {
     /// This member could not apply committed entries (disk, I/O, memory): it must stop rather
     /// than differ from the others.
     #[error("apply failed: {0}")]
-    Apply(#[from] crate::sqlite::apply::ApplyError),
+    Apply(#[from] ApplyError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -31,6 +31,19 @@ pub enum Error {
     ShuttingDown,
     #[error("{0}")]
     Internal(String),
+}
+
+/// This member cannot apply an entry; the statement is not at fault (`sqlite::apply`).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{context}: {source}")]
+    Sqlite {
+        context: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("re-applying entries after a rolled-back transaction gave a different outcome")]
+    Diverged,
 }
 
 impl Error {

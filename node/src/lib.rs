@@ -6,7 +6,6 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod http;
-pub mod loader;
 pub mod metrics;
 pub mod node;
 pub mod raft;

@@ -181,10 +181,29 @@ impl Node {
             leadership,
             prevote,
         });
-        tokio::spawn(crate::raft::scheduler::run(node.clone()));
-        crate::backup::restore::at_start(&node).await?;
+        let mut wal_path = node.db_path.clone().into_os_string();
+        wal_path.push("-wal");
+        tokio::spawn(crate::raft::scheduler::run(
+            node.raft.clone(),
+            node.snapshots.clone(),
+            crate::raft::scheduler::Policy {
+                wal_path: wal_path.into(),
+                wal_size: node.config.snapshot_wal_size,
+                interval: node.config.snapshot_interval,
+            },
+        ));
+        crate::backup::restore::at_start(crate::backup::restore::Member {
+            raft: &node.raft,
+            writes: &node.proposer,
+            id: node.id,
+            info: &node.info,
+            config: &node.config,
+        })
+        .await?;
         node.bootstrap_or_join().await?;
-        crate::backup::auto::spawn(&node);
+        if let Some(m) = node.backup.clone() {
+            crate::backup::auto::spawn(m, &node.raft, node.db_path.clone(), node.info.name.clone());
+        }
         Ok(node)
     }
 
@@ -289,8 +308,7 @@ impl Node {
         openraft::raft::ClientWriteResponse<crate::TypeConfig>,
         openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, MemberInfo>>,
     > {
-        let _open = self.write_gate.read().await;
-        self.raft.client_write(cmd).await
+        self.proposer.write(cmd).await
     }
 
     /// The leader once one is known, waiting at most `timeout`.

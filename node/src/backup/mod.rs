@@ -616,17 +616,9 @@ pub fn rfc3339_ms(ms: u64) -> String {
 }
 
 /// The `backup` section of `GET /status`.
-pub fn status_json(node: &crate::node::Node) -> Json {
-    match &node.backup {
+pub fn status_json(manager: Option<&Manager>) -> Json {
+    match manager {
         Some(m) => m.status_json(),
         None => json!({"enabled": false}),
     }
-}
-
-/// Backup metrics for `GET /metrics` (empty without `--backup-config`).
-pub fn metrics_text(node: &crate::node::Node) -> String {
-    node.backup
-        .as_ref()
-        .map(|m| m.metrics_text())
-        .unwrap_or_default()
 }

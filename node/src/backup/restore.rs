@@ -1,36 +1,53 @@
 //! `--restore-from`: boot an empty member from the newest backup, through Raft so every member
 //! that joins later gets the same data.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
 use super::Manager;
-use crate::node::Node;
+use crate::config::NodeConfig;
+use crate::raft::propose::Proposer;
+use crate::{MemberInfo, NodeId, Raft};
 
 const PENDING: &str = "restore-pending";
+
+/// What a restore at start needs of the member.
+pub struct Member<'a> {
+    pub raft: &'a Raft,
+    pub writes: &'a Proposer,
+    pub id: NodeId,
+    pub info: &'a MemberInfo,
+    pub config: &'a NodeConfig,
+}
 
 /// Runs before bootstrap/join. On an empty data dir (or one whose earlier restore did not
 /// finish, marked by a `restore-pending` file) it downloads and verifies the newest backup,
 /// bootstraps a single-member cluster, proposes the image in pieces, and snapshots.
-pub async fn at_start(node: &Arc<Node>) -> anyhow::Result<()> {
-    let Some(cfg) = node.config.restore_from.clone() else {
+pub async fn at_start(member: Member<'_>) -> anyhow::Result<()> {
+    let Member {
+        raft,
+        writes,
+        id,
+        info,
+        config,
+    } = member;
+    let Some(cfg) = config.restore_from.clone() else {
         return Ok(());
     };
-    let marker = node.config.data_dir.join(PENDING);
-    let initialized = node.raft.is_initialized().await?;
+    let marker = config.data_dir.join(PENDING);
+    let initialized = raft.is_initialized().await?;
     if initialized && !marker.exists() {
         tracing::info!("data dir already holds a cluster's state; --restore-from is not used");
         return Ok(());
     }
-    if !node.config.join.is_empty() && !initialized {
+    if !config.join.is_empty() && !initialized {
         tracing::warn!(
             "--restore-from with --join: a joining member gets its data from the leader; not restoring"
         );
         return Ok(());
     }
-    let manager = Manager::new(&cfg, &node.config.data_dir, node.config.backup_status_ttl)
+    let manager = Manager::new(&cfg, &config.data_dir, config.backup_status_ttl)
         .with_context(|| format!("loading --restore-from {}", cfg.display()))?;
     let (manifest, db) = manager
         .fetch(None)
@@ -40,32 +57,30 @@ pub async fn at_start(node: &Arc<Node>) -> anyhow::Result<()> {
     super::status_cache::write_atomic(&marker, manifest.id.as_bytes())
         .context("writing the restore marker")?;
     if !initialized {
-        let members = std::collections::BTreeMap::from([(node.id, node.info.clone())]);
-        node.raft
-            .initialize(members)
+        let members = std::collections::BTreeMap::from([(id, info.clone())]);
+        raft.initialize(members)
             .await
             .context("bootstrapping the restored cluster")?;
     }
-    let mut rx = node.raft.metrics();
+    let mut rx = raft.metrics();
     tokio::time::timeout(
         Duration::from_secs(30),
-        rx.wait_for(|m| m.current_leader == Some(node.id)),
+        rx.wait_for(|m| m.current_leader == Some(id)),
     )
     .await
     .context("this member did not become leader of the restored cluster within 30s")??;
-    let resp = crate::loader::propose(node, &mut db.as_slice(), db.len() as u64)
+    let resp = crate::raft::loader::propose(writes, &mut db.as_slice(), db.len() as u64)
         .await
         .context("proposing the backup image")?;
     if let Some(e) = resp.data.error {
         bail!("the backup image was refused: {e}");
     }
     let index = resp.log_id.index;
-    node.raft
-        .trigger()
+    raft.trigger()
         .snapshot()
         .await
         .context("triggering a snapshot")?;
-    let mut rx = node.raft.metrics();
+    let mut rx = raft.metrics();
     let snap = tokio::time::timeout(
         Duration::from_secs(120),
         rx.wait_for(|m| m.snapshot.is_some_and(|s| s.index >= index)),

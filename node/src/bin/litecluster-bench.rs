@@ -470,7 +470,7 @@ impl LocalCluster {
         let dir =
             std::env::temp_dir().join(format!("litecluster-bench-{}-{slot}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let base = 24000 + (std::process::id() % 500) as u16 * 40 + (slot * 2 * n) as u16;
+        let base = base_port(slot, n);
         let mut c = Self {
             dir: dir.clone(),
             children: Vec::new(),
@@ -481,7 +481,7 @@ impl LocalCluster {
         for i in 0..n {
             let (http, raft) = (base + 2 * i as u16, base + 2 * i as u16 + 1);
             let url = format!("http://127.0.0.1:{http}");
-            let mut cmd = Command::new(&exe);
+            let mut cmd = Command::new(exe);
             cmd.args([
                 "--node-id",
                 &(i + 1).to_string(),
@@ -524,7 +524,7 @@ impl LocalCluster {
         }
         let dir = std::env::temp_dir().join(format!("rqlite-bench-{}-{slot}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let base = 44000 + (std::process::id() % 500) as u16 * 40 + (slot * 2 * n) as u16;
+        let base = base_port(slot, n);
         let mut c = Self {
             dir: dir.clone(),
             children: Vec::new(),
@@ -599,4 +599,10 @@ impl Drop for LocalCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The first of `2 * n` ports for cluster `slot`: below Linux's ephemeral range (32768 up), so
+/// an outgoing connection never holds one, and apart per process and per slot.
+fn base_port(slot: usize, n: usize) -> u16 {
+    20000 + (std::process::id() % 100) as u16 * 120 + (slot * 2 * n.max(1)) as u16
 }

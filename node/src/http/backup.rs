@@ -226,9 +226,9 @@ pub async fn load(
                 );
             }
         };
-        return match crate::loader::propose(&node, &mut f, size).await {
+        return match crate::raft::loader::propose(&node.proposer, &mut f, size).await {
             Ok(resp) => load_reply(&resp.data, flags.pretty),
-            Err(crate::loader::ProposeError::Raft(e))
+            Err(crate::raft::loader::ProposeError::Raft(e))
                 if matches!(
                     *e,
                     RaftError::APIError(ClientWriteError::ForwardToLeader(_))

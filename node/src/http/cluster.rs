@@ -90,7 +90,7 @@ pub async fn status(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Re
             },
             "members": members,
         },
-        "backup": crate::backup::status_json(&node),
+        "backup": crate::backup::status_json(node.backup.as_deref()),
         "runtime": {"num_cpu": std::thread::available_parallelism().map_or(1, |n| n.get()), "os": std::env::consts::OS, "arch": std::env::consts::ARCH},
     });
     if let Some(key) = &flags.key {
@@ -455,7 +455,9 @@ pub async fn metrics(State(node): State<AppState>) -> Response {
     let raft = node.raft.metrics().borrow().clone();
     let mut text = node.metrics.render(&raft);
     node.snapshots.health().render(&mut text);
-    text.push_str(&crate::backup::metrics_text(&node));
+    if let Some(m) = &node.backup {
+        text.push_str(&m.metrics_text());
+    }
     (
         [(
             header::CONTENT_TYPE,

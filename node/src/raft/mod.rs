@@ -2,6 +2,7 @@
 
 pub mod health;
 pub mod leadership;
+pub mod loader;
 pub mod log_store;
 pub mod network;
 pub mod prevote;

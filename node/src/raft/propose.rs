@@ -13,7 +13,9 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{RwLock, mpsc, oneshot};
 
 use crate::command::{Command, Request, StmtResult};
-use crate::{MemberInfo, NodeId, Raft};
+use openraft::raft::ClientWriteResponse;
+
+use crate::{MemberInfo, NodeId, Raft, TypeConfig};
 
 pub type WriteError = RaftError<NodeId, ClientWriteError<NodeId, MemberInfo>>;
 
@@ -30,9 +32,12 @@ struct Pending {
 }
 
 /// Handle to the coalescing task. Cheap to clone.
+/// The write path of the member: statement requests coalesced, other commands as they come.
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Pending>,
+    raft: Arc<Raft>,
+    gate: Arc<RwLock<()>>,
 }
 
 impl Proposer {
@@ -40,8 +45,16 @@ impl Proposer {
     /// leadership hand-over can stop the log from growing.
     pub fn start(raft: Arc<Raft>, gate: Arc<RwLock<()>>) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_REQUESTS);
-        tokio::spawn(run(rx, raft, gate));
-        Self { tx }
+        tokio::spawn(run(rx, raft.clone(), gate.clone()));
+        Self { tx, raft, gate }
+    }
+
+    /// Proposes `cmd` as an entry of its own (loads, restores), holding the gate like any
+    /// write, and waits until it is applied.
+    #[allow(clippy::result_large_err)] // openraft's own error type, as `client_write` returns it
+    pub async fn write(&self, cmd: Command) -> Result<ClientWriteResponse<TypeConfig>, WriteError> {
+        let _open = self.gate.read().await;
+        self.raft.client_write(cmd).await
     }
 
     /// Proposes one request (`bytes`: its size in the log) and waits until it is applied.

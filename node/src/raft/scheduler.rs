@@ -5,24 +5,37 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::node::Node;
+use super::health::SnapshotControl;
+use crate::Raft;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-pub async fn run(node: Arc<Node>) {
-    let mut wal_path = node.db_path.clone().into_os_string();
-    wal_path.push("-wal");
-    let wal_path = std::path::PathBuf::from(wal_path);
+/// When to snapshot besides openraft's own policy.
+pub struct Policy {
+    /// The database's WAL file.
+    pub wal_path: std::path::PathBuf,
+    /// `--snapshot-wal-size`.
+    pub wal_size: u64,
+    /// `--snapshot-interval`.
+    pub interval: Duration,
+}
+
+pub async fn run(raft: Arc<Raft>, snapshots: Arc<SnapshotControl>, policy: Policy) {
+    let Policy {
+        wal_path,
+        wal_size,
+        interval,
+    } = policy;
     let mut last_trigger = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticker.tick().await;
-        if node.raft.metrics().borrow().state == openraft::ServerState::Shutdown {
+        if raft.metrics().borrow().state == openraft::ServerState::Shutdown {
             return;
         }
         let wal_bytes = std::fs::metadata(&wal_path).map_or(0, |m| m.len());
         let (applied, snapshot) = {
-            let m = node.raft.metrics();
+            let m = raft.metrics();
             let m = m.borrow();
             (
                 m.last_applied.map_or(0, |l| l.index),
@@ -30,7 +43,7 @@ pub async fn run(node: Arc<Node>) {
             )
         };
         let (failures, last_attempt) = {
-            let mut h = node.snapshots.health();
+            let mut h = snapshots.health();
             h.wal_bytes = wal_bytes;
             (h.consecutive_failures, h.last_attempt)
         };
@@ -42,9 +55,9 @@ pub async fn run(node: Arc<Node>) {
         let reason = if failures > 0 {
             let backoff = Duration::from_secs(1u64 << failures.min(6)).min(MAX_BACKOFF);
             (since >= backoff).then_some("retrying an incomplete checkpoint")
-        } else if new_data && wal_bytes > node.config.snapshot_wal_size {
+        } else if new_data && wal_bytes > wal_size {
             Some("WAL size")
-        } else if new_data && since >= node.config.snapshot_interval {
+        } else if new_data && since >= interval {
             Some("interval")
         } else {
             None
@@ -54,7 +67,7 @@ pub async fn run(node: Arc<Node>) {
         {
             tracing::debug!(reason, wal_bytes, applied, snapshot, "triggering snapshot");
             last_trigger = Instant::now();
-            if node.raft.trigger().snapshot().await.is_err() {
+            if raft.trigger().snapshot().await.is_err() {
                 return;
             }
         }

@@ -50,18 +50,7 @@ pub struct Applied {
     pub committed_prior: bool,
 }
 
-/// This member cannot apply the entry; the statement is not at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error("{context}: {source}")]
-    Sqlite {
-        context: &'static str,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error("re-applying entries after a rolled-back transaction gave a different outcome")]
-    Diverged,
-}
+pub use crate::error::ApplyError;
 
 type Result<T, E = ApplyError> = std::result::Result<T, E>;
 

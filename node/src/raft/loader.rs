@@ -5,8 +5,8 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::propose::Proposer;
 use crate::command::Command;
-use crate::node::Node;
 use crate::sqlite::load::CHUNK_BYTES;
 use crate::{MemberInfo, NodeId, TypeConfig};
 
@@ -29,7 +29,7 @@ impl From<RaftError<NodeId, ClientWriteError<NodeId, MemberInfo>>> for ProposeEr
 /// response of its commit entry. A leadership change mid-way fails the load; the pieces
 /// already committed are dropped by the next load.
 pub async fn propose(
-    node: &Node,
+    writes: &Proposer,
     src: &mut (impl AsyncRead + Unpin),
     total: u64,
 ) -> Result<ClientWriteResponse<TypeConfig>, ProposeError> {
@@ -47,12 +47,13 @@ pub async fn propose(
         }
         let n = buf.len();
         crc.update(&buf);
-        node.write(Command::LoadChunk {
-            load,
-            seq,
-            data: buf,
-        })
-        .await?;
+        writes
+            .write(Command::LoadChunk {
+                load,
+                seq,
+                data: buf,
+            })
+            .await?;
         seq += 1;
         len += n as u64;
         if len >= next_report && total > 4 * CHUNK_BYTES as u64 {
@@ -67,7 +68,7 @@ pub async fn propose(
             break;
         }
     }
-    let resp = node
+    let resp = writes
         .write(Command::LoadCommit {
             load,
             chunks: seq,
