@@ -36,16 +36,26 @@ impl LeaderCheck {
 
     /// Returns once a leadership round that started after this call succeeded.
     pub async fn confirm(self: &Arc<Self>) -> Result<(), CheckError> {
-        let (tx, rx) = oneshot::channel();
-        let start = {
+        let waiter = {
             let mut st = self.lock();
-            st.waiting.push(tx);
-            !std::mem::replace(&mut st.running, true)
+            if st.running {
+                let (tx, rx) = oneshot::channel();
+                st.waiting.push(tx);
+                Some(rx)
+            } else {
+                st.running = true;
+                None
+            }
         };
-        if start {
-            tokio::spawn(self.clone().rounds());
+        match waiter {
+            Some(rx) => rx.await.unwrap_or(Err(RaftError::Fatal(Fatal::Stopped))),
+            None => {
+                // No round was running: run one here, without a hand-off to another task;
+                // reads that arrive meanwhile wait for the next round, which `Inline` starts.
+                let _handoff = Inline(self.clone());
+                self.raft.ensure_linearizable().await.map(drop)
+            }
         }
-        rx.await.unwrap_or(Err(RaftError::Fatal(Fatal::Stopped)))
     }
 
     async fn rounds(self: Arc<Self>) {
@@ -65,7 +75,28 @@ impl LeaderCheck {
         }
     }
 
+    /// After a round: the next one for those who came during it, or nothing running.
+    fn after_round(self: &Arc<Self>) {
+        let mut st = self.lock();
+        if st.waiting.is_empty() {
+            st.running = false;
+        } else {
+            drop(st);
+            tokio::spawn(self.clone().rounds());
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A round run by a reader itself. Dropped when it ends or is abandoned (the client went away):
+/// either way the reads that queued behind it get their round.
+struct Inline(Arc<LeaderCheck>);
+
+impl Drop for Inline {
+    fn drop(&mut self) {
+        self.0.after_round();
     }
 }
