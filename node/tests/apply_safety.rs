@@ -14,6 +14,11 @@ use serde_json::{Value, json};
 /// time so neither measures the other's load.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The default Raft timing, for the tests that push hundreds of MiB through a debug build: with
+/// the harness's tighter timing a loaded 2-core machine misses heartbeats while a MiB-sized
+/// AppendEntries is written, and leadership moves mid-test.
+const DEFAULT_TIMING: [&str; 4] = ["--election-timeout", "1s", "--heartbeat-interval", "200ms"];
+
 const SCHEMA: &str = "CREATE TABLE u (id INTEGER PRIMARY KEY, v TEXT); \
     CREATE TABLE g (x INTEGER); \
     CREATE TRIGGER g_guard BEFORE INSERT ON g WHEN new.x < 0 BEGIN SELECT RAISE(ROLLBACK, 'negative'); END";
@@ -307,20 +312,31 @@ async fn a_load_of_a_few_hundred_mib_reaches_every_member() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
-    let c = Cluster::start("apply-big-load", 3, &[]).await;
+    let c = Cluster::start("apply-big-load", 3, &DEFAULT_TIMING).await;
     let (image, rows, sum) = build_image(&c.dir, mib);
-    let leader = c.leader().await;
     let body = tokio::fs::read(&image).await.unwrap();
     let started = std::time::Instant::now();
-    let r = c
-        .http
-        .post(format!("{}/db/load", c.url(leader)))
-        .timeout(Duration::from_secs(900))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // A leadership change mid-load fails it with 503 and "retry it": a client retries.
+    let mut attempt = 0;
+    let leader = loop {
+        attempt += 1;
+        let leader = c.leader().await;
+        let r = c
+            .http
+            .post(format!("{}/db/load", c.url(leader)))
+            .timeout(Duration::from_secs(900))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let (status, text) = (r.status(), r.text().await.unwrap());
+        if status == 503 && attempt < 3 {
+            eprintln!("load attempt {attempt}: {text}");
+            continue;
+        }
+        assert_eq!(status, 200, "{text}");
+        break leader;
+    };
     eprintln!(
         "loaded {mib} MiB in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -409,6 +425,7 @@ async fn a_member_killed_at_each_dangerous_step_restarts_consistent_with_every_w
         "0",
     ];
     let _heavy = HEAVY.lock().await;
+    let flags: Vec<&str> = flags.iter().chain(&DEFAULT_TIMING).copied().collect();
     let mut c = Cluster::start("apply-failpoints", 3, &flags).await;
     let leader = c.leader().await;
     let victim = (leader + 1) % 3;

@@ -73,12 +73,17 @@ impl Member {
             .arg(&self.dir)
             .args(["--http-addr", &format!("127.0.0.1:{}", self.http)])
             .args(["--raft-addr", &format!("127.0.0.1:{}", self.raft)])
-            .args([
-                "--election-timeout",
-                "500ms",
-                "--heartbeat-interval",
-                "100ms",
-            ])
+            // Tight timing keeps the tests quick; a member given its own keeps that.
+            .args(if self.extra.iter().any(|a| a == "--election-timeout") {
+                &[][..]
+            } else {
+                &[
+                    "--election-timeout",
+                    "500ms",
+                    "--heartbeat-interval",
+                    "100ms",
+                ][..]
+            })
             .args(args)
             .args(&self.extra)
             .env(
