@@ -28,7 +28,8 @@
 //!   otherwise, as in Kubernetes); `readOnlyRootFilesystem` remounts every host
 //!   mount in the pod's mount namespace read-only except /proc, /sys, /dev and
 //!   the pod's volumes. The program itself is bind-mounted into a private
-//!   tmpfs so a non-root user can reach it wherever the workspace lives.
+//!   tmpfs before any volume, so no volume hides it and any user can reach it
+//!   wherever the workspace lives.
 //! - **Lifecycle**: readiness probes (httpGet, tcpSocket) drive the
 //!   container and pod Ready conditions; liveness probes restart the container;
 //!   restartPolicy with a capped back-off; deletion sends SIGTERM to the
