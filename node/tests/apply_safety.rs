@@ -381,16 +381,7 @@ async fn kill_at(c: &mut Cluster, victim: usize, failpoint: &str, next: &mut i64
     c.members[victim].start(&[]);
     c.wait_ready(victim).await;
     c.wait_caught_up(victim).await;
-    assert_eq!(
-        ids(c, victim, "none").await,
-        ids(c, leader, "strong").await,
-        "after {failpoint}"
-    );
-    assert_eq!(
-        c.dump(victim, "u").await,
-        c.dump(leader, "u").await,
-        "after {failpoint}"
-    );
+    assert_same_as_leader(c, victim, leader, &format!("after {failpoint}")).await;
 }
 
 async fn write_rows(c: &Cluster, leader: usize, next: &mut i64, n: i64) {
@@ -407,6 +398,30 @@ async fn write_rows(c: &Cluster, leader: usize, next: &mut i64, n: i64) {
     }
 }
 
+/// Snapshots only when asked, and the log purged right up to each one: the hardest case for a
+/// member that must replay its log.
+fn manual_snapshots_no_trailing_log<'a>(more: &[&'a str]) -> Vec<&'a str> {
+    MANUAL_SNAPSHOTS
+        .into_iter()
+        .chain(["--snapshot-trailing-logs", "0"])
+        .chain(more.iter().copied())
+        .collect()
+}
+
+/// `victim` has exactly the leader's rows and content.
+async fn assert_same_as_leader(c: &Cluster, victim: usize, leader: usize, what: &str) {
+    assert_eq!(
+        ids(c, victim, "none").await,
+        ids(c, leader, "strong").await,
+        "{what}"
+    );
+    assert_eq!(
+        c.dump(victim, "u").await,
+        c.dump(leader, "u").await,
+        "{what}"
+    );
+}
+
 fn arm(c: &mut Cluster, victim: usize, failpoint: &str) {
     c.members[victim].kill();
     c.members[victim].env = vec![("LITECLUSTER_FAILPOINT".into(), failpoint.into())];
@@ -414,18 +429,8 @@ fn arm(c: &mut Cluster, victim: usize, failpoint: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_killed_at_each_dangerous_step_restarts_consistent_with_every_write() {
-    let flags = [
-        "--snapshot-threshold",
-        "1000000",
-        "--snapshot-interval",
-        "1h",
-        "--snapshot-wal-size",
-        "1000000000",
-        "--snapshot-trailing-logs",
-        "0",
-    ];
     let _heavy = HEAVY.lock().await;
-    let flags: Vec<&str> = flags.iter().chain(&DEFAULT_TIMING).copied().collect();
+    let flags = manual_snapshots_no_trailing_log(&DEFAULT_TIMING);
     let mut c = Cluster::start("apply-failpoints", 3, &flags).await;
     let leader = c.leader().await;
     let victim = (leader + 1) % 3;
@@ -590,17 +595,8 @@ async fn a_member_killed_at_each_dangerous_step_restarts_consistent_with_every_w
 /// sync, the worst such a cut can leave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_that_loses_its_unsynced_database_writes_recovers_them_from_its_log() {
-    let flags = [
-        "--snapshot-threshold",
-        "1000000",
-        "--snapshot-interval",
-        "1h",
-        "--snapshot-wal-size",
-        "1000000000",
-        "--snapshot-trailing-logs",
-        "0",
-    ];
     let _heavy = HEAVY.lock().await;
+    let flags = manual_snapshots_no_trailing_log(&[]);
     let mut c = Cluster::start("power-loss", 3, &flags).await;
     let leader = c.leader().await;
     let victim = (leader + 1) % 3;
@@ -631,15 +627,6 @@ async fn a_member_that_loses_its_unsynced_database_writes_recovers_them_from_its
         );
         c.wait_caught_up(victim).await;
         assert!(c.applied(victim).await > before);
-        assert_eq!(
-            ids(&c, victim, "none").await,
-            ids(&c, leader, "strong").await,
-            "round {round}"
-        );
-        assert_eq!(
-            c.dump(victim, "u").await,
-            c.dump(leader, "u").await,
-            "round {round}"
-        );
+        assert_same_as_leader(&c, victim, leader, &format!("round {round}")).await;
     }
 }

@@ -8,16 +8,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-/// Snapshots only when asked, so the test controls every attempt.
-const MANUAL: [&str; 6] = [
-    "--snapshot-threshold",
-    "1000000",
-    "--snapshot-interval",
-    "1h",
-    "--snapshot-wal-size",
-    "1000000000",
-];
-
 async fn insert(c: &Cluster, leader: usize, from: u64, n: u64) {
     let stmts: Vec<Value> = (from..from + n)
         .map(|id| {
@@ -41,7 +31,7 @@ async fn insert(c: &Cluster, leader: usize, from: u64, n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reader_blocking_the_checkpoint_falls_back_to_full_and_recovers() {
-    let c = Cluster::start("seed-failure", 3, &MANUAL).await;
+    let c = Cluster::start("seed-failure", 3, &MANUAL_SNAPSHOTS).await;
     let leader = c.leader().await;
     c.execute(leader, create_table()).await.unwrap();
     insert(&c, leader, 0, 200).await;
@@ -145,7 +135,7 @@ async fn a_reader_blocking_the_checkpoint_falls_back_to_full_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_killed_while_writing_a_snapshot_restarts_clean_and_catches_up() {
-    let mut c = Cluster::start("snapshot-crash", 3, &MANUAL).await;
+    let mut c = Cluster::start("snapshot-crash", 3, &MANUAL_SNAPSHOTS).await;
     let leader = c.leader().await;
     c.execute(leader, create_table()).await.unwrap();
     insert(&c, leader, 0, 100).await;

@@ -136,12 +136,8 @@ async fn main() -> anyhow::Result<()> {
             let n = args.spawn.unwrap_or(0);
             let (urls, cluster) = match system {
                 System::External(urls) => (urls.clone(), None),
-                System::Rqlite(bin) => {
-                    let c = LocalCluster::start_rqlite(bin, n, ti).await?;
-                    (c.urls.clone(), Some(c))
-                }
-                System::Litecluster(bin) => {
-                    let c = LocalCluster::start(bin, n, ti).await?;
+                _ => {
+                    let c = LocalCluster::start(system, n, ti).await?;
                     (c.urls.clone(), Some(c))
                 }
             };
@@ -459,16 +455,26 @@ struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// A litecluster of `n` members from `exe`; `slot` keeps clusters' ports and dirs apart.
-    async fn start(exe: &std::path::Path, n: usize, slot: usize) -> anyhow::Result<Self> {
+    /// A cluster of `n` members of `system` on loopback; `slot` keeps clusters' ports and dirs
+    /// apart.
+    async fn start(system: &System, n: usize, slot: usize) -> anyhow::Result<Self> {
+        let (exe, name, hint) = match system {
+            System::Litecluster(p) => (
+                p,
+                "litecluster",
+                "build it with `cargo build --release -p litecluster-node`",
+            ),
+            System::Rqlite(p) => (
+                p,
+                "rqlite",
+                "build rqlite with ../shared/peers/build-rqlite.sh and pass the rqlited it prints",
+            ),
+            System::External(_) => bail!("an external system is not started"),
+        };
         if !exe.exists() {
-            bail!(
-                "{} not found: build it with `cargo build --release -p litecluster-node`",
-                exe.display()
-            );
+            bail!("{} not found: {hint}", exe.display());
         }
-        let dir =
-            std::env::temp_dir().join(format!("litecluster-bench-{}-{slot}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("{name}-bench-{}-{slot}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let base = base_port(slot, n);
         let mut c = Self {
@@ -480,78 +486,48 @@ impl LocalCluster {
         let client = reqwest::Client::new();
         for i in 0..n {
             let (http, raft) = (base + 2 * i as u16, base + 2 * i as u16 + 1);
-            let url = format!("http://127.0.0.1:{http}");
+            let (http_addr, raft_addr) = (format!("127.0.0.1:{http}"), format!("127.0.0.1:{raft}"));
+            let id = (i + 1).to_string();
+            let data = dir.join(format!("n{id}"));
             let mut cmd = Command::new(exe);
-            cmd.args([
-                "--node-id",
-                &(i + 1).to_string(),
-                "--http-addr",
-                &format!("127.0.0.1:{http}"),
-                "--raft-addr",
-                &format!("127.0.0.1:{raft}"),
-            ])
-            .arg("--data-dir")
-            .arg(dir.join(format!("n{}", i + 1)))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("n{}.log", i + 1)))?);
-            if i == 0 {
-                cmd.arg("--bootstrap");
-            } else {
-                cmd.args(["--join", &c.urls[0]]);
+            match system {
+                System::Rqlite(_) => {
+                    cmd.args([
+                        "-node-id",
+                        &id,
+                        "-http-addr",
+                        &http_addr,
+                        "-raft-addr",
+                        &raft_addr,
+                    ]);
+                    if i > 0 {
+                        cmd.args(["-join", &format!("127.0.0.1:{}", base + 1)]);
+                    }
+                    cmd.arg(&data);
+                }
+                _ => {
+                    cmd.args([
+                        "--node-id",
+                        &id,
+                        "--http-addr",
+                        &http_addr,
+                        "--raft-addr",
+                        &raft_addr,
+                    ])
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .env("RUST_LOG", "warn");
+                    if i == 0 {
+                        cmd.arg("--bootstrap");
+                    } else {
+                        cmd.args(["--join", &c.urls[0]]);
+                    }
+                }
             }
+            cmd.stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join(format!("n{id}.log")))?);
             c.children.push(cmd.spawn()?);
-            c.urls.push(url.clone());
-            c.wait_ready(&client, &url, i).await?;
-            c.ready += 1;
-        }
-        Ok(c)
-    }
-}
-
-impl LocalCluster {
-    /// An rqlite cluster of `n` members from `rqlited`, on loopback.
-    async fn start_rqlite(
-        rqlited: &std::path::Path,
-        n: usize,
-        slot: usize,
-    ) -> anyhow::Result<Self> {
-        if !rqlited.exists() {
-            bail!(
-                "{} not found: build rqlite with ../shared/peers/build-rqlite.sh and pass the rqlited it prints",
-                rqlited.display()
-            );
-        }
-        let dir = std::env::temp_dir().join(format!("rqlite-bench-{}-{slot}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let base = base_port(slot, n);
-        let mut c = Self {
-            dir: dir.clone(),
-            children: Vec::new(),
-            urls: Vec::new(),
-            ready: 0,
-        };
-        let client = reqwest::Client::new();
-        let first_raft = format!("127.0.0.1:{}", base + 1);
-        for i in 0..n {
-            let (http, raft) = (base + 2 * i as u16, base + 2 * i as u16 + 1);
-            let url = format!("http://127.0.0.1:{http}");
-            let mut cmd = Command::new(rqlited);
-            cmd.args([
-                "-node-id",
-                &(i + 1).to_string(),
-                "-http-addr",
-                &format!("127.0.0.1:{http}"),
-                "-raft-addr",
-                &format!("127.0.0.1:{raft}"),
-            ]);
-            if i > 0 {
-                cmd.args(["-join", &first_raft]);
-            }
-            cmd.arg(dir.join(format!("r{}", i + 1)))
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.join(format!("r{}.log", i + 1)))?);
-            c.children.push(cmd.spawn()?);
+            let url = format!("http://{http_addr}");
             c.urls.push(url.clone());
             c.wait_ready(&client, &url, i).await?;
             c.ready += 1;

@@ -15,6 +15,16 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_litecluster-node");
 /// Ports come from below the kernel's ephemeral range (32768+ by default): a port
 /// taken from `bind(:0)` is ephemeral, and between the probe and the child's own
 /// bind an outgoing connection anywhere on the machine may take it.
+/// Snapshots only when asked, so a test controls every attempt.
+pub const MANUAL_SNAPSHOTS: [&str; 6] = [
+    "--snapshot-threshold",
+    "1000000",
+    "--snapshot-interval",
+    "1h",
+    "--snapshot-wal-size",
+    "1000000000",
+];
+
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 10_000;

@@ -23,18 +23,20 @@ fn write_progress(
     applied: Option<LogId>,
     membership: &StoredMembership,
     partial: Option<Partial>,
-    saved: Option<&mut String>,
+    saved: Option<&mut Option<StoredMembership>>,
 ) -> rusqlite::Result<()> {
     let applied = serde_json::to_string(&applied).unwrap_or_default();
     sqlite::write_meta(conn, "applied", &applied)?;
-    let membership = serde_json::to_string(membership).unwrap_or_default();
-    match saved {
-        Some(saved) if *saved == membership => {}
-        Some(saved) => {
-            sqlite::write_meta(conn, "membership", &membership)?;
-            *saved = membership;
+    if let Some(saved) = &saved
+        && saved.as_ref() == Some(membership)
+    {
+        // Already in the database: most batches change no membership.
+    } else {
+        let json = serde_json::to_string(membership).unwrap_or_default();
+        sqlite::write_meta(conn, "membership", &json)?;
+        if let Some(saved) = saved {
+            *saved = Some(membership.clone());
         }
-        None => sqlite::write_meta(conn, "membership", &membership)?,
     }
     if let Some(p) = partial {
         sqlite::write_meta(
@@ -155,7 +157,7 @@ impl Worker {
         self.partial =
             sqlite::read_meta(conn, "partial")?.and_then(|s| serde_json::from_str(&s).ok());
         self.partial_stored = self.partial.is_some();
-        self.membership_saved.clear();
+        self.membership_saved = None;
         Ok(())
     }
 
@@ -287,7 +289,7 @@ impl Worker {
         });
         let _ = std::fs::remove_file(&image);
         self.reads.reset();
-        self.membership_saved.clear();
+        self.membership_saved = None;
         // The copy replaced pages under the WAL; only a full snapshot is safe next.
         self.control.health().full_needed = true;
         let resp = match outcome {

@@ -133,7 +133,7 @@ impl Worker {
         self.membership = meta.last_membership.clone();
         self.partial = None;
         self.partial_stored = false;
-        self.membership_saved.clear();
+        self.membership_saved = None;
         self.record_synced(0);
         self.reads.reset();
         // The database now equals the new base and its WAL starts empty: the chain is valid.

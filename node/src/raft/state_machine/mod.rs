@@ -51,9 +51,9 @@ struct Worker {
     partial: Option<apply::Partial>,
     /// The database holds a `partial` row that is not `null`.
     partial_stored: bool,
-    /// The membership as last written to the database (empty: unknown): most batches do not
+    /// The membership as last written to the database (`None`: unknown): most batches do not
     /// change it, so they need not write it.
-    membership_saved: String,
+    membership_saved: Option<StoredMembership>,
     store: Arc<SnapshotStore>,
     reads: ReadPool,
     metrics: Arc<Metrics>,
@@ -96,7 +96,7 @@ impl StateMachine {
             membership,
             partial,
             partial_stored: partial.is_some(),
-            membership_saved: String::new(),
+            membership_saved: None,
             store: store.clone(),
             reads,
             metrics,
