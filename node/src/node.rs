@@ -1,13 +1,12 @@
-//! A running member: opens storage, starts Raft and its RPC listener, bootstraps or joins, and
-//! hands leadership over on shutdown.
+//! A running member: opens storage, starts Raft, its RPC listener and the member's tasks
+//! (snapshots, backups, joining), and hands leadership over on shutdown.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use openraft::{Config, ServerState, SnapshotPolicy};
 
 use crate::auth::CredentialStore;
@@ -42,15 +41,12 @@ pub struct Node {
     pub membership_lock: tokio::sync::Mutex<()>,
     /// Mutual TLS on the Raft port, when configured.
     pub raft_tls: Option<crate::raft::tls::RaftTls>,
-    /// Writes hold it shared; a leadership hand-over holds it exclusively so that the target
-    /// can catch up with a log that has stopped growing.
-    write_gate: Arc<tokio::sync::RwLock<()>>,
     /// Coalesces statement requests into batch entries.
     pub proposer: crate::raft::propose::Proposer,
     /// Shares one leadership check among the linearizable reads waiting for it.
     pub leadership: Arc<crate::raft::leadership::LeaderCheck>,
-    /// Decides when this member calls an election; a hand-over pauses it.
-    prevote: Arc<crate::raft::prevote::PreVote>,
+    /// Hands leadership over (shutdown, `POST /leader`).
+    handover: crate::raft::handover::HandOver,
 }
 
 impl Node {
@@ -162,7 +158,6 @@ impl Node {
         let node = Arc::new(Self {
             id,
             info,
-            raft,
             reads,
             metrics,
             config,
@@ -175,11 +170,17 @@ impl Node {
             backup,
             snapshots,
             membership_lock: tokio::sync::Mutex::new(()),
+            handover: crate::raft::handover::HandOver {
+                id,
+                raft: raft.clone(),
+                write_gate,
+                prevote,
+                tls: raft_tls.clone(),
+            },
+            raft,
             raft_tls,
-            write_gate,
             proposer,
             leadership,
-            prevote,
         });
         let mut wal_path = node.db_path.clone().into_os_string();
         wal_path.push("-wal");
@@ -200,103 +201,21 @@ impl Node {
             config: &node.config,
         })
         .await?;
-        node.bootstrap_or_join().await?;
+        crate::raft::join::Joiner {
+            id: node.id,
+            info: node.info.clone(),
+            raft: node.raft.clone(),
+            join: node.config.join.clone(),
+            voter: !node.config.non_voter,
+            bootstrap: node.config.bootstrap,
+            client: node.client.clone(),
+        }
+        .start()
+        .await?;
         if let Some(m) = node.backup.clone() {
             crate::backup::auto::spawn(m, &node.raft, node.db_path.clone(), node.info.name.clone());
         }
         Ok(node)
-    }
-
-    async fn bootstrap_or_join(self: &Arc<Self>) -> anyhow::Result<()> {
-        let initialized = self.raft.is_initialized().await?;
-        if initialized {
-            tracing::info!(id = self.id, "resuming with existing state");
-        } else if self.config.bootstrap {
-            let members = BTreeMap::from([(self.id, self.info.clone())]);
-            self.raft
-                .initialize(members)
-                .await
-                .context("bootstrapping a new cluster")?;
-            tracing::info!(id = self.id, "bootstrapped a new single-member cluster");
-        }
-        if !self.config.join.is_empty() && !self.has_role(!self.config.non_voter) {
-            let node = self.clone();
-            tokio::spawn(async move { node.join_loop().await });
-        } else if !initialized && !self.config.bootstrap {
-            tracing::warn!(
-                "data dir is empty and neither --bootstrap nor --join was given: waiting to be added by a leader"
-            );
-        }
-        Ok(())
-    }
-
-    /// Whether our membership view has us as a voter (`voter`) or at least a member.
-    fn has_role(&self, voter: bool) -> bool {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let ms = m.membership_config.membership();
-        if voter {
-            ms.voter_ids().any(|v| v == self.id)
-        } else {
-            ms.get_node(&self.id).is_some()
-        }
-    }
-
-    /// Asks the given members to add us until one of them (or the leader it forwards to) does.
-    async fn join_loop(&self) {
-        let body = serde_json::json!({
-            "id": self.info.name,
-            "raft_addr": self.info.raft_addr,
-            "api_addr": self.info.api_addr,
-            "voter": !self.config.non_voter,
-        });
-        let mut attempt = 0u32;
-        loop {
-            for base in &self.config.join {
-                let url = format!("{}/join", base.trim_end_matches('/'));
-                let mut req = self
-                    .client
-                    .post(&url)
-                    .json(&body)
-                    .timeout(Duration::from_secs(60));
-                if let Some(h) = self.join_credentials() {
-                    req = req.header(reqwest::header::AUTHORIZATION, h);
-                }
-                match req.send().await {
-                    Ok(r) if r.status().is_success() => {
-                        tracing::info!(via = %url, voter = !self.config.non_voter, "joined the cluster");
-                        return;
-                    }
-                    Ok(r) => {
-                        let status = r.status();
-                        let text = r.text().await.unwrap_or_default();
-                        tracing::warn!(via = %url, %status, body = %text.trim(), attempt, "join refused; retrying");
-                    }
-                    Err(e) => {
-                        tracing::warn!(via = %url, error = %e, attempt, "join target unreachable; retrying")
-                    }
-                }
-            }
-            // A leader busy with another change may refuse us after adding us as a learner:
-            // keep asking until we hold the role we asked for.
-            if self.has_role(!self.config.non_voter) {
-                tracing::info!("added to the cluster by the leader");
-                return;
-            }
-            attempt += 1;
-            tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt.min(4)))).await;
-        }
-    }
-
-    /// Basic-auth header for joining, from `LITECLUSTER_JOIN_USER`/`LITECLUSTER_JOIN_PASSWORD`.
-    fn join_credentials(&self) -> Option<String> {
-        use base64::Engine;
-        let user = std::env::var("LITECLUSTER_JOIN_USER").ok()?;
-        let pass = std::env::var("LITECLUSTER_JOIN_PASSWORD").unwrap_or_default();
-        Some(format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
-        ))
     }
 
     /// Proposes `cmd` to Raft, waiting while a leadership hand-over holds writes back (they
@@ -375,113 +294,9 @@ impl Node {
             .map_or(0.0, |d| d.as_secs_f64())
     }
 
-    /// Hands leadership to the most caught-up voter: once it holds our whole log it is asked
-    /// to start an election, and we wait until someone else leads.
-    ///
-    /// The other voters refuse votes while their leader lease from us holds, so the target's
-    /// first campaign may fail; it only makes us step down. Our own elections stay off until
-    /// leadership has moved, or we could win the next term back.
+    /// Hands leadership to the most caught-up voter (see [`crate::raft::handover`]).
     pub async fn transfer_leadership(&self, timeout: Duration) -> anyhow::Result<NodeId> {
-        self.prevote.pause(true);
-        let res = self.hand_over(timeout).await;
-        self.prevote.pause(false);
-        res
-    }
-
-    async fn hand_over(&self, timeout: Duration) -> anyhow::Result<NodeId> {
-        // A `timeout` flag may be up to Go's 292 years: saturate rather than overflow.
-        let deadline = Instant::now()
-            .checked_add(timeout)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
-        let (target, info) = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            if m.state != ServerState::Leader {
-                bail!("this member is not the leader");
-            }
-            let membership = m.membership_config.membership();
-            let matched = m.replication.clone().unwrap_or_default();
-            let best = membership
-                .voter_ids()
-                .filter(|v| *v != self.id)
-                .max_by_key(|v| matched.get(v).copied().flatten().map(|l| l.index));
-            let Some(best) = best else {
-                bail!("no other voter to hand leadership to")
-            };
-            let info = membership
-                .get_node(&best)
-                .cloned()
-                .context("voter without address")?;
-            (best, info)
-        };
-        // Hold new writes back: if our log kept growing, entries only we hold would make every
-        // other member lose its election to the log check, and we are not campaigning.
-        let _paused = tokio::time::timeout(
-            deadline.saturating_duration_since(Instant::now()),
-            self.write_gate.write(),
-        )
-        .await
-        .context("writes in flight did not finish before the hand-over deadline")?;
-        let mut rx = self.raft.metrics();
-        let ours = rx.borrow().last_log_index;
-        let _ = self.raft.trigger().heartbeat().await;
-        let caught_up =
-            tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), async {
-                loop {
-                    {
-                        let m = rx.borrow_and_update();
-                        let theirs = m
-                            .replication
-                            .as_ref()
-                            .and_then(|r| r.get(&target).copied().flatten())
-                            .map(|l| l.index);
-                        if m.state != ServerState::Leader || theirs >= ours {
-                            return;
-                        }
-                    }
-                    if rx.changed().await.is_err() {
-                        return;
-                    }
-                }
-            })
-            .await;
-        if caught_up.is_err() {
-            bail!("hand-over target {target} did not catch up within {timeout:?}");
-        }
-        // Ask once: every request starts a new term. Retry only while it cannot be reached.
-        while let Err(e) = crate::raft::network::request_election(
-            &info.raft_addr,
-            self.raft_tls.clone(),
-            Duration::from_secs(2),
-        )
-        .await
-        {
-            if Instant::now() >= deadline {
-                bail!("hand-over target {target} unreachable: {e}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let moved =
-            tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), async {
-                loop {
-                    {
-                        let m = rx.borrow_and_update();
-                        if m.state != ServerState::Leader
-                            && m.current_leader.is_some_and(|l| l != self.id)
-                        {
-                            return m.current_leader;
-                        }
-                    }
-                    if rx.changed().await.is_err() {
-                        return None;
-                    }
-                }
-            })
-            .await;
-        if let Ok(Some(new_leader)) = moved {
-            return Ok(new_leader);
-        }
-        bail!("leadership did not move within {timeout:?}")
+        self.handover.run(timeout).await
     }
 
     /// Stops serving: a leader first hands leadership over so writes pause only briefly.

@@ -1,6 +1,8 @@
 //! Raft plumbing: the durable log, the SQLite state machine, snapshots, and the RPC transport.
 
+pub mod handover;
 pub mod health;
+pub mod join;
 pub mod leadership;
 pub mod loader;
 pub mod log_store;
