@@ -33,6 +33,9 @@ pub enum Error {
 
     #[error("cannot build the node http client")]
     NodeClient(#[source] reqwest::Error),
+
+    #[error("the leader Lease renewer stopped unexpectedly")]
+    LeaseRenewer(#[source] tokio::task::JoinError),
 }
 
 impl Error {
@@ -46,6 +49,7 @@ impl Error {
             Error::AuthSecret { .. } => "auth_secret",
             Error::TlsSecret { .. } => "tls_secret",
             Error::NodeClient(_) => "node_client",
+            Error::LeaseRenewer(_) => "lease_renewer",
         }
     }
 }

@@ -15,11 +15,11 @@ use clap::{Parser, Subcommand};
 use kube::Client;
 use kube::runtime::events::Reporter;
 use litecluster_operator::controller::{self, Context};
-use litecluster_operator::leader_election::LeaseLock;
+use litecluster_operator::leader_election::{Ended, LeaseLock, Timing, run_elected, wait_stop};
 use litecluster_operator::metrics::Metrics;
 use litecluster_operator::node_client::HttpNodeClient;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::info;
 
 #[derive(Parser)]
 #[command(
@@ -74,8 +74,10 @@ struct RunArgs {
     /// This replica's identity in the Lease and in Events.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-    /// Seconds a Lease holder may go without renewing before another replica takes over.
-    #[arg(long, env = "LITECLUSTER_OPERATOR_LEASE_SECONDS", default_value_t = 15)]
+    /// Seconds a Lease lasts. A standby takes over once the record has not changed for this long
+    /// by its own clock; the holder stops reconciling after two thirds of it without a renewal.
+    #[arg(long, env = "LITECLUSTER_OPERATOR_LEASE_SECONDS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(3..))]
     lease_seconds: u64,
     /// Timeout of a node's /status call, in seconds.
     #[arg(long, env = "LITECLUSTER_OPERATOR_NODE_TIMEOUT", default_value_t = 5)]
@@ -158,92 +160,18 @@ async fn main() -> anyhow::Result<()> {
             &identity,
             Duration::from_secs(args.lease_seconds),
         );
-        run_elected(ctx, lock, args.lease_seconds, stop_rx).await
+        let timing = Timing::for_lease(Duration::from_secs(args.lease_seconds));
+        match run_elected(lock, timing, stop_rx, |stop| controller::run(ctx, stop)).await? {
+            Ended::Stopped => Ok(()),
+            // Exit so the Deployment restarts us as a fresh candidate.
+            Ended::Lost => Err(anyhow::anyhow!("lost the leader Lease")),
+        }
     } else {
         controller::run(ctx, wait_stop(stop_rx)).await;
         Ok(())
     };
     server.abort();
     result
-}
-
-/// Wait for the Lease, reconcile while holding it, stop when it is lost or on shutdown.
-async fn run_elected(
-    ctx: Arc<Context>,
-    lock: LeaseLock,
-    lease_seconds: u64,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let renew_every = Duration::from_secs((lease_seconds / 3).max(1));
-    loop {
-        match lock.try_acquire_or_renew().await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => warn!(error = %e, "cannot read the leader Lease"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(renew_every) => {}
-            _ = stop.changed() => return Ok(()),
-        }
-    }
-    info!("acquired the leader Lease; reconciling");
-    let (lost_tx, lost_rx) = watch::channel(false);
-    let renewer = {
-        let mut stop = stop.clone();
-        async move {
-            let mut last_ok = tokio::time::Instant::now();
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(renew_every) => {}
-                    _ = stop.changed() => return Ok::<_, anyhow::Error>(lock),
-                }
-                match lock.try_acquire_or_renew().await {
-                    Ok(true) => last_ok = tokio::time::Instant::now(),
-                    Ok(false) => {
-                        error!("the leader Lease was taken by another replica");
-                        let _ = lost_tx.send(true);
-                        return Ok(lock);
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "cannot renew the leader Lease");
-                        if last_ok.elapsed() >= Duration::from_secs(lease_seconds) {
-                            error!("the leader Lease expired before it could be renewed");
-                            let _ = lost_tx.send(true);
-                            return Ok(lock);
-                        }
-                    }
-                }
-            }
-        }
-    };
-    let renewer = tokio::spawn(renewer);
-    let stop_or_lost = {
-        let stop = stop.clone();
-        async move {
-            tokio::select! {
-                _ = wait_stop(stop) => {}
-                _ = wait_stop(lost_rx) => {}
-            }
-        }
-    };
-    controller::run(ctx, stop_or_lost).await;
-    let lock = renewer.await.context("lease renewer panicked")??;
-    if *stop.borrow_and_update() {
-        if let Err(e) = lock.release().await {
-            warn!(error = %e, "cannot release the leader Lease");
-        }
-        return Ok(());
-    }
-    // Lost the Lease: exit so the Deployment restarts us as a fresh candidate.
-    anyhow::bail!("lost the leader Lease")
-}
-
-async fn wait_stop(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 async fn shutdown_signal() {
