@@ -64,8 +64,33 @@ fn scenario(cp: &mut ControlPlane) -> anyhow::Result<()> {
         Ok(n.starts_with("node-"))
     })?;
 
-    // Past the grace period both are still Ready: leases and status are renewed.
-    std::thread::sleep(Duration::from_secs(25));
+    // Past the grace period both are still Ready: each Lease has been renewed at a time
+    // later than the grace period from now (the kubelets share this machine's clock).
+    let past_grace =
+        k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(25);
+    wait(
+        cp,
+        Duration::from_secs(90),
+        "Leases renewed past the grace period",
+        |cp| {
+            for n in ["node-a", "node-b"] {
+                let renewed = cp.kubectl_ok(&[
+                    "get",
+                    "lease",
+                    n,
+                    "-n",
+                    "kube-node-lease",
+                    "-o",
+                    "jsonpath={.spec.renewTime}",
+                ])?;
+                let renewed: k8s_openapi::jiff::Timestamp = renewed.trim().parse()?;
+                if renewed < past_grace {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )?;
     for n in ["node-a", "node-b"] {
         anyhow::ensure!(cp.node_ready(n)?, "{n} not Ready after the grace period");
     }

@@ -195,7 +195,21 @@ spec:
     command: ["/bin/sh", "-c", "echo ran"]
 "#,
     );
-    std::thread::sleep(Duration::from_secs(5));
+    // The kubelet refuses it and says why in the status, as Kubernetes does.
+    let mut why = String::new();
+    wait("rootish refused", Duration::from_secs(60), || {
+        why = cp
+            .kubectl_ok(&[
+                "get",
+                "pod",
+                "rootish",
+                "-o",
+                "jsonpath={.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}",
+            ])
+            .unwrap_or_default();
+        why.starts_with("CreateContainerConfigError")
+    });
+    assert!(why.contains("runAsNonRoot"), "refusal: {why}");
     let rlog = pod_dir(&cp.run_dir, "default", "rootish").join("main.log");
     assert!(
         !fs::read_to_string(&rlog)

@@ -591,7 +591,7 @@ fn pause_annotation_stops_reconciling() {
             ns,
             "litecluster.io/paused=true",
         ])?;
-        thread::sleep(Duration::from_secs(3));
+        paused_at_generation(s, ns)?;
         s.cp.kubectl_ok(&["delete", "service", "pz-readonly", "-n", ns])?;
         s.cp.kubectl_ok(&[
             "patch",
@@ -603,7 +603,8 @@ fn pause_annotation_stops_reconciling() {
             "-p",
             r#"{"spec":{"replicas":2}}"#,
         ])?;
-        thread::sleep(Duration::from_secs(15));
+        // The operator saw the new generation (after the Service was deleted) and left both.
+        paused_at_generation(s, ns)?;
         let sts = s.cp.kubectl_ok(&[
             "get",
             "sts",
@@ -637,8 +638,34 @@ fn pause_annotation_stops_reconciling() {
             },
         )?;
         s.wait_ready(ns, "pz", 2, ready_timeout())?;
+        let conditions = s.cluster(ns, "pz")?["status"]["conditions"].clone();
+        ensure!(
+            !conditions.to_string().contains("\"Paused\""),
+            "a resumed cluster still shows Paused: {conditions}"
+        );
         Ok(())
     });
+}
+
+/// Waits until the operator has seen the cluster's current generation while paused: its
+/// `Paused` condition is true for that generation.
+fn paused_at_generation(s: &Stack, ns: &str) -> Result<()> {
+    s.wait_for(
+        "Paused=True for the current generation",
+        Duration::from_secs(60),
+        || {
+            let c = s.cluster(ns, "pz")?;
+            let generation = &c["metadata"]["generation"];
+            let seen = c["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter().any(|x| {
+                    x["type"] == "Paused"
+                        && x["status"] == "True"
+                        && &x["observedGeneration"] == generation
+                })
+            });
+            Ok(seen.then_some(()))
+        },
+    )
 }
 
 // ---------------------------------------------------------------- garbage collection
@@ -1113,13 +1140,39 @@ fn tls_cluster_serves_https_with_mutual_tls_between_members_and_rolls_a_renewed_
             message.contains("Rotate in steps"),
             "Degraded message: {message}"
         );
-        thread::sleep(Duration::from_secs(10));
+        // A pod-template change wants every member restarted; once the operator has seen it
+        // (observedGeneration) it must still restart none of them onto the unsafe Secret.
+        s.cp.kubectl_ok(&[
+            "patch",
+            "slc",
+            "sec",
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"podTemplate":{"annotations":{"e2e.litecluster.io/probe":"1"}}}}"#,
+        ])?;
+        s.wait_for(
+            "the operator to observe the new generation",
+            Duration::from_secs(60),
+            || {
+                let c = s.cluster(ns, "sec")?;
+                Ok(
+                    (c["status"]["observedGeneration"] == c["metadata"]["generation"])
+                        .then_some(()),
+                )
+            },
+        )?;
         let now = member_pods(s, ns, "sec")?;
         ensure!(
             steady
                 .iter()
                 .all(|(n, p)| now.get(n).is_some_and(|q| q.0 == p.0)),
             "members were restarted onto an unsafe Secret: {steady:?} -> {now:?}"
+        );
+        ensure!(
+            degraded()?.0 == "TlsChangeUnsafe",
+            "Degraded changed while the Secret is still unsafe"
         );
         // The members still run their old certificate and serve.
         let leader = s.cluster(ns, "sec")?["status"]["leader"]

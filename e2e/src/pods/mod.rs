@@ -136,6 +136,8 @@ pub struct PodManager {
     pod_cidr: Option<Ipv4Addr>,
     pods: HashMap<String, PodRt>,
     used_ips: HashSet<u8>,
+    /// Pods that could not start, by UID, with the error last reported in their status.
+    start_failures: HashMap<String, String>,
 }
 
 fn log(node: &str, msg: &str) {
@@ -167,6 +169,7 @@ impl PodManager {
             pod_cidr: None,
             pods: HashMap::new(),
             used_ips: HashSet::new(),
+            start_failures: HashMap::new(),
         })
     }
 
@@ -193,6 +196,7 @@ impl PodManager {
             .await?
             .items;
         let seen: HashSet<String> = list.iter().filter_map(|p| p.uid()).collect();
+        self.start_failures.retain(|uid, _| seen.contains(uid));
 
         // Pods gone from the API (force-deleted): kill at once.
         let gone: Vec<String> = self
@@ -236,17 +240,24 @@ impl PodManager {
                             &self.node,
                             &format!("started pod {}/{} at {}", rt.ns, rt.name, rt.ip),
                         );
+                        self.start_failures.remove(&uid);
                         self.pods.insert(uid.clone(), rt);
                     }
                     Err(e) => {
-                        log(
-                            &self.node,
-                            &format!(
-                                "starting pod {}/{}: {e:#}",
-                                pod.namespace().unwrap_or_default(),
-                                pod.name_any()
-                            ),
-                        );
+                        let message = format!("{e:#}");
+                        if self.start_failures.get(&uid) != Some(&message) {
+                            log(
+                                &self.node,
+                                &format!(
+                                    "starting pod {}/{}: {message}",
+                                    pod.namespace().unwrap_or_default(),
+                                    pod.name_any()
+                                ),
+                            );
+                            if self.report_start_failure(pod, &message).await {
+                                self.start_failures.insert(uid.clone(), message);
+                            }
+                        }
                         continue;
                     }
                 }

@@ -1,10 +1,16 @@
-//! The pod status the kubelet reports: phase, conditions, container states.
+//! The pod status the kubelet reports: phase, conditions, container states, and why a pod
+//! could not start.
 
 use std::collections::HashMap;
 
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
-use super::PodRt;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+};
+
+use super::{PodManager, PodRt, log};
 
 pub(super) fn pod_status(rt: &mut PodRt, host_ip: &str, pod: &Pod) -> serde_json::Value {
     let t = |ts: &Timestamp| serde_json::to_value(Time(*ts)).unwrap_or_default();
@@ -94,4 +100,44 @@ pub(super) fn pod_status(rt: &mut PodRt, host_ip: &str, pod: &Pod) -> serde_json
         ],
         "containerStatuses": statuses,
     })
+}
+
+impl PodManager {
+    /// Tells the API why a pod cannot start, as the kubelet does: Pending, each container
+    /// waiting with `CreateContainerConfigError` and the error. True once written.
+    pub(super) async fn report_start_failure(&self, pod: &Pod, message: &str) -> bool {
+        let containers: Vec<_> = pod
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .map(|c| {
+                serde_json::json!({
+                    "name": c.name, "image": c.image, "imageID": "", "ready": false,
+                    "restartCount": 0, "started": false,
+                    "state": {"waiting": {"reason": "CreateContainerConfigError", "message": message}},
+                })
+            })
+            .collect();
+        let status = serde_json::json!({"status": {
+            "phase": "Pending",
+            "conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady"}],
+            "containerStatuses": containers,
+        }});
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        match api
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Strategic(status),
+            )
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                log(&self.node, &format!("status of {}: {e}", pod.name_any()));
+                false
+            }
+        }
+    }
 }

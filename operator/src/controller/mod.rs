@@ -120,6 +120,8 @@ pub async fn reconcile(cluster: Arc<SqliteCluster>, ctx: Arc<Context>) -> Result
     let _timer = ctx.metrics.reconcile_started();
     if cluster.paused() {
         info!(cluster = %cluster.name_any(), "paused; not reconciling");
+        let ns = cluster.namespace().ok_or(Error::MissingNamespace)?;
+        status::reconcile_paused(&cluster, &ctx, &ns).await?;
         return Ok(Action::await_change());
     }
     if cluster.metadata.deletion_timestamp.is_some() {

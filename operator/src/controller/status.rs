@@ -18,6 +18,67 @@ use crate::{Error, Result};
 /// Degraded reason while the TLS Secret would cut restarted members off.
 pub const TLS_CHANGE_UNSAFE: &str = "TlsChangeUnsafe";
 
+/// Condition type set while the pause annotation holds the operator back.
+pub const PAUSED: &str = "Paused";
+
+/// While paused, the status says so and which generation the operator saw (and left alone);
+/// everything else stays as it was. Written only when that changes.
+pub async fn reconcile_paused(cluster: &SqliteCluster, ctx: &Context, ns: &str) -> Result<()> {
+    let old = cluster.status.clone().unwrap_or_default();
+    let new = paused_status(&old, cluster.metadata.generation, Timestamp::now());
+    if !differs(&old, &new) {
+        return Ok(());
+    }
+    apply_status(cluster, ctx, &new, ns).await
+}
+
+/// `old` with a true `Paused` condition for `generation`.
+pub fn paused_status(
+    old: &SqliteClusterStatus,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> SqliteClusterStatus {
+    let mut new = old.clone();
+    let paused = condition(
+        &old.conditions,
+        PAUSED,
+        "True",
+        "PauseAnnotation",
+        format!(
+            "{} is \"true\": the operator changes nothing until it is removed",
+            crate::crd::PAUSED_ANNOTATION
+        ),
+        generation,
+        now,
+    );
+    new.conditions.retain(|c| c.type_ != PAUSED);
+    new.conditions.push(paused);
+    new
+}
+
+async fn apply_status(
+    cluster: &SqliteCluster,
+    ctx: &Context,
+    status: &SqliteClusterStatus,
+    ns: &str,
+) -> Result<()> {
+    // Server-side apply of the whole status: fields this manager stops sending are removed.
+    let body = serde_json::json!({
+        "apiVersion": SqliteCluster::api_version(&()),
+        "kind": SqliteCluster::kind(&()),
+        "status": status,
+    });
+    let api = Api::<SqliteCluster>::namespaced(ctx.client.clone(), ns);
+    api.patch_status(
+        &cluster.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    Ok(())
+}
+
 /// Compute the status and patch it when it differs (applied indexes and timestamps aside).
 pub async fn reconcile_status(
     cluster: &SqliteCluster,
@@ -40,20 +101,7 @@ pub async fn reconcile_status(
     if !differs(&old, &new) {
         return Ok(());
     }
-    let body = serde_json::json!({
-        "apiVersion": SqliteCluster::api_version(&()),
-        "kind": SqliteCluster::kind(&()),
-        "status": new,
-    });
-    let api = Api::<SqliteCluster>::namespaced(ctx.client.clone(), ns);
-    api.patch_status(
-        &cluster.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(Error::Kube)?;
-    Ok(())
+    apply_status(cluster, ctx, &new, ns).await
 }
 
 /// Whether `new` says something `old` does not. Applied indexes move with every write and

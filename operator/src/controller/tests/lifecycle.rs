@@ -97,16 +97,55 @@ async fn scale_down_removes_the_member_from_raft_before_its_pod() {
 }
 
 #[tokio::test]
-async fn paused_cluster_is_left_alone() {
+async fn paused_cluster_is_left_alone_and_says_so_once() {
     let (ctx, mut api, fake) = context(FakeNodes::default());
-    let action = timeout(reconcile(Arc::new(cluster().paused()), ctx))
-        .await
-        .unwrap();
+    let mut paused = cluster().paused();
+    paused.metadata.generation = Some(7);
+    let run = tokio::spawn(reconcile(Arc::new(paused.clone()), ctx.clone()));
+    // The only write: the status gains Paused=True for the generation it left alone.
+    let (_, _, body) = timeout(api.expect_write(Method::PATCH, STATUS)).await;
+    let action = timeout(run).await.unwrap().unwrap();
     assert_eq!(action, kube::runtime::controller::Action::await_change());
-    // No request reached the API server and no node was called.
+    let conditions = body["status"]["conditions"].as_array().unwrap();
+    assert_eq!(conditions.len(), 1, "{conditions:?}");
+    assert_eq!(conditions[0]["type"], "Paused");
+    assert_eq!(conditions[0]["status"], "True");
+    assert_eq!(conditions[0]["observedGeneration"], 7);
+    assert!(
+        fake.calls.lock().unwrap().is_empty(),
+        "a paused cluster's nodes were called"
+    );
+
+    // Once the status says so, another pass writes nothing.
+    let said = paused.with_status(serde_json::from_value(body["status"].clone()).unwrap());
+    let action = timeout(reconcile(Arc::new(said), ctx)).await.unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
     let next = tokio::time::timeout(Duration::from_millis(100), api.handle.next_request()).await;
     assert!(next.is_err() || next.unwrap().is_none());
     assert!(fake.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_resumed_cluster_drops_the_paused_condition() {
+    let old = crate::controller::status::paused_status(
+        &Default::default(),
+        Some(1),
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    let resumed = crate::controller::status::desired_status(
+        &cluster().with_status(old.clone()),
+        &observed(&[], &FakeNodes::default(), None),
+        &Action::Nothing,
+        false,
+        None,
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    assert!(old.conditions.iter().any(|c| c.type_ == "Paused"));
+    assert!(
+        resumed.conditions.iter().all(|c| c.type_ != "Paused"),
+        "{:?}",
+        resumed.conditions
+    );
 }
 
 #[tokio::test]
