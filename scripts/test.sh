@@ -14,12 +14,12 @@ step "CRDs match the Rust types"
 cargo run -q -p litecluster-operator -- crd | diff -u crds/sqliteclusters.litecluster.io.yaml - \
   || { echo "crds/ is stale: regenerate with 'cargo run -p litecluster-operator -- crd > crds/sqliteclusters.litecluster.io.yaml'"; exit 1; }
 step "node: unit and integration tests (real processes on loopback, pyrqlite, SeaweedFS S3, Azurite)"
-cargo test -p litecluster-node
+cargo test --no-fail-fast -p litecluster-node
 step "fault injection: short runs of real members under a nemesis, histories checked for linearizability (needs root, iptables)"
 (cd chaos && go run . -runs 2 -seconds 20 -bin ../target/debug/litecluster-node \
   && go run . -runs 1 -seconds 15 -faults isolate-follower,isolate-leader -bin ../target/debug/litecluster-node)
 step "operator: unit and mocked-API reconcile tests"
-cargo test -p litecluster-operator
+cargo test --no-fail-fast -p litecluster-operator
 step "e2e: real Kubernetes control plane built from k8s.io/kubernetes (cached after the first build)"
-cargo test -p litecluster-e2e -- --test-threads=4   # needs root and iproute2
+cargo test --no-fail-fast -p litecluster-e2e -- --test-threads=4   # needs root and iproute2
 printf '\nall tests passed in %ss\n' "$(( $(date +%s) - started ))"

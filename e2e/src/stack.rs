@@ -26,8 +26,20 @@ pub const OPERATOR_SA: &str = "litecluster-operator";
 
 /// Builds `litecluster-node` and `litecluster-operator` into the directory the
 /// kubelets map images to (`$CARGO_TARGET_DIR/<profile>` of the running
-/// binary), unless `LITECLUSTER_E2E_SKIP_BUILD=1`.
+/// binary), unless `LITECLUSTER_E2E_SKIP_BUILD=1`. Once per process: stacks
+/// that start together share one build, and none relinks a binary another
+/// stack runs. `litecluster-e2e` itself is not rebuilt: it is this program, or
+/// `cargo test` built it with the tests.
 pub fn ensure_workspace_binaries() -> Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
+        std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| build_workspace_binaries().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_workspace_binaries() -> Result<PathBuf> {
     let exe = env::current_exe()?;
     // target/<profile>/deps/test-binary or target/<profile>/litecluster-e2e
     let profile_dir = exe
@@ -54,8 +66,6 @@ pub fn ensure_workspace_binaries() -> Result<PathBuf> {
             "litecluster-node",
             "--bin",
             "litecluster-operator",
-            "--bin",
-            "litecluster-e2e",
         ])
         .env("CARGO_TARGET_DIR", target_dir);
     if release {

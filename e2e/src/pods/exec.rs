@@ -93,15 +93,50 @@ pub fn pod_exec(args: &[String]) -> Result<()> {
 pub(super) const PROGRAMS_DIR: &str = "/run/litecluster-e2e-programs";
 
 pub(super) fn bind(src: &Path, dst: &str) -> Result<()> {
-    if src.is_dir() {
-        fs::create_dir_all(dst).with_context(|| format!("creating mount point {dst}"))?;
-    } else if !Path::new(dst).exists() {
-        if let Some(parent) = Path::new(dst).parent() {
+    mount_point(src, Path::new(dst))?;
+    run("mount", &["--bind", &src.display().to_string(), dst])
+}
+
+/// Makes `dst` a mount point of the same kind as `src` (directory or file). A missing one is
+/// created in the host's filesystem (this namespace shares it), so an earlier run, killed, may
+/// have left one of the other kind behind: an empty leftover is replaced, anything else refused.
+pub(super) fn mount_point(src: &Path, dst: &Path) -> Result<()> {
+    let want_dir = src.is_dir();
+    if let Ok(meta) = fs::symlink_metadata(dst) {
+        if meta.is_dir() == want_dir {
+            return Ok(());
+        }
+        let empty = if meta.is_dir() {
+            fs::read_dir(dst)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false)
+        } else {
+            meta.is_file() && meta.len() == 0
+        };
+        if !empty {
+            bail!(
+                "mount point {} exists as a {} but the volume is a {}",
+                dst.display(),
+                if meta.is_dir() { "directory" } else { "file" },
+                if want_dir { "directory" } else { "file" }
+            );
+        }
+        if meta.is_dir() {
+            fs::remove_dir(dst)
+        } else {
+            fs::remove_file(dst)
+        }
+        .with_context(|| format!("removing the leftover mount point {}", dst.display()))?;
+    }
+    if want_dir {
+        fs::create_dir_all(dst)
+    } else {
+        if let Some(parent) = dst.parent() {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
-        fs::write(dst, b"").with_context(|| format!("creating mount point {dst}"))?;
+        fs::write(dst, b"")
     }
-    run("mount", &["--bind", &src.display().to_string(), dst])
+    .with_context(|| format!("creating mount point {}", dst.display()))
 }
 
 pub(super) fn run(prog: &str, args: &[&str]) -> Result<()> {
@@ -157,6 +192,32 @@ pub(super) fn unescape_mount(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leftover_mount_point_of_the_other_kind_is_replaced_only_when_empty() {
+        let t = std::env::temp_dir().join(format!("mount-point-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&t);
+        let (dir_src, file_src) = (t.join("src-dir"), t.join("src-file"));
+        fs::create_dir_all(&dir_src).unwrap();
+        fs::write(&file_src, b"x").unwrap();
+        // A killed run left an empty file where a directory volume goes, and the reverse.
+        let dst = t.join("etc/litecluster/tls");
+        fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        fs::write(&dst, b"").unwrap();
+        mount_point(&dir_src, &dst).unwrap();
+        assert!(dst.is_dir());
+        mount_point(&file_src, &dst).unwrap();
+        assert!(dst.is_file());
+        // Missing parents are created; something with content is never removed.
+        let deep = t.join("a/b/c");
+        mount_point(&dir_src, &deep).unwrap();
+        assert!(deep.is_dir());
+        fs::write(deep.join("data"), b"keep").unwrap();
+        let err = mount_point(&file_src, &deep).unwrap_err().to_string();
+        assert!(err.contains("exists as a directory"), "{err}");
+        assert_eq!(fs::read(deep.join("data")).unwrap(), b"keep");
+        fs::remove_dir_all(&t).unwrap();
+    }
 
     #[test]
     fn mount_points_decode_octal_escapes() {

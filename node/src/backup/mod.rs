@@ -35,6 +35,13 @@ pub enum Error {
     Config { path: PathBuf, msg: String },
     #[error("storage {storage}: credentials: {what}")]
     Credential { storage: String, what: String },
+    #[error(
+        "storage {storage}: this build has no {feature} support; rebuild litecluster-node with `--features {feature}` or use another storage type"
+    )]
+    NotBuilt {
+        storage: String,
+        feature: &'static str,
+    },
     #[error("storage {storage}: {op} failed")]
     Storage {
         storage: String,
@@ -102,6 +109,7 @@ impl Error {
         match self {
             Self::Config { .. } => "config",
             Self::Credential { .. } => "credential",
+            Self::NotBuilt { .. } => "not_built",
             Self::Storage { .. } => "storage",
             Self::Timeout { .. } => "timeout",
             Self::NoStorage { .. } => "no_storage",

@@ -155,11 +155,7 @@ impl Storage {
 }
 
 fn build(c: &StorageConfig, probe_timeout: Duration) -> Result<Arc<dyn ObjectStore>> {
-    let storage_err = |source: object_store::Error| Error::Storage {
-        storage: c.name.clone(),
-        op: "configure",
-        source: Box::new(source),
-    };
+    let storage_err = storage_err(c);
     // Few quick retries: a dead storage must be noticed fast so the next one takes over.
     let retry = RetryConfig {
         max_retries: 2,
@@ -186,73 +182,115 @@ fn build(c: &StorageConfig, probe_timeout: Duration) -> Result<Arc<dyn ObjectSto
                     .with_automatic_cleanup(true),
             )
         }
-        StorageKind::S3 => {
-            let mut b = object_store::aws::AmazonS3Builder::new()
-                .with_bucket_name(c.bucket.clone().unwrap_or_default())
-                .with_region(c.region.clone().unwrap_or_else(|| "us-east-1".into()))
-                .with_virtual_hosted_style_request(c.virtual_hosted_style)
-                .with_retry(retry)
-                .with_client_options(options);
-            if let Some(e) = &c.endpoint {
-                b = b.with_endpoint(e);
-            }
-            let key_env = c.access_key_id_env.clone().or_else(|| {
-                c.access_key_id_file
-                    .is_none()
-                    .then(|| "AWS_ACCESS_KEY_ID".to_owned())
-            });
-            let secret_env = c.secret_access_key_env.clone().or_else(|| {
-                c.secret_access_key_file
-                    .is_none()
-                    .then(|| "AWS_SECRET_ACCESS_KEY".to_owned())
-            });
-            // Defaults to the standard AWS variables when nothing is named, and to the
-            // builder's own credential chain (instance metadata, ...) when those are unset too.
-            let explicit = c.access_key_id_env.is_some() || c.access_key_id_file.is_some();
-            let id = match c.secret("access key id", &key_env, &c.access_key_id_file) {
-                Ok(v) => v,
-                Err(e) if explicit => return Err(e),
-                Err(_) => None,
-            };
-            if let Some(id) = id {
-                let secret = c
-                    .secret("secret access key", &secret_env, &c.secret_access_key_file)?
-                    .ok_or_else(|| Error::Credential {
-                        storage: c.name.clone(),
-                        what: "an access key id is set but no secret access key".into(),
-                    })?;
-                b = b
-                    .with_access_key_id(id.expose())
-                    .with_secret_access_key(secret.expose());
-                if let Some(token) = c.secret("session token", &c.session_token_env, &None)? {
-                    b = b.with_token(token.expose());
-                }
-            }
-            Arc::new(b.build().map_err(storage_err)?)
-        }
-        StorageKind::Gcs => {
-            let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
-                .with_bucket_name(c.bucket.clone().unwrap_or_default())
-                .with_retry(retry)
-                .with_client_options(options);
-            if let Some(p) = &c.service_account_file {
-                b = b.with_service_account_path(p.to_string_lossy());
-            }
-            Arc::new(b.build().map_err(storage_err)?)
-        }
-        StorageKind::Azure => {
-            let mut b = object_store::azure::MicrosoftAzureBuilder::new()
-                .with_account(c.account.clone().unwrap_or_default())
-                .with_container_name(c.bucket.clone().unwrap_or_default())
-                .with_retry(retry)
-                .with_client_options(options);
-            if let Some(e) = &c.endpoint {
-                b = b.with_endpoint(e.clone());
-            }
-            if let Some(k) = c.secret("access key", &c.access_key_env, &c.access_key_file)? {
-                b = b.with_access_key(k.expose());
-            }
-            Arc::new(b.build().map_err(storage_err)?)
-        }
+        StorageKind::S3 => s3(c, retry, options)?,
+        StorageKind::Gcs => gcs(c, retry, options)?,
+        StorageKind::Azure => azure(c, retry, options)?,
     })
+}
+
+type Built = Result<Arc<dyn ObjectStore>>;
+
+#[cfg(feature = "s3")]
+fn s3(c: &StorageConfig, retry: RetryConfig, options: ClientOptions) -> Built {
+    let mut b = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(c.bucket.clone().unwrap_or_default())
+        .with_region(c.region.clone().unwrap_or_else(|| "us-east-1".into()))
+        .with_virtual_hosted_style_request(c.virtual_hosted_style)
+        .with_retry(retry)
+        .with_client_options(options);
+    if let Some(e) = &c.endpoint {
+        b = b.with_endpoint(e);
+    }
+    let key_env = c.access_key_id_env.clone().or_else(|| {
+        c.access_key_id_file
+            .is_none()
+            .then(|| "AWS_ACCESS_KEY_ID".to_owned())
+    });
+    let secret_env = c.secret_access_key_env.clone().or_else(|| {
+        c.secret_access_key_file
+            .is_none()
+            .then(|| "AWS_SECRET_ACCESS_KEY".to_owned())
+    });
+    // Defaults to the standard AWS variables when nothing is named, and to the
+    // builder's own credential chain (instance metadata, ...) when those are unset too.
+    let explicit = c.access_key_id_env.is_some() || c.access_key_id_file.is_some();
+    let id = match c.secret("access key id", &key_env, &c.access_key_id_file) {
+        Ok(v) => v,
+        Err(e) if explicit => return Err(e),
+        Err(_) => None,
+    };
+    if let Some(id) = id {
+        let secret = c
+            .secret("secret access key", &secret_env, &c.secret_access_key_file)?
+            .ok_or_else(|| Error::Credential {
+                storage: c.name.clone(),
+                what: "an access key id is set but no secret access key".into(),
+            })?;
+        b = b
+            .with_access_key_id(id.expose())
+            .with_secret_access_key(secret.expose());
+        if let Some(token) = c.secret("session token", &c.session_token_env, &None)? {
+            b = b.with_token(token.expose());
+        }
+    }
+    Ok(Arc::new(b.build().map_err(storage_err(c))?))
+}
+
+#[cfg(feature = "gcs")]
+fn gcs(c: &StorageConfig, retry: RetryConfig, options: ClientOptions) -> Built {
+    let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
+        .with_bucket_name(c.bucket.clone().unwrap_or_default())
+        .with_retry(retry)
+        .with_client_options(options);
+    if let Some(p) = &c.service_account_file {
+        b = b.with_service_account_path(p.to_string_lossy());
+    }
+    Ok(Arc::new(b.build().map_err(storage_err(c))?))
+}
+
+#[cfg(feature = "azure")]
+fn azure(c: &StorageConfig, retry: RetryConfig, options: ClientOptions) -> Built {
+    let mut b = object_store::azure::MicrosoftAzureBuilder::new()
+        .with_account(c.account.clone().unwrap_or_default())
+        .with_container_name(c.bucket.clone().unwrap_or_default())
+        .with_retry(retry)
+        .with_client_options(options);
+    if let Some(e) = &c.endpoint {
+        b = b.with_endpoint(e.clone());
+    }
+    if let Some(k) = c.secret("access key", &c.access_key_env, &c.access_key_file)? {
+        b = b.with_access_key(k.expose());
+    }
+    Ok(Arc::new(b.build().map_err(storage_err(c))?))
+}
+
+#[cfg(not(feature = "s3"))]
+fn s3(c: &StorageConfig, _: RetryConfig, _: ClientOptions) -> Built {
+    Err(not_built(c, "s3"))
+}
+
+#[cfg(not(feature = "gcs"))]
+fn gcs(c: &StorageConfig, _: RetryConfig, _: ClientOptions) -> Built {
+    Err(not_built(c, "gcs"))
+}
+
+#[cfg(not(feature = "azure"))]
+fn azure(c: &StorageConfig, _: RetryConfig, _: ClientOptions) -> Built {
+    Err(not_built(c, "azure"))
+}
+
+#[allow(dead_code)] // used only by a build without some storage feature
+fn not_built(c: &StorageConfig, feature: &'static str) -> Error {
+    Error::NotBuilt {
+        storage: c.name.clone(),
+        feature,
+    }
+}
+
+fn storage_err(c: &StorageConfig) -> impl Fn(object_store::Error) -> Error + '_ {
+    |source| Error::Storage {
+        storage: c.name.clone(),
+        op: "configure",
+        source: Box::new(source),
+    }
 }
