@@ -188,10 +188,45 @@ impl Serialize for Value {
             Value::Null => s.serialize_unit(),
             Value::Bool(b) => s.serialize_bool(*b),
             Value::Integer(i) => s.serialize_i64(*i),
-            Value::Real(f) if f.is_finite() => s.serialize_f64(*f),
-            Value::Real(_) => s.serialize_unit(),
+            // As rqlite (Go's encoding/json) writes it: `3`, not serde_json's `3.0`, so a
+            // client sees the same number type either way.
+            Value::Real(f) => match go_float(*f) {
+                Some(text) => serde_json::value::RawValue::from_string(text)
+                    .map_err(serde::ser::Error::custom)?
+                    .serialize(s),
+                None => s.serialize_unit(),
+            },
             Value::Text(t) => s.serialize_str(t),
             Value::Blob(b) => s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b)),
+        }
+    }
+}
+
+/// `f` as Go's `encoding/json` writes a float64: the shortest digits that read back as `f`,
+/// positional for `1e-6 <= |f| < 1e21` (and zero, `-0` kept), otherwise `d.ddde±N`. `None` for
+/// NaN and infinities, which JSON cannot hold.
+pub fn go_float(f: f64) -> Option<String> {
+    if !f.is_finite() {
+        return None;
+    }
+    let a = f.abs();
+    if a != 0.0 && !(1e-6..1e21).contains(&a) {
+        let s = format!("{f:e}");
+        return Some(match s.split_once('e') {
+            Some((m, e)) if !e.starts_with('-') => format!("{m}e+{e}"),
+            _ => s,
+        });
+    }
+    Some(format!("{f}"))
+}
+
+impl Value {
+    /// Roughly what the value holds in memory, to bound results built while applying.
+    pub fn held_bytes(&self) -> usize {
+        match self {
+            Value::Text(t) => t.len() + 24,
+            Value::Blob(b) => b.len() + 24,
+            _ => 16,
         }
     }
 }
@@ -297,5 +332,40 @@ mod tests {
         let json = serde_json::to_string(&cmd).unwrap();
         assert_eq!(json, r#"{"Load":{"image":"AAEC/w=="}}"#);
         assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), cmd);
+    }
+
+    #[test]
+    fn reals_are_written_as_go_writes_them() {
+        let cases: &[(f64, &str)] = &[
+            (3.0, "3"),
+            (-0.0, "-0"),
+            (0.0, "0"),
+            (0.1, "0.1"),
+            (1.5, "1.5"),
+            (100.0, "100"),
+            (1e15, "1000000000000000"),
+            (1e20, "100000000000000000000"),
+            (1e21, "1e+21"),
+            (1.5e300, "1.5e+300"),
+            (123456789e15, "1.23456789e+23"),
+            (1e-6, "0.000001"),
+            (1e-7, "1e-7"),
+            (1.5e-7, "1.5e-7"),
+            (9.99e-10, "9.99e-10"),
+            (1e-100, "1e-100"),
+            (5e-324, "5e-324"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (9007199254740992.0, "9007199254740992"),
+            (-2.5e-8, "-2.5e-8"),
+        ];
+        for (f, want) in cases {
+            assert_eq!(go_float(*f).as_deref(), Some(*want), "{f:?}");
+            assert_eq!(serde_json::to_string(&Value::Real(*f)).unwrap(), *want);
+        }
+        assert_eq!(go_float(f64::INFINITY), None);
+        assert_eq!(
+            serde_json::to_string(&Value::Real(f64::NAN)).unwrap(),
+            "null"
+        );
     }
 }

@@ -121,6 +121,10 @@ pub struct NodeConfig {
     /// Skip certificate verification when calling other members (testing only).
     #[arg(long, env = "LITECLUSTER_HTTP_INSECURE")]
     pub http_insecure: bool,
+    /// Value of the `Access-Control-Allow-Origin` header (rqlite's `-http-allow-origin`), for
+    /// browser applications that call the API directly, e.g. `*` or `https://app.example`.
+    #[arg(long, env = "LITECLUSTER_HTTP_ALLOW_ORIGIN")]
+    pub http_allow_origin: Option<String>,
     /// PEM certificate chain for mutual TLS between members on the Raft port; needs
     /// `--raft-key` and `--raft-ca-cert`, and every member must use the same CA.
     #[arg(long, env = "LITECLUSTER_RAFT_CERT", requires_all = ["raft_key", "raft_ca_cert"])]
@@ -151,6 +155,18 @@ pub struct NodeConfig {
     /// WAL so that it can be reset (the WAL must stay bounded).
     #[arg(long, env = "LITECLUSTER_CHECKPOINT_STARVE_LIMIT", default_value = "5m", value_parser = parse_duration)]
     pub checkpoint_starve_limit: Duration,
+    /// Queued writes (`/db/execute?queue`) held at most, in requests; more wait for room.
+    #[arg(long, env = "LITECLUSTER_WRITE_QUEUE_CAPACITY", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub write_queue_capacity: u32,
+    /// Queued requests applied together at most.
+    #[arg(long, env = "LITECLUSTER_WRITE_QUEUE_BATCH_SIZE", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub write_queue_batch_size: u32,
+    /// How long the first queued request of a batch waits for others.
+    #[arg(long, env = "LITECLUSTER_WRITE_QUEUE_TIMEOUT", default_value = "50ms", value_parser = parse_duration)]
+    pub write_queue_timeout: Duration,
+    /// Run each queued request in a transaction.
+    #[arg(long, env = "LITECLUSTER_WRITE_QUEUE_TX")]
+    pub write_queue_tx: bool,
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "LITECLUSTER_MAX_BODY_BYTES", default_value_t = 64 << 20)]
     pub max_body_bytes: usize,

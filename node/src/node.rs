@@ -43,6 +43,8 @@ pub struct Node {
     pub raft_tls: Option<crate::raft::tls::RaftTls>,
     /// Coalesces statement requests into batch entries.
     pub proposer: crate::raft::propose::Proposer,
+    /// Queued writes (`?queue`), applied in batches.
+    pub queue: crate::raft::queue::WriteQueue,
     /// Shares one leadership check among the linearizable reads waiting for it.
     pub leadership: Arc<crate::raft::leadership::LeaderCheck>,
     /// Hands leadership over (shutdown, `POST /leader`).
@@ -155,6 +157,19 @@ impl Node {
         let write_gate = Arc::new(tokio::sync::RwLock::new(()));
         let proposer = crate::raft::propose::Proposer::start(raft.clone(), write_gate.clone());
         let leadership = crate::raft::leadership::LeaderCheck::new(raft.clone());
+        let queue = crate::raft::queue::WriteQueue::start(
+            crate::raft::queue::Settings {
+                capacity: config.write_queue_capacity as usize,
+                batch_size: config.write_queue_batch_size as usize,
+                timeout: config.write_queue_timeout,
+                transaction: config.write_queue_tx,
+            },
+            proposer.clone(),
+            crate::raft::queue::Forwarding {
+                client: client.clone(),
+                raft: raft.clone(),
+            },
+        );
         let node = Arc::new(Self {
             id,
             info,
@@ -180,6 +195,7 @@ impl Node {
             raft,
             raft_tls,
             proposer,
+            queue,
             leadership,
         });
         let mut wal_path = node.db_path.clone().into_os_string();
@@ -296,7 +312,16 @@ impl Node {
 
     /// Hands leadership to the most caught-up voter (see [`crate::raft::handover`]).
     pub async fn transfer_leadership(&self, timeout: Duration) -> anyhow::Result<NodeId> {
-        self.handover.run(timeout).await
+        self.handover.run(None, timeout).await
+    }
+
+    /// Hands leadership to `target`, or to the most caught-up voter when `None`.
+    pub async fn transfer_leadership_to(
+        &self,
+        target: Option<NodeId>,
+        timeout: Duration,
+    ) -> anyhow::Result<NodeId> {
+        self.handover.run(target, timeout).await
     }
 
     /// Stops serving: a leader first hands leadership over so writes pause only briefly.

@@ -8,7 +8,7 @@ use openraft::error::{ClientWriteError, RaftError};
 
 use super::forward::Incoming;
 use super::render::{self, Flags};
-use super::{AppState, json_response, text_error};
+use super::{AppState, text_error};
 use crate::command::{Command, Mode, Statement};
 
 const SQLITE_HEADER: &[u8] = b"SQLite format 3\0";
@@ -42,6 +42,22 @@ fn dump_sql(db: &std::path::Path) -> crate::Result<String> {
     Ok(out)
 }
 
+/// `?compress`: gzip at the fastest level. As in rqlite the body itself is gzip, with no
+/// `Content-Encoding` (clients gunzip it, and HTTP stacks must not undo it on the way).
+fn compressed(body: Vec<u8>, compress: bool) -> Vec<u8> {
+    use std::io::Write;
+    if !compress {
+        return body;
+    }
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 2),
+        flate2::Compression::fast(),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = gz.write_all(&body);
+    gz.finish().unwrap_or_default()
+}
+
 pub async fn backup(
     State(node): State<AppState>,
     RawQuery(raw): RawQuery,
@@ -72,9 +88,11 @@ pub async fn backup(
     if sql {
         let db = node.db_path.clone();
         return match tokio::task::spawn_blocking(move || dump_sql(&db)).await {
-            Ok(Ok(text)) => {
-                ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
-            }
+            Ok(Ok(text)) => (
+                [(header::CONTENT_TYPE, "application/sql")],
+                compressed(text.into_bytes(), flags.compress),
+            )
+                .into_response(),
             Ok(Err(crate::Error::BadRequest(msg))) => text_error(StatusCode::BAD_REQUEST, &msg),
             Ok(Err(e)) => text_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -95,9 +113,11 @@ pub async fn backup(
     let res = tokio::task::spawn_blocking(move || backup_file(&db, &d)).await;
     let _ = std::fs::remove_file(&dest);
     match res {
-        Ok(Ok(bytes)) => {
-            ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
-        }
+        Ok(Ok(bytes)) => (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            compressed(bytes, flags.compress),
+        )
+            .into_response(),
         Ok(Err(e)) => text_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("backup failed: {e}"),
@@ -312,8 +332,11 @@ fn load_reply(data: &crate::command::CommandResponse, pretty: bool) -> Response 
             time: None,
             timings: false,
             associative: false,
+            blob_array: false,
+            queries: false,
         },
         pretty,
     );
-    json_response(body)
+    // rqlite sets no type here, so Go sniffs text/plain; clients parse the JSON regardless.
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }

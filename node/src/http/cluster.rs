@@ -16,6 +16,7 @@ use serde_json::{Value as Json, json};
 use super::forward::Incoming;
 use super::render::{Flags, to_json};
 use super::{AppState, json_response, text_error};
+use crate::node::Node;
 use crate::{MemberInfo, NodeId};
 
 /// Parses flags or returns from the handler with 400.
@@ -69,6 +70,12 @@ pub async fn status(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Re
             "bind_addr": node.config.http_addr,
             "auth": if node.auth.is_some() { "enabled" } else { "disabled" },
             "tls": {"enabled": node.config.tls()},
+            "queue": {"_default": {
+                "batch_size": node.queue.settings.batch_size,
+                "max_size": node.queue.settings.capacity,
+                "timeout": go_duration(node.queue.settings.timeout),
+                "sequence_number": node.queue.applied_seq(),
+            }},
         },
         "store": {
             "node_id": node.info.name,
@@ -92,7 +99,42 @@ pub async fn status(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Re
         },
         "backup": crate::backup::status_json(node.backup.as_deref()),
         "runtime": {"num_cpu": std::thread::available_parallelism().map_or(1, |n| n.get()), "os": std::env::consts::OS, "arch": std::env::consts::ARCH},
+        "cluster": {
+            "addr": node.info.raft_addr,
+            "api_addr": node.info.api_addr.split_once("://").map_or(node.info.api_addr.as_str(), |(_, a)| a),
+            "https": if node.config.tls() { "true" } else { "false" },
+        },
+        "os": {
+            "executable": std::env::current_exe().ok(),
+            "hostname": std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default(),
+            "page_size": 4096,
+            "pid": std::process::id(),
+            "ppid": std::os::unix::process::parent_id(),
+        },
     });
+    // The keys rqlite's own store section has, which dashboards and its shell read.
+    let store = &mut doc["store"];
+    store["addr"] = json!(node.info.raft_addr);
+    store["nodes"] = json!(
+        membership
+            .nodes()
+            .map(|(id, info)| json!({
+                "id": info.name,
+                "addr": info.raft_addr,
+                "suffrage": if voters.contains(id) { "Voter" } else { "Nonvoter" },
+            }))
+            .collect::<Vec<_>>()
+    );
+    store["sqlite3"] = json!({
+        "version": rusqlite::version(),
+        "path": node.db_path,
+        "db_size": file_len(&node.db_path),
+        "wal_size": file_len(std::path::Path::new(&wal)),
+    });
+    store["raft"]["commit_index"] = json!(m.last_applied.map_or(0, |l| l.index));
+    store["raft"]["num_peers"] = json!(membership.nodes().count().saturating_sub(1));
+    doc["node"]["current_time"] =
+        json!(crate::sqlite::rewrite::rfc3339(Node::unix_now() as i64, 0));
     if let Some(key) = &flags.key {
         for part in key.split('.') {
             doc = doc.get(part).cloned().unwrap_or_else(|| json!({}));
@@ -116,28 +158,14 @@ pub async fn nodes(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Res
         )
     };
     let timeout = flags.timeout.unwrap_or(Duration::from_secs(5));
-    let probes = members.into_iter().filter(|(id, _)| flags.nonvoters || voters.contains(id)).map(|(id, info)| {
-        let client = node.client.clone();
-        let voter = voters.contains(&id);
-        async move {
-            let started = Instant::now();
-            let res = client.get(format!("{}/readyz?noleader", info.api_addr)).timeout(timeout).send().await;
-            let took = started.elapsed().as_secs_f64();
-            // Any HTTP answer (even 401) proves the member is up.
-            let (reachable, error) = match res {
-                Ok(_) => (true, None),
-                Err(e) => (false, Some(e.to_string())),
-            };
-            let mut v = json!({
-                "id": info.name, "api_addr": info.api_addr, "addr": info.raft_addr,
-                "voter": voter, "reachable": reachable, "leader": leader == Some(id), "time": took,
-            });
-            if let Some(e) = error {
-                v["error"] = json!(e);
-            }
-            v
-        }
-    });
+    let probes = members
+        .into_iter()
+        .filter(|(id, _)| flags.nonvoters || voters.contains(id))
+        .map(|(id, info)| {
+            let voter = voters.contains(&id);
+            let node = &node;
+            async move { node_object(node, id, &info, voter, leader == Some(id), timeout).await }
+        });
     let results = futures::future::join_all(probes).await;
     let doc = if flags.ver2 {
         json!({ "nodes": results })
@@ -179,23 +207,148 @@ pub async fn readyz(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Re
             "[+]node ok\n[+]leader ok\n[+]store not ready",
         );
     }
-    plain(StatusCode::OK, "[+]node ok\n[+]leader ok\n[+]store ok")
-}
-
-pub async fn leader(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Response {
-    let pretty = Flags::parse(raw.as_deref())
-        .map(|f| f.pretty)
-        .unwrap_or(false);
-    match node.leader() {
-        Some((id, info)) => json_response(to_json(
-            &json!({"leader": {"id": info.name, "raft_id": id, "api_addr": info.api_addr, "addr": info.raft_addr}}),
-            pretty,
-        )),
-        None => text_error(StatusCode::SERVICE_UNAVAILABLE, "leader not found"),
+    if !flags.sync {
+        return plain(StatusCode::OK, "[+]node ok\n[+]leader ok\n[+]store ok");
+    }
+    // `?sync`: this member has applied everything its log held when asked.
+    let target = m.last_log_index.unwrap_or(0);
+    let mut rx = node.raft.metrics();
+    let caught_up = tokio::time::timeout(flags.timeout.unwrap_or(Duration::from_secs(30)), async {
+        loop {
+            if rx.borrow_and_update().last_applied.map_or(0, |l| l.index) >= target {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    match caught_up {
+        Ok(()) => plain(
+            StatusCode::OK,
+            "[+]node ok\n[+]leader ok\n[+]store ok\n[+]sync ok",
+        ),
+        Err(_) => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "[+]node ok\n[+]leader ok\n[+]store ok\n[+]sync timeout waiting for commit index",
+        ),
     }
 }
 
-/// `POST /leader`: the leader hands leadership to the most caught-up voter.
+/// rqlite's node object, as `/nodes` and `GET /leader` give it: the member, and whether its API
+/// answered (any HTTP answer, even 401, proves it is up), with its version and the time the
+/// call took.
+async fn node_object(
+    node: &crate::node::Node,
+    id: NodeId,
+    info: &MemberInfo,
+    voter: bool,
+    leader: bool,
+    timeout: Duration,
+) -> Json {
+    let started = Instant::now();
+    let res = if id == node.id {
+        Ok(None)
+    } else {
+        node.client
+            .get(format!("{}/readyz?noleader", info.api_addr))
+            .timeout(timeout)
+            .send()
+            .await
+            .map(Some)
+    };
+    let took = started.elapsed();
+    let (reachable, version, error) = match res {
+        Ok(None) => (true, super::VERSION.to_owned(), None),
+        Ok(Some(r)) => (
+            true,
+            r.headers()
+                .get("x-rqlite-version")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("unknown")
+                .to_owned(),
+            None,
+        ),
+        Err(e) if e.is_timeout() => (
+            false,
+            String::new(),
+            Some("timeout waiting for node to respond".to_owned()),
+        ),
+        Err(e) => (false, String::new(), Some(e.to_string())),
+    };
+    let mut v = json!({
+        "id": info.name, "api_addr": info.api_addr, "addr": info.raft_addr,
+        "version": version, "voter": voter, "reachable": reachable, "leader": leader,
+        "time": took.as_secs_f64(), "time_s": go_duration(took),
+    });
+    if let Some(e) = error {
+        v["error"] = json!(e);
+    }
+    v
+}
+
+/// `d` as Go's `time.Duration.String` writes it (`82ns`, `1.203µs`, `1.5ms`, `2m3.5s`).
+pub fn go_duration(d: Duration) -> String {
+    fn trimmed(whole: u128, frac: u128, digits: usize) -> String {
+        let f = format!("{frac:0digits$}");
+        let f = f.trim_end_matches('0');
+        if f.is_empty() {
+            whole.to_string()
+        } else {
+            format!("{whole}.{f}")
+        }
+    }
+    let ns = d.as_nanos();
+    match ns {
+        0 => "0s".into(),
+        1..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => format!("{}µs", trimmed(ns / 1_000, ns % 1_000, 3)),
+        1_000_000..1_000_000_000 => format!("{}ms", trimmed(ns / 1_000_000, ns % 1_000_000, 6)),
+        _ => {
+            let (h, rest) = (ns / 3_600_000_000_000, ns % 3_600_000_000_000);
+            let (m, rest) = (rest / 60_000_000_000, rest % 60_000_000_000);
+            let secs = format!(
+                "{}s",
+                trimmed(rest / 1_000_000_000, rest % 1_000_000_000, 9)
+            );
+            match (h, m) {
+                (0, 0) => secs,
+                (0, m) => format!("{m}m{secs}"),
+                (h, m) => format!("{h}h{m}m{secs}"),
+            }
+        }
+    }
+}
+
+/// `GET /leader`: the leader's node object, as in rqlite; 503 while there is none.
+pub async fn leader(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    let flags = flags_or_400!(raw);
+    let Some((id, info)) = node.leader() else {
+        return text_error(StatusCode::SERVICE_UNAVAILABLE, "leader not found");
+    };
+    let voter = node
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|v| v == id);
+    let timeout = flags.timeout.unwrap_or(Duration::from_secs(5));
+    let v = node_object(&node, id, &info, voter, true, timeout).await;
+    json_response(to_json(&v, flags.pretty))
+}
+
+#[derive(Deserialize)]
+struct StepDownBody {
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// `POST /leader`: the leader hands leadership to the member named by `{"id": ...}`, or to the
+/// most caught-up voter, and answers 200 with an empty body once it has moved (rqlite's
+/// `?wait`; without it rqlite answers before, we always wait).
 pub async fn step_down(
     State(node): State<AppState>,
     RawQuery(raw): RawQuery,
@@ -203,20 +356,52 @@ pub async fn step_down(
     body: Bytes,
 ) -> Response {
     let flags = flags_or_400!(raw);
+    let wanted = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice::<StepDownBody>(&body) {
+            Ok(b) => b.id,
+            Err(e) => return text_error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
+        }
+    };
     if !node.is_leader() {
         return incoming.to_leader(&node, &flags, body).await;
     }
+    let target = match wanted.as_deref() {
+        None => None,
+        Some(id) => match find_member(&node, id) {
+            Some((rid, _)) if rid == node.id => {
+                return text_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "stepdown: cannot step down to the current Leader",
+                );
+            }
+            Some((rid, true)) => Some(rid),
+            Some((_, false)) => {
+                return text_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("stepdown: node {id} is not a voter, so it cannot lead"),
+                );
+            }
+            None => {
+                return text_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "stepdown: node not found in cluster",
+                );
+            }
+        },
+    };
     match node
-        .transfer_leadership(flags.timeout.unwrap_or(Duration::from_secs(10)))
+        .transfer_leadership_to(target, flags.timeout.unwrap_or(Duration::from_secs(10)))
         .await
     {
-        Ok(new_leader) => json_response(to_json(
-            &json!({"new_leader_raft_id": new_leader}),
-            flags.pretty,
-        )),
+        Ok(new_leader) => {
+            tracing::info!(new_leader, "leadership handed over on request");
+            StatusCode::OK.into_response()
+        }
         Err(e) => text_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            &format!("leadership transfer failed: {e:#}"),
+            &format!("stepdown: leadership transfer failed: {e:#}"),
         ),
     }
 }
@@ -262,7 +447,9 @@ pub async fn remove(
     }
     let _one_change = node.membership_lock.lock().await;
     let Some((rid, voter)) = find_member(&node, &id) else {
-        return text_error(StatusCode::NOT_FOUND, &format!("node {id} is not a member"));
+        // Already gone (or never there): nothing to do, as in rqlite, so automation can retry.
+        tracing::info!(node = %id, "remove of a node that is not a member: nothing to do");
+        return StatusCode::OK.into_response();
     };
     let change = if voter {
         ChangeMembers::RemoveVoters(BTreeSet::from([rid]))

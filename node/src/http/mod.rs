@@ -21,6 +21,9 @@ use crate::node::Node;
 
 pub type AppState = Arc<Node>;
 
+/// What `X-RQLITE-VERSION` and the node objects of `/nodes` say this member runs.
+pub const VERSION: &str = concat!("litecluster-", env!("CARGO_PKG_VERSION"));
+
 /// Header set on requests a member forwards to the leader, so they are never forwarded twice.
 pub const FORWARDED: &str = "x-litecluster-forwarded";
 
@@ -50,9 +53,10 @@ pub fn router(node: AppState) -> Router {
         .route("/snapshot", post(cluster::snapshot))
         .route("/backup", post(backup_api::push))
         .route("/metrics", get(cluster::metrics))
+        // rqlite answers 302 Found (axum's `Redirect::to` would be 303).
         .route(
             "/",
-            get(|| async { axum::response::Redirect::to("/status") }),
+            get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/status")]) }),
         )
         .layer(middleware::from_fn_with_state(node.clone(), authorize))
         .layer(middleware::from_fn_with_state(node.clone(), common_headers))
@@ -99,17 +103,44 @@ async fn authorize(State(node): State<AppState>, req: Request, next: Next) -> Re
     next.run(req).await
 }
 
+/// Headers on every response (the version, CORS), and CORS preflight: `OPTIONS` on any path
+/// is answered at once, before authentication, as in rqlite.
 async fn common_headers(State(node): State<AppState>, req: Request, next: Next) -> Response {
-    let mut resp = next.run(req).await;
+    let mut resp = if req.method() == axum::http::Method::OPTIONS {
+        StatusCode::OK.into_response()
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    if let Some(origin) = node
+        .config
+        .http_allow_origin
+        .as_deref()
+        .and_then(|o| HeaderValue::from_str(o).ok())
+    {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    }
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("OPTIONS, GET, POST, DELETE"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Content-Type, Authorization"),
+    );
+    if node.auth.is_some() {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
     if resp.status().is_client_error() || resp.status().is_server_error() {
         node.metrics
             .http_errors
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    resp.headers_mut().insert(
-        "x-rqlite-version",
-        HeaderValue::from_static(concat!("litecluster-", env!("CARGO_PKG_VERSION"))),
-    );
+    resp.headers_mut()
+        .insert("x-rqlite-version", HeaderValue::from_static(VERSION));
     resp
 }
 

@@ -94,6 +94,19 @@ fn is_read_only(sql: &str) -> bool {
     word.eq_ignore_ascii_case("select") || word.eq_ignore_ascii_case("explain")
 }
 
+/// Replaces what would differ between members (the time, random numbers) with literals, so
+/// the log holds what every member applies identically.
+fn rewrite_nondeterministic(stmts: &mut [Statement]) {
+    let now = Node::unix_now();
+    let mut rng = rand::thread_rng();
+    for s in stmts {
+        if let std::borrow::Cow::Owned(new) = crate::sqlite::rewrite::rewrite(&s.sql, now, &mut rng)
+        {
+            s.sql = new;
+        }
+    }
+}
+
 fn drop_empty(stmts: &mut Vec<Statement>) {
     // rqlite skips empty statements and gives them no result.
     stmts.retain(|s| !s.sql.trim().is_empty());
@@ -101,6 +114,8 @@ fn drop_empty(stmts: &mut Vec<Statement>) {
 
 struct Ctx<'a> {
     node: &'a Node,
+    /// The endpoint: `/db/execute`, `/db/query` or `/db/request`.
+    endpoint: Mode,
     flags: Flags,
     incoming: Incoming,
     body: Bytes,
@@ -120,8 +135,11 @@ impl Ctx<'_> {
                 results,
                 error,
                 time: Some(self.started.elapsed().as_secs_f64()),
+                // rqlite's /db/execute has neither: rows of a RETURNING come as plain values.
                 timings: self.flags.timings,
-                associative: self.flags.associative,
+                associative: self.flags.associative && self.endpoint != Mode::Execute,
+                blob_array: self.flags.blob_array && self.endpoint != Mode::Execute,
+                queries: self.endpoint == Mode::Query,
             },
             self.flags.pretty,
         );
@@ -134,17 +152,7 @@ impl Ctx<'_> {
             let leader = self.node.leader().map(|(_, i)| i);
             return self.forward(leader).await;
         }
-        {
-            let now = Node::unix_now();
-            let mut rng = rand::thread_rng();
-            for s in &mut stmts {
-                if let std::borrow::Cow::Owned(new) =
-                    crate::sqlite::rewrite::rewrite(&s.sql, now, &mut rng)
-                {
-                    s.sql = new;
-                }
-            }
-        }
+        rewrite_nondeterministic(&mut stmts);
         let req = Request {
             stmts,
             transaction: self.flags.transaction,
@@ -182,6 +190,51 @@ impl Ctx<'_> {
                 &format!("write not committed: {e}; retry"),
             ),
         }
+    }
+
+    /// `?queue`: acknowledged at once with a sequence number, applied in a later batch;
+    /// with `wait`, answered once applied (or 408 after `timeout`, the write still queued).
+    async fn queued(self, mut stmts: Vec<Statement>) -> Response {
+        if stmts.is_empty() && !self.flags.wait {
+            return bad_request("no statements");
+        }
+        if !self.node.is_leader() {
+            let leader = self.node.leader().map(|(_, i)| i);
+            return self.forward(leader).await;
+        }
+        rewrite_nondeterministic(&mut stmts);
+        let bytes = encoded_len(&Request {
+            stmts: stmts.clone(),
+            transaction: self.flags.transaction,
+            mode: Mode::Execute,
+        }) + 32;
+        if let Some(resp) = super::too_large(self.node, bytes) {
+            return resp;
+        }
+        let auth = self
+            .incoming
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (seq, applied) = match self.node.queue.enqueue(stmts, bytes, auth).await {
+            Ok(q) => q,
+            Err(e) => return text_error(StatusCode::SERVICE_UNAVAILABLE, e),
+        };
+        if self.flags.wait {
+            let limit = self
+                .flags
+                .timeout
+                .unwrap_or(std::time::Duration::from_secs(30));
+            if tokio::time::timeout(limit, applied).await.is_err() {
+                return text_error(StatusCode::REQUEST_TIMEOUT, "queue wait timeout");
+            }
+        }
+        let mut body = serde_json::json!({"results": [], "sequence_number": seq});
+        if self.flags.timings {
+            body["time"] = self.started.elapsed().as_secs_f64().into();
+        }
+        json_response(render::to_json(&body, self.flags.pretty))
     }
 
     /// Reads at `none`, `weak` or `linearizable` from the local database.
@@ -241,10 +294,11 @@ fn bad_request(msg: &str) -> Response {
 }
 
 macro_rules! ctx {
-    ($node:expr, $raw:expr, $incoming:expr, $body:expr) => {
+    ($node:expr, $endpoint:expr, $raw:expr, $incoming:expr, $body:expr) => {
         match Flags::parse($raw.as_deref()) {
             Ok(flags) => Ctx {
                 node: &$node,
+                endpoint: $endpoint,
                 flags,
                 incoming: $incoming,
                 body: $body,
@@ -261,12 +315,17 @@ pub async fn execute(
     incoming: Incoming,
     body: Bytes,
 ) -> Response {
-    let ctx = ctx!(node, raw, incoming, body);
+    let ctx = ctx!(node, Mode::Execute, raw, incoming, body);
     let mut stmts = match parse_body(&ctx.body) {
         Ok(s) => s,
+        // `?queue&wait` with nothing: waits for what was queued before (rqlite's barrier).
+        Err("no statements") if ctx.flags.queue && ctx.flags.wait => Vec::new(),
         Err(e) => return bad_request(e),
     };
     drop_empty(&mut stmts);
+    if ctx.flags.queue {
+        return ctx.queued(stmts).await;
+    }
     if stmts.is_empty() {
         return ctx.reply(&[], None);
     }
@@ -279,12 +338,10 @@ pub async fn query(
     incoming: Incoming,
     body: Bytes,
 ) -> Response {
-    let mut ctx = ctx!(node, raw, incoming, body);
+    let mut ctx = ctx!(node, Mode::Query, raw, incoming, body);
     let mut stmts = if ctx.incoming.method == Method::GET {
-        match ctx.flags.q.take() {
-            Some(q) if !q.trim().is_empty() => vec![Statement::new(q)],
-            _ => return bad_request("query parameter not set"),
-        }
+        // No `q` at all: nothing to run, as in rqlite (an empty `q` was refused above).
+        ctx.flags.q.take().map(Statement::new).into_iter().collect()
     } else {
         match parse_body(&ctx.body) {
             Ok(s) => s,
@@ -292,6 +349,9 @@ pub async fn query(
         }
     };
     drop_empty(&mut stmts);
+    if stmts.is_empty() {
+        return ctx.reply(&[], None);
+    }
     if ctx.flags.level == Level::Strong {
         ctx.through_log(stmts, Mode::Query).await
     } else {
@@ -305,7 +365,7 @@ pub async fn request(
     incoming: Incoming,
     body: Bytes,
 ) -> Response {
-    let ctx = ctx!(node, raw, incoming, body);
+    let ctx = ctx!(node, Mode::Request, raw, incoming, body);
     let mut stmts = match parse_body(&ctx.body) {
         Ok(s) => s,
         Err(e) => return bad_request(e),

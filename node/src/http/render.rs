@@ -25,6 +25,11 @@ pub struct Flags {
     pub pretty: bool,
     pub redirect: bool,
     pub associative: bool,
+    pub blob_array: bool,
+    pub compress: bool,
+    pub sync: bool,
+    pub queue: bool,
+    pub wait: bool,
     pub noleader: bool,
     pub nonvoters: bool,
     pub ver2: bool,
@@ -42,7 +47,12 @@ impl Flags {
     pub fn parse(raw: Option<&str>) -> Result<Self, String> {
         let mut f = Flags::default();
         let Some(raw) = raw else { return Ok(f) };
+        let mut seen = std::collections::HashSet::new();
         for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+            // As in rqlite, a repeated key keeps its first value.
+            if !seen.insert(k.clone()) {
+                continue;
+            }
             let dur =
                 |v: &str| parse_duration(v).map_err(|_| format!("{k} is not a valid duration"));
             match k.as_ref() {
@@ -51,6 +61,11 @@ impl Flags {
                 "pretty" => f.pretty = true,
                 "redirect" => f.redirect = true,
                 "associative" => f.associative = true,
+                "blob_array" => f.blob_array = true,
+                "compress" => f.compress = true,
+                "sync" => f.sync = true,
+                "queue" => f.queue = true,
+                "wait" => f.wait = true,
                 "noleader" => f.noleader = true,
                 "nonvoters" => f.nonvoters = true,
                 "ver" => f.ver2 = v == "2",
@@ -71,6 +86,7 @@ impl Flags {
                 "freshness" => f.freshness = Some(dur(&v)?),
                 "db_timeout" => f.db_timeout = Some(dur(&v)?),
                 "timeout" => f.timeout = Some(dur(&v)?),
+                "q" if v.is_empty() => return Err("query parameter not set".into()),
                 "q" => f.q = Some(v.into_owned()),
                 "key" => f.key = Some(v.into_owned()),
                 "type" => f.kind = Some(v.into_owned()),
@@ -105,6 +121,11 @@ pub struct Response<'a> {
     pub time: Option<f64>,
     pub timings: bool,
     pub associative: bool,
+    /// BLOBs as arrays of byte values (`?blob_array`) instead of base64.
+    pub blob_array: bool,
+    /// The statements ran as queries (`/db/query`): an associative error then carries
+    /// `"rows":[]`, as rqlite's query results do.
+    pub queries: bool,
 }
 
 impl Serialize for Response<'_> {
@@ -127,11 +148,7 @@ impl Serialize for Results<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.0.results.len()))?;
         for r in self.0.results {
-            seq.serialize_element(&One {
-                r,
-                timings: self.0.timings,
-                associative: self.0.associative,
-            })?;
+            seq.serialize_element(&One { r, res: self.0 })?;
         }
         seq.end()
     }
@@ -139,27 +156,30 @@ impl Serialize for Results<'_> {
 
 struct One<'a> {
     r: &'a StmtResult,
-    timings: bool,
-    associative: bool,
+    res: &'a Response<'a>,
 }
 
 impl Serialize for One<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let r = self.r;
+        let (r, res) = (self.r, self.res);
+        let blobs = res.blob_array;
         let mut m = s.serialize_map(None)?;
         if let Some(e) = &r.error {
+            if res.associative && res.queries {
+                m.serialize_entry("rows", &[(); 0])?;
+            }
             m.serialize_entry("error", e)?;
             return m.end();
         }
-        match (&r.columns, self.associative) {
+        match (&r.columns, res.associative) {
             (Some(cols), true) => {
                 let types = r.types.as_deref().unwrap_or_default();
                 m.serialize_entry("types", &Assoc { cols, vals: types })?;
-                let rows: Vec<Assoc<'_, Value>> = r
+                let rows: Vec<AssocRow<'_>> = r
                     .values
                     .iter()
                     .flatten()
-                    .map(|row| Assoc { cols, vals: row })
+                    .map(|row| AssocRow { cols, row, blobs })
                     .collect();
                 m.serialize_entry("rows", &rows)?;
             }
@@ -167,7 +187,7 @@ impl Serialize for One<'_> {
                 m.serialize_entry("columns", cols)?;
                 m.serialize_entry("types", &r.types)?;
                 if let Some(v) = &r.values {
-                    m.serialize_entry("values", v)?;
+                    m.serialize_entry("values", &Rows(v, blobs))?;
                 }
             }
             (None, assoc) => {
@@ -183,8 +203,48 @@ impl Serialize for One<'_> {
                 }
             }
         }
-        if self.timings {
+        if res.timings {
             m.serialize_entry("time", &r.time)?;
+        }
+        m.end()
+    }
+}
+
+/// A value, with BLOBs as byte arrays when asked (`?blob_array`).
+struct Cell<'a>(&'a Value, bool);
+
+impl Serialize for Cell<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Blob(b) if self.1 => s.collect_seq(b),
+            v => v.serialize(s),
+        }
+    }
+}
+
+struct Rows<'a>(&'a [Vec<Value>], bool);
+
+impl Serialize for Rows<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.0
+                .iter()
+                .map(|row| row.iter().map(|v| Cell(v, self.1)).collect::<Vec<_>>()),
+        )
+    }
+}
+
+struct AssocRow<'a> {
+    cols: &'a [String],
+    row: &'a [Value],
+    blobs: bool,
+}
+
+impl Serialize for AssocRow<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.cols.len()))?;
+        for (c, v) in self.cols.iter().zip(self.row) {
+            m.serialize_entry(c, &Cell(v, self.blobs))?;
         }
         m.end()
     }
@@ -227,6 +287,8 @@ mod tests {
                 time: Some(1.0),
                 timings,
                 associative,
+                blob_array: false,
+                queries: false,
             },
             false,
         ))

@@ -25,19 +25,20 @@ pub struct HandOver {
 }
 
 impl HandOver {
-    /// Hands leadership to the most caught-up voter and returns the new leader.
+    /// Hands leadership to `target` (another voter), or to the most caught-up voter, and
+    /// returns the new leader.
     ///
     /// The other voters refuse votes while their leader lease from us holds, so the target's
     /// first campaign may fail; it only makes us step down. Our own elections stay off until
     /// leadership has moved, or we could win the next term back.
-    pub async fn run(&self, timeout: Duration) -> anyhow::Result<NodeId> {
+    pub async fn run(&self, target: Option<NodeId>, timeout: Duration) -> anyhow::Result<NodeId> {
         self.prevote.pause(true);
-        let res = self.hand_over(timeout).await;
+        let res = self.hand_over(target, timeout).await;
         self.prevote.pause(false);
         res
     }
 
-    async fn hand_over(&self, timeout: Duration) -> anyhow::Result<NodeId> {
+    async fn hand_over(&self, target: Option<NodeId>, timeout: Duration) -> anyhow::Result<NodeId> {
         // A `timeout` flag may be up to Go's 292 years: saturate rather than overflow.
         let deadline = Instant::now()
             .checked_add(timeout)
@@ -51,10 +52,13 @@ impl HandOver {
             }
             let membership = m.membership_config.membership();
             let matched = m.replication.clone().unwrap_or_default();
-            let best = membership
-                .voter_ids()
-                .filter(|v| *v != self.id)
-                .max_by_key(|v| matched.get(v).copied().flatten().map(|l| l.index));
+            let best = match target {
+                Some(t) => membership.voter_ids().find(|v| *v == t && t != self.id),
+                None => membership
+                    .voter_ids()
+                    .filter(|v| *v != self.id)
+                    .max_by_key(|v| matched.get(v).copied().flatten().map(|l| l.index)),
+            };
             let Some(best) = best else {
                 bail!("no other voter to hand leadership to")
             };

@@ -9,6 +9,7 @@ pub mod log_store;
 pub mod network;
 pub mod prevote;
 pub mod propose;
+pub mod queue;
 pub mod rpc;
 pub mod scheduler;
 pub mod snapshot;

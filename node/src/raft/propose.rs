@@ -60,13 +60,26 @@ impl Proposer {
     /// Proposes one request (`bytes`: its size in the log) and waits until it is applied.
     #[allow(clippy::result_large_err)] // openraft's own error type, as `client_write` returns it
     pub async fn propose(&self, req: Request, bytes: usize) -> Result<Vec<StmtResult>, WriteError> {
+        self.submit(req, bytes).await.await
+    }
+
+    /// Hands one request to the proposer and returns what waits for its results: requests
+    /// submitted one after another enter the log in that order.
+    #[allow(clippy::result_large_err)] // openraft's own error type, as `client_write` returns it
+    pub async fn submit(
+        &self,
+        req: Request,
+        bytes: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<StmtResult>, WriteError>> + use<> {
         let (reply, rx) = oneshot::channel();
         let stopped = || RaftError::Fatal(openraft::error::Fatal::Stopped);
-        self.tx
-            .send(Pending { req, bytes, reply })
-            .await
-            .map_err(|_| stopped())?;
-        rx.await.unwrap_or_else(|_| Err(stopped()))
+        let sent = self.tx.send(Pending { req, bytes, reply }).await.is_ok();
+        async move {
+            if !sent {
+                return Err(stopped());
+            }
+            rx.await.unwrap_or_else(|_| Err(stopped()))
+        }
     }
 }
 

@@ -390,8 +390,7 @@ impl Writer {
             ))),
             _ => {
                 // Autocommit SQLite runs a string's statements in order and stops at the first
-                // error; the statement's result is their combined effect, or that error.
-                let before = self.conn.total_changes();
+                // error; the result is that error, or the connection's values after the last.
                 let mut any_skipped = false;
                 for (j, range) in pieces.into_iter().enumerate() {
                     if let Some(span) = skipped((i, j)) {
@@ -413,7 +412,7 @@ impl Writer {
                     // Part of the string ran before its rollback; its result is already recorded.
                     return Ok(Step::Skipped);
                 }
-                Ok(Step::Done(exec::execute_result(&self.conn, before)))
+                Ok(Step::Done(exec::execute_result(&self.conn)))
             }
         }
     }
@@ -442,9 +441,11 @@ impl Writer {
                 // Compiled to a no-op: never keep it, or a later cache hit would skip the guard.
                 p.discard();
                 drop(scope);
+                // Like any statement, it reports the connection's values (rqlite's COMMIT after
+                // an INSERT repeats the INSERT's).
                 return self
                     .control(pos, c, tx)
-                    .map(|r| Step::Done(r.unwrap_or_default()));
+                    .map(|r| Step::Done(r.unwrap_or_else(|| exec::execute_result(&self.conn))));
             }
             (Ok(p), _) => p,
             (Err(e), _) => return statement_error(e).map(Step::Done),

@@ -81,9 +81,8 @@ fn run_one(conn: &Connection, stmt: &Statement, mode: Mode) -> rusqlite::Result<
         // earlier one's table fails here with that error rather than `MultipleStatement`; for
         // a single statement the batch just fails again with the same error.
         Err(_) if matches!(stmt.params, Params::None) && mode != Mode::Query => {
-            let before = conn.total_changes();
             conn.execute_batch(&stmt.sql)?;
-            return Ok(execute_result(conn, before));
+            return Ok(execute_result(conn));
         }
         Err(e) => return Err(e),
     };
@@ -97,18 +96,19 @@ pub fn step(
     prepared: &mut rusqlite::Statement<'_>,
     mode: Mode,
 ) -> rusqlite::Result<StmtResult> {
+    let has_rows = prepared.column_count() > 0;
+    // A write that returns rows (`INSERT ... RETURNING`) gives its rows, as in rqlite.
+    let returning = has_rows && !prepared.readonly();
     let as_query = match mode {
         Mode::Query => true,
-        Mode::Execute => false,
-        Mode::Request => prepared.readonly() && prepared.column_count() > 0,
+        Mode::Execute => returning,
+        Mode::Request => has_rows,
     };
     if !as_query {
-        // A statement that returns rows (e.g. `INSERT ... RETURNING`) is stepped to the end.
-        let before = conn.total_changes();
         let mut rows = prepared.raw_query();
         while rows.next()?.is_some() {}
         drop(rows);
-        return Ok(execute_result(conn, before));
+        return Ok(execute_result(conn));
     }
     let columns: Vec<String> = prepared.column_names().map(str::to_owned).collect();
     let decl: Vec<Option<String>> = prepared
@@ -117,13 +117,24 @@ pub fn step(
         .collect();
     let ncols = columns.len();
     let mut values = Vec::new();
+    let mut held = 0usize;
     let mut rows = prepared.raw_query();
     while let Some(row) = rows.next()? {
         let mut out = Vec::with_capacity(ncols);
         for (i, d) in decl.iter().enumerate() {
-            out.push(convert(row.get_ref(i)?, d.as_deref()));
+            let v = convert(row.get_ref(i)?, d.as_deref());
+            held += v.held_bytes();
+            out.push(v);
         }
         values.push(out);
+        if returning && held > MAX_RETURNING_BYTES {
+            // Every member builds these rows while applying: past the bound, finish the write
+            // and report it as a write (it happened; an error would invite a retry that
+            // doubles it).
+            while rows.next()?.is_some() {}
+            drop(rows);
+            return Ok(execute_result(conn));
+        }
     }
     // Declared type when there is one; otherwise the storage class of the first row's value.
     let types = decl
@@ -172,6 +183,9 @@ fn convert(v: ValueRef<'_>, decl: Option<&str>) -> Value {
             )
         }
         (ValueRef::Text(t), _) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        // As go-sqlite3 under rqlite: a BLOB from a text-affine column, or from an expression
+        // (no declared type), comes back as text.
+        (ValueRef::Blob(b), None) => Value::Text(String::from_utf8_lossy(b).into_owned()),
         (ValueRef::Blob(b), Some(d)) if text_affinity(d) => {
             Value::Text(String::from_utf8_lossy(b).into_owned())
         }
@@ -194,14 +208,17 @@ fn text_affinity(decl: &str) -> bool {
         .any(|p| decl.starts_with(p))
 }
 
-/// Rows affected come from the change counter's delta, so DDL after an INSERT reports none.
-/// The last insert id is only reported for a statement that changed rows: the writer
-/// connection's rowid would otherwise show the node's own bookkeeping. Zeros are omitted.
-pub fn execute_result(conn: &Connection, changes_before: u64) -> StmtResult {
-    let affected = conn.total_changes() - changes_before;
+/// Rows a write's RETURNING clause may hand back, in bytes of values, before they are dropped.
+pub const MAX_RETURNING_BYTES: usize = 16 << 20;
+
+/// The connection's `last_insert_rowid()` and `changes()` after a statement, zeros omitted, as
+/// rqlite reports them: they stay from the last INSERT, UPDATE or DELETE, so a CREATE after an
+/// INSERT repeats its values. Every entry starts them at 0 (`apply.rs`), so they never show the
+/// node's own bookkeeping and every member reports the same.
+pub fn execute_result(conn: &Connection) -> StmtResult {
     StmtResult {
-        last_insert_id: Some(conn.last_insert_rowid()).filter(|&v| v != 0 && affected > 0),
-        rows_affected: Some(affected).filter(|&v| v != 0),
+        last_insert_id: Some(conn.last_insert_rowid()).filter(|&v| v != 0),
+        rows_affected: Some(conn.changes()).filter(|&v| v != 0),
         ..StmtResult::default()
     }
 }
@@ -210,12 +227,25 @@ pub fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Re
     match params {
         Params::None => Ok(()),
         Params::Positional(values) => {
+            // Too few in rqlite's (go-sqlite3's) words. rqlite ignores extra ones; they stay
+            // an error here: members before this one refused them, and a statement that
+            // applies on some members and not on others would split the data.
             let expected = stmt.parameter_count();
             if values.len() != expected {
-                return Err(rusqlite::Error::InvalidParameterCount(
-                    values.len(),
-                    expected,
-                ));
+                let which = if values.len() < expected {
+                    "not enough"
+                } else {
+                    "too many"
+                };
+                return Err(rusqlite::Error::SqlInputError {
+                    error: rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_RANGE),
+                    msg: format!(
+                        "{which} args to execute query: want {expected} got {}",
+                        values.len()
+                    ),
+                    sql: String::new(),
+                    offset: -1,
+                });
             }
             for (i, v) in values.iter().enumerate() {
                 bind_value(stmt, i + 1, v)?;
@@ -347,7 +377,11 @@ mod tests {
             ],
             Mode::Request,
         );
-        assert_eq!(r[0].rows_affected, None, "DDL affects no rows");
+        // As rqlite: DDL repeats the connection's values from the last INSERT.
+        assert_eq!(
+            (r[0].last_insert_id, r[0].rows_affected),
+            (Some(1), Some(1))
+        );
         assert!(r[1].values.is_none(), "no rows, no values");
         assert!(r[1].is_query());
     }
