@@ -234,12 +234,23 @@ pub fn desired_status(
 
     let snapshot_reports: Vec<&MemberSnapshotStatus> =
         members.iter().filter_map(|m| m.snapshot.as_ref()).collect();
+    // A failure is a failed attempt. `fullNeeded` alone is not one: a new member's first
+    // snapshot is full, as is the next one after a fallback.
     let failing: Vec<&str> = members
         .iter()
         .filter(|m| {
             m.snapshot
                 .as_ref()
-                .is_some_and(|s| s.consecutive_failures > 0 || s.full_needed)
+                .is_some_and(|s| s.consecutive_failures > 0)
+        })
+        .map(|m| m.name.as_str())
+        .collect();
+    let full_pending: Vec<&str> = members
+        .iter()
+        .filter(|m| {
+            m.snapshot
+                .as_ref()
+                .is_some_and(|s| s.full_needed && s.consecutive_failures == 0)
         })
         .map(|m| m.name.as_str())
         .collect();
@@ -260,12 +271,18 @@ pub fn desired_status(
         cond(
             "Ready",
             leader.is_some() && ready == desired,
-            if ready == desired {
-                "AllMembersReady"
-            } else {
+            if ready != desired {
                 "MembersNotReady"
+            } else if leader.is_none() {
+                "NoLeader"
+            } else {
+                "AllMembersReady"
             },
-            format!("{ready}/{desired} members ready"),
+            if ready == desired && leader.is_none() {
+                format!("{ready}/{desired} members ready, but no Raft leader yet")
+            } else {
+                format!("{ready}/{desired} members ready")
+            },
         ),
         cond(
             "Progressing",
@@ -332,19 +349,26 @@ pub fn desired_status(
                 },
                 remediation_message(r),
             ),
+            None if !failing.is_empty() => cond(
+                "SnapshotsHealthy",
+                false,
+                "SnapshotFailures",
+                format!("snapshot failures on {}", failing.join(", ")),
+            ),
+            None if !full_pending.is_empty() => cond(
+                "SnapshotsHealthy",
+                true,
+                "FullSnapshotPending",
+                format!(
+                    "no failures; the next snapshot of {} is a full one (a member's first, or the one after a fallback)",
+                    full_pending.join(", ")
+                ),
+            ),
             None => cond(
                 "SnapshotsHealthy",
-                failing.is_empty(),
-                if failing.is_empty() {
-                    "SnapshotsSucceeding"
-                } else {
-                    "SnapshotFailures"
-                },
-                if failing.is_empty() {
-                    "every member's last snapshot succeeded".into()
-                } else {
-                    format!("snapshot failures on {}", failing.join(", "))
-                },
+                true,
+                "SnapshotsSucceeding",
+                "every member's last snapshot succeeded".into(),
             ),
         }
     });

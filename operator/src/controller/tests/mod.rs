@@ -619,6 +619,7 @@ fn template_hash(sts: &Value) -> String {
         .to_string()
 }
 
+mod conditions;
 mod labels;
 mod lifecycle;
 mod remediation;
