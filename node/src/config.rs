@@ -192,9 +192,10 @@ pub struct NodeConfig {
     /// How long SIGTERM waits to hand leadership over before shutting down anyway.
     #[arg(long, env = "LITECLUSTER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
-    /// Log format: `text` or `json`.
-    #[arg(long, env = "LITECLUSTER_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    /// Log format: `text` (coloured only on a terminal, never with `NO_COLOR` set) or `json`
+    /// (one object per line, for log pipelines).
+    #[arg(long, env = "LITECLUSTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Backup config file (YAML or JSON): storages in failover order, interval, retention.
     /// Enables `POST /backup` and interval backups on the leader.
     #[arg(long, env = "LITECLUSTER_BACKUP_CONFIG")]
@@ -325,4 +326,11 @@ mod tests {
         );
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
     }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }

@@ -137,9 +137,13 @@ async fn bad_input_gets_rqlite_errors_and_changes_nothing() {
             .unwrap();
         assert_eq!(r.status(), 405, "{method} {path}");
     }
-    // GET /db/query without q.
+    // GET /db/query without q runs nothing, as in rqlite; an empty q is a client error.
     let r = c.get(0, "/db/query").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), r#"{"results":[]}"#);
+    let r = c.get(0, "/db/query?q=").await.unwrap();
     assert_eq!(r.status(), 400);
+    assert_eq!(r.text().await.unwrap(), "query parameter not set\n");
     // SQL errors are per statement, HTTP 200; a transaction stops at the first error.
     let r = c
         .execute(

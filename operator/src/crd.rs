@@ -121,6 +121,12 @@ pub struct SqliteClusterSpec {
     /// The NetworkPolicy that lets only the cluster's own members reach the Raft port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<NetworkPolicySpec>,
+
+    /// How members write their logs: `json` (the default: one object per line, for log
+    /// pipelines) or `text`. Changing it restarts the members one at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['text', 'json']").message("logFormat must be text or json"))]
+    pub log_format: Option<String>,
 }
 
 /// TLS of a cluster, from a Secret in cert-manager's layout.

@@ -82,9 +82,9 @@ struct RunArgs {
     /// Timeout of a node's /status call, in seconds.
     #[arg(long, env = "LITECLUSTER_OPERATOR_NODE_TIMEOUT", default_value_t = 5)]
     node_timeout: u64,
-    /// Log format: text or json.
-    #[arg(long, env = "LITECLUSTER_OPERATOR_LOG_FORMAT", default_value = "text")]
-    log_format: String,
+    /// Log format: `text` (coloured only on a terminal, never with `NO_COLOR` set) or `json`.
+    #[arg(long, env = "LITECLUSTER_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Clone)]
@@ -93,8 +93,31 @@ struct Health {
     ready: Arc<AtomicBool>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// How logs are written.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> std::process::ExitCode {
+    let result = tokio::runtime::Runtime::new()
+        .context("starting the async runtime")
+        .and_then(|rt| rt.block_on(run()));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The causes, one per line; never a backtrace, whatever RUST_BACKTRACE says.
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Cmd::Crd) => {
@@ -104,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Cmd::Run(args)) => args,
         None => cli.run,
     };
-    init_tracing(&args.log_format);
+    init_tracing(args.log_format);
 
     let client = Client::try_default()
         .await
@@ -210,13 +233,16 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     }
 }
 
-fn init_tracing(format: &str) {
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,kube=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
     }
 }

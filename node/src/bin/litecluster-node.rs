@@ -2,13 +2,33 @@
 
 use anyhow::Context;
 use clap::Parser;
-use litecluster_node::config::{Cli, Cmd};
+use litecluster_node::config::{Cli, Cmd, LogFormat};
 use litecluster_node::node::Node;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.node.log_format);
+    init_tracing(cli.node.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return report(&anyhow::Error::new(e).context("starting the async runtime")),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
+/// The error and its causes, one per line; never a backtrace (most errors are the user's to
+/// fix, and `RUST_BACKTRACE` is often set for other programs).
+fn report(e: &anyhow::Error) -> std::process::ExitCode {
+    eprintln!("error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    std::process::ExitCode::FAILURE
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => serve(cli.node).await,
@@ -22,16 +42,19 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing(format: &str) {
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    // Colour only for a person at a terminal: container logs and files get plain text.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
     }
 }
 

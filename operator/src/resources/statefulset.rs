@@ -76,7 +76,10 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Result<S
         format!("--http-advertise={host}:{HTTP_PORT}"),
         format!("--raft-addr=0.0.0.0:{RAFT_PORT}"),
         format!("--raft-advertise={host}:{RAFT_PORT}"),
-        "--log-format=json".to_string(),
+        format!(
+            "--log-format={}",
+            c.spec.log_format.as_deref().unwrap_or("json")
+        ),
     ];
     if let Some(s) = &c.spec.snapshot {
         if let Some(t) = s.threshold {
@@ -481,6 +484,18 @@ mod tests {
                 .iter()
                 .any(|a| a.starts_with("--join") || a.starts_with("--bootstrap"))
         );
+    }
+
+    #[test]
+    fn members_log_json_unless_the_spec_says_text() {
+        let c = container(&desired_statefulset(&cluster(), &params(3, false)).unwrap());
+        assert!(c.args.unwrap().contains(&"--log-format=json".to_string()));
+        let mut text = cluster();
+        text.spec.log_format = Some("text".into());
+        let c = container(&desired_statefulset(&text, &params(3, false)).unwrap());
+        let args = c.args.unwrap();
+        assert!(args.contains(&"--log-format=text".to_string()), "{args:?}");
+        assert_eq!(args.iter().filter(|a| a.starts_with("--log-format")).count(), 1);
     }
 
     #[test]
