@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -f docker/node.Dockerfile -t litecluster-node .
-FROM rust:1.95-bookworm AS build
+ARG RUST_IMAGE=rust:1.95.0-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -11,7 +13,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # distroless/cc: glibc, no shell; uid 65532 matches the StatefulSet's runAsUser/fsGroup.
 # SQLite is bundled into the binary. The root filesystem can be read-only: data lives in
 # /var/lib/litecluster (the member's volume) and scratch files in /tmp (an emptyDir).
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 COPY --from=build /litecluster-node /usr/local/bin/litecluster-node
 USER 65532:65532
 EXPOSE 4001 4002

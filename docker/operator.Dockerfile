@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -f docker/operator.Dockerfile -t litecluster-operator .
-FROM rust:1.95-bookworm AS build
+ARG RUST_IMAGE=rust:1.95.0-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -9,7 +11,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && cp target/release/litecluster-operator /litecluster-operator
 
 # distroless/cc: glibc and CA certificates, no shell; runs as uid 65532.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 COPY --from=build /litecluster-operator /usr/local/bin/litecluster-operator
 USER 65532:65532
 EXPOSE 8080

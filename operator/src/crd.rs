@@ -627,16 +627,16 @@ mod tests {
     #[test]
     fn committed_crds_are_up_to_date() {
         let generated = crd_yaml().unwrap();
-        // crds/ is the source of truth; the chart carries a copy because Helm reads only its own crds/.
+        // crds/ is the source of truth; the chart carries a copy (Helm reads only its own files).
         for file in [
             "crds/sqliteclusters.litecluster.io.yaml",
-            "charts/litecluster-operator/crds/sqliteclusters.litecluster.io.yaml",
+            "charts/litecluster-operator/files/sqliteclusters.litecluster.io.yaml",
         ] {
             let path = format!("{}/../{file}", env!("CARGO_MANIFEST_DIR"));
             let committed = std::fs::read_to_string(&path).unwrap_or_default();
             assert!(
                 committed == generated,
-                "{file} is stale: run `cargo run -p litecluster-operator -- crd | tee crds/sqliteclusters.litecluster.io.yaml > charts/litecluster-operator/crds/sqliteclusters.litecluster.io.yaml`"
+                "{file} is stale: run `cargo run -p litecluster-operator -- crd | tee crds/sqliteclusters.litecluster.io.yaml > charts/litecluster-operator/files/sqliteclusters.litecluster.io.yaml`"
             );
         }
     }

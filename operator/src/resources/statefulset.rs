@@ -495,7 +495,12 @@ mod tests {
         let c = container(&desired_statefulset(&text, &params(3, false)).unwrap());
         let args = c.args.unwrap();
         assert!(args.contains(&"--log-format=text".to_string()), "{args:?}");
-        assert_eq!(args.iter().filter(|a| a.starts_with("--log-format")).count(), 1);
+        assert_eq!(
+            args.iter()
+                .filter(|a| a.starts_with("--log-format"))
+                .count(),
+            1
+        );
     }
 
     #[test]
