@@ -90,7 +90,12 @@ pub struct Stack {
 impl Stack {
     /// Control plane + nodes node-1..3 + the operator installed with helm
     /// (waits until its Deployment is available).
-    pub fn up(mut opts: Options) -> Result<Stack> {
+    pub fn up(opts: Options) -> Result<Stack> {
+        Self::up_with(opts, &[])
+    }
+
+    /// As [`Stack::up`], with extra `--set` values for the operator's chart.
+    pub fn up_with(mut opts: Options, chart_values: &[&str]) -> Result<Stack> {
         let started = Instant::now();
         let bin_dir = ensure_workspace_binaries()?;
         if opts.image_bin_dir.is_none() {
@@ -100,7 +105,7 @@ impl Stack {
         cp.add_nodes(&["node-1", "node-2", "node-3"])?;
         let stack = Stack { cp };
         let t = Instant::now();
-        if let Err(e) = stack.install_operator() {
+        if let Err(e) = stack.install_operator(chart_values) {
             eprintln!("{}", stack.diagnostics(None));
             return Err(e);
         }
@@ -112,7 +117,7 @@ impl Stack {
         Ok(stack)
     }
 
-    fn install_operator(&self) -> Result<()> {
+    fn install_operator(&self, chart_values: &[&str]) -> Result<()> {
         let chart = workspace_root().join("charts/litecluster-operator");
         let out = self
             .cp
@@ -134,6 +139,7 @@ impl Stack {
                 "--set",
                 "logLevel=info\\,litecluster_operator=debug",
             ])
+            .args(chart_values.iter().flat_map(|v| ["--set", v]))
             .output()
             .context("running helm")?;
         if !out.status.success() {
