@@ -24,7 +24,7 @@ pub const RELEASE: &str = "litecluster-operator";
 /// The operator's ServiceAccount (the chart's fullname for this release).
 pub const OPERATOR_SA: &str = "litecluster-operator";
 
-/// Builds `litecluster-node` and `litecluster-operator` into the directory the
+/// Builds `litecluster-node`, `litecluster-operator` and `kubectl-litecluster` into the directory the
 /// kubelets map images to (`$CARGO_TARGET_DIR/<profile>` of the running
 /// binary), unless `LITECLUSTER_E2E_SKIP_BUILD=1`. Once per process: stacks
 /// that start together share one build, and none relinks a binary another
@@ -66,6 +66,8 @@ fn build_workspace_binaries() -> Result<PathBuf> {
             "litecluster-node",
             "--bin",
             "litecluster-operator",
+            "--bin",
+            "kubectl-litecluster",
         ])
         .env("CARGO_TARGET_DIR", target_dir);
     if release {

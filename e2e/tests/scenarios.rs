@@ -517,6 +517,8 @@ fn operator_service_account_can_do_its_job_and_nothing_more() {
         for (verb, res) in [
             ("watch", "sqliteclusters.litecluster.io"),
             ("patch", "sqliteclusters.litecluster.io/status"),
+            // Only to remove a restart or switchover request once it is done.
+            ("patch", "sqliteclusters.litecluster.io"),
             ("patch", "statefulsets.apps"),
             ("list", "pods"),
             ("patch", "services"),
@@ -544,7 +546,8 @@ fn operator_service_account_can_do_its_job_and_nothing_more() {
             ("patch", "secrets", Some("default")),
             ("delete", "statefulsets.apps", Some("default")),
             ("create", "sqliteclusters.litecluster.io", Some("default")),
-            ("patch", "sqliteclusters.litecluster.io", Some("default")),
+            ("delete", "sqliteclusters.litecluster.io", Some("default")),
+            ("update", "sqliteclusters.litecluster.io", Some("default")),
             ("delete", "persistentvolumeclaims", Some("default")),
             (
                 "create",
@@ -1308,6 +1311,138 @@ fn growing_storage_size_expands_member_claims_or_says_why_it_cannot() {
             Ok((query_ints(&a1, "SELECT id FROM t", "none")? == [7]).then_some(()))
         })?;
         s.cp.kubectl_ok(&["delete", "storageclass", "e2e-expandable", "--wait=false"])?;
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------- kubectl plugin
+
+/// `kubectl-litecluster` (the plugin) with the stack's kubeconfig: stdout, or an error with
+/// its stderr.
+fn plugin(s: &Stack, args: &[&str]) -> Result<std::result::Result<String, String>> {
+    let bin = litecluster_e2e::stack::ensure_workspace_binaries()?.join("kubectl-litecluster");
+    let out = std::process::Command::new(&bin)
+        .args(args)
+        .env("KUBECONFIG", &s.cp.kubeconfig)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    Ok(if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+}
+
+#[test]
+fn the_kubectl_plugin_shows_status_and_acts_through_the_operator() {
+    Lease::get("s-plugin").run(|s, ns| {
+        create_ready(s, ns, "kp", 3)?;
+        let annotation = |key: &str| -> Result<String> {
+            s.cp.kubectl_ok(&[
+                "get",
+                "slc",
+                "kp",
+                "-n",
+                ns,
+                "-o",
+                &format!(
+                    "jsonpath={{.metadata.annotations.{}}}",
+                    key.replace('.', "\\.")
+                ),
+            ])
+        };
+
+        let status = plugin(s, &["status", "kp", "-n", ns])?.map_err(anyhow::Error::msg)?;
+        for want in [
+            "kp-0",
+            "kp-1",
+            "kp-2",
+            "Leader",
+            "CONDITION",
+            "Ready",
+            "Rollout: none",
+        ] {
+            ensure!(status.contains(want), "status lacks {want:?}:\n{status}");
+        }
+
+        // Switchover to a follower: it leads, and the request is gone.
+        let leader = s.cluster(ns, "kp")?["status"]["leader"]
+            .as_str()
+            .context("no leader")?
+            .to_owned();
+        let target = ["kp-0", "kp-1", "kp-2"]
+            .into_iter()
+            .find(|m| *m != leader)
+            .unwrap();
+        plugin(s, &["switchover", "kp", target, "-n", ns])?.map_err(anyhow::Error::msg)?;
+        s.wait_for(
+            &format!("{target} leading"),
+            Duration::from_secs(120),
+            || {
+                let st = s.cluster(ns, "kp")?["status"].clone();
+                Ok(
+                    (st["leader"] == target && annotation("litecluster.io/switchover")?.is_empty())
+                        .then_some(()),
+                )
+            },
+        )?;
+
+        // Restart one member: only its pod is replaced, and the request is gone.
+        let before = member_pods(s, ns, "kp")?;
+        let victim = ["kp-0", "kp-1", "kp-2"]
+            .into_iter()
+            .find(|m| *m != target)
+            .unwrap();
+        plugin(s, &["restart", "kp", victim, "-n", ns])?.map_err(anyhow::Error::msg)?;
+        s.wait_for(
+            &format!("{victim} restarted"),
+            Duration::from_secs(180),
+            || {
+                let now = member_pods(s, ns, "kp")?;
+                let replaced = now
+                    .get(victim)
+                    .is_some_and(|p| p.0 != before[victim].0 && p.1);
+                Ok((replaced && annotation("litecluster.io/restart")?.is_empty()).then_some(()))
+            },
+        )?;
+        let now = member_pods(s, ns, "kp")?;
+        for (n, p) in &before {
+            if n != victim {
+                ensure!(now[n].0 == p.0, "{n} was restarted too");
+            }
+        }
+
+        // Pause shows in the status; resume clears it.
+        plugin(s, &["pause", "kp", "-n", ns])?.map_err(anyhow::Error::msg)?;
+        s.wait_for("Paused=True", Duration::from_secs(60), || {
+            let c = s.cluster(ns, "kp")?;
+            Ok(c["status"]["conditions"]
+                .as_array()
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|x| x["type"] == "Paused" && x["status"] == "True")
+                })
+                .then_some(()))
+        })?;
+        let shown = plugin(s, &["status", "kp", "-n", ns])?.map_err(anyhow::Error::msg)?;
+        ensure!(
+            shown.contains("PAUSED"),
+            "status of a paused cluster:\n{shown}"
+        );
+        plugin(s, &["resume", "kp", "-n", ns])?.map_err(anyhow::Error::msg)?;
+        s.wait_for("Paused gone", Duration::from_secs(60), || {
+            let c = s.cluster(ns, "kp")?;
+            Ok((!c["status"]["conditions"].to_string().contains("\"Paused\"")).then_some(()))
+        })?;
+
+        // A member that does not exist is refused by the plugin, saying which exist.
+        let err = plugin(s, &["switchover", "kp", "kp-9", "-n", ns])?
+            .err()
+            .context("a switchover to kp-9 was accepted")?;
+        ensure!(
+            err.contains("not a member") && err.contains("kp-0"),
+            "{err}"
+        );
         Ok(())
     });
 }

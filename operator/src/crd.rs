@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 
 /// Annotation that stops the operator from reconciling one cluster while it is `"true"`.
 pub const PAUSED_ANNOTATION: &str = "litecluster.io/paused";
+/// Names one member to restart through the rollout (one at a time, leader handed over first);
+/// the operator removes it once done.
+pub const RESTART_ANNOTATION: &str = "litecluster.io/restart";
+/// Names the voter that should lead; the operator hands leadership to it, then removes this.
+pub const SWITCHOVER_ANNOTATION: &str = "litecluster.io/switchover";
 
 /// Image used when `spec.image` is not set.
 pub const DEFAULT_IMAGE: &str = "ghcr.io/litecluster/litecluster-node:0.1.0";
@@ -554,6 +559,25 @@ fn default_true() -> bool {
 }
 
 impl SqliteCluster {
+    /// The member the restart annotation names, if any.
+    pub fn restart_request(&self) -> Option<&str> {
+        self.annotation(RESTART_ANNOTATION)
+    }
+
+    /// The member the switchover annotation names, if any.
+    pub fn switchover_request(&self) -> Option<&str> {
+        self.annotation(SWITCHOVER_ANNOTATION)
+    }
+
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(String::as_str)
+            .filter(|m| !m.is_empty())
+    }
+
     /// Whether the pause annotation is set to `"true"`.
     pub fn paused(&self) -> bool {
         self.metadata

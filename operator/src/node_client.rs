@@ -173,7 +173,16 @@ pub trait NodeApi: Send + Sync {
     /// `DELETE /remove`: take a member out of Raft.
     fn remove<'a>(&'a self, base: &'a str, id: &'a str) -> BoxFuture<'a, Result<()>>;
     /// `POST /leader`: hand leadership to the most caught-up other voter.
-    fn transfer_leadership<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<()>>;
+    fn transfer_leadership<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<()>> {
+        self.transfer_leadership_to(base, None)
+    }
+    /// `POST /leader` with `{"id": to}`: hand leadership to that voter (or, `None`, to the most
+    /// caught-up one).
+    fn transfer_leadership_to<'a>(
+        &'a self,
+        base: &'a str,
+        to: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>>;
     /// `POST /snapshot?type=full`: ask the node for a full snapshot now.
     fn full_snapshot<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<SnapshotOutcome>>;
     /// The client for one cluster's nodes: its credentials, and HTTPS when it has a CA.
@@ -319,12 +328,19 @@ impl NodeApi for HttpNodeClient {
         })
     }
 
-    fn transfer_leadership<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn transfer_leadership_to<'a>(
+        &'a self,
+        base: &'a str,
+        to: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let u = url(base, "/leader");
-            let r = self
+            let mut r = self
                 .request(reqwest::Method::POST, &u)
                 .timeout(self.change_timeout);
+            if let Some(id) = to {
+                r = r.json(&serde_json::json!({ "id": id }));
+            }
             self.send(base, u, r).await.map(drop)
         })
     }

@@ -117,8 +117,9 @@ pub struct View {
     pub target: Option<PodTemplateInfo>,
     /// The member restarted last and the UID of the pod that was deleted (`status.lastRestart`).
     pub last_restart: Option<(u32, String)>,
-    /// A member snapshot remediation wants restarted, whatever its template.
-    pub restart_request: Option<u32>,
+    /// A member to restart whatever its template, and why: snapshot remediation, or a user's
+    /// request (`litecluster.io/restart`).
+    pub restart_request: Option<(u32, Reason)>,
 }
 
 /// Why a member is restarted.
@@ -127,6 +128,8 @@ pub enum Reason {
     Outdated(Outdated),
     /// Snapshot remediation's restart step.
     Remediation,
+    /// Asked for with the `litecluster.io/restart` annotation (`kubectl litecluster restart`).
+    Requested,
 }
 
 impl fmt::Display for Reason {
@@ -134,6 +137,7 @@ impl fmt::Display for Reason {
         match self {
             Reason::Outdated(o) => o.fmt(f),
             Reason::Remediation => write!(f, "snapshot remediation"),
+            Reason::Requested => write!(f, "restart requested"),
         }
     }
 }
@@ -242,9 +246,9 @@ impl View {
 /// and caught up, every other voter is Ready and answers. The leader is never deleted while
 /// leading unless it is the only voter (then a brief outage is unavoidable).
 pub fn decide(view: &View) -> Decision {
-    let candidate: Option<(u32, Reason)> = match view.restart_request {
-        Some(o) if view.member(o).is_some_and(|m| m.pod.is_some()) => {
-            Some((o, Reason::Remediation))
+    let candidate: Option<(u32, Reason)> = match &view.restart_request {
+        Some((o, why)) if view.member(*o).is_some_and(|m| m.pod.is_some()) => {
+            Some((*o, why.clone()))
         }
         _ => {
             let mut outdated = view.outdated();
@@ -314,7 +318,7 @@ pub fn observed_view(
     cluster: &SqliteCluster,
     observed: &ObservedCluster,
     membership_settled: bool,
-    restart_request: Option<u32>,
+    restart_request: Option<(u32, Reason)>,
 ) -> View {
     let raft = raft_members(cluster, observed).unwrap_or_default();
     let mut ordinals: Vec<u32> = observed
@@ -894,7 +898,7 @@ mod tests {
     #[test]
     fn remediation_restart_request_uses_the_same_gates_and_hand_over() {
         let mut c = cluster(3).voter(0, NEW).voter(1, NEW).voter(2, NEW);
-        c.0.restart_request = Some(1);
+        c.0.restart_request = Some((1, Reason::Remediation));
         assert_eq!(
             c.decide(),
             Decision::Restart {
@@ -903,9 +907,28 @@ mod tests {
                 reason: Reason::Remediation,
             }
         );
-        c.0.restart_request = Some(0);
+        c.0.restart_request = Some((0, Reason::Remediation));
         assert_eq!(c.decide(), Decision::TransferLeadership(0));
         c.pod(2).reachable = false;
         assert!(matches!(c.decide(), Decision::Wait(w) if w.contains("voter 2")));
+    }
+
+    #[test]
+    fn a_requested_restart_of_an_up_to_date_member_goes_through_the_same_gates() {
+        let mut c = cluster(3).voter(0, NEW).voter(1, NEW).voter(2, NEW);
+        assert_eq!(c.decide(), Decision::UpToDate);
+        c.0.restart_request = Some((2, Reason::Requested));
+        assert_eq!(
+            c.decide(),
+            Decision::Restart {
+                ordinal: 2,
+                uid: "uid-2-rev-new".into(),
+                reason: Reason::Requested,
+            }
+        );
+        assert_eq!(Reason::Requested.to_string(), "restart requested");
+        // The leader hands over first.
+        c.0.restart_request = Some((0, Reason::Requested));
+        assert_eq!(c.decide(), Decision::TransferLeadership(0));
     }
 }

@@ -62,8 +62,16 @@ impl NodeApi for FakeNodes {
             .push(format!("remove {base} {id}"));
         Box::pin(async { Ok(()) })
     }
-    fn transfer_leadership<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<()>> {
-        self.calls.lock().unwrap().push(format!("leader {base}"));
+    fn transfer_leadership_to<'a>(
+        &'a self,
+        base: &'a str,
+        to: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>> {
+        let call = match to {
+            Some(id) => format!("leader {base} to {id}"),
+            None => format!("leader {base}"),
+        };
+        self.calls.lock().unwrap().push(call);
         Box::pin(async { Ok(()) })
     }
     fn full_snapshot<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<SnapshotOutcome>> {
