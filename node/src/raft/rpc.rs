@@ -76,10 +76,19 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(
             format!("raft frame of {len} bytes exceeds the limit"),
         ));
     }
-    buf.resize(len, 0);
-    r.read_exact(buf).await?;
+    // Grown as bytes arrive, never to the announced length up front: a peer (perhaps not a
+    // member at all, without mTLS) that announces 256 MiB must send it to make us hold it.
+    buf.clear();
+    while buf.len() < len {
+        let start = buf.len();
+        buf.resize(start + (len - start).min(GROW), 0);
+        r.read_exact(&mut buf[start..]).await?;
+    }
     Ok(())
 }
+
+/// How far ahead of the bytes received a frame buffer grows.
+const GROW: usize = 1 << 20;
 
 pub async fn write_frame<W: AsyncWriteExt + Unpin>(
     w: &mut W,
@@ -197,4 +206,26 @@ where
 {
     let req: Req = serde_json::from_slice(body)?;
     serde_json::to_vec(&f(req).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_announced_length_is_not_allocated_before_the_bytes_arrive() {
+        // 200 MiB announced, 10 bytes sent, then the connection ends.
+        let mut wire = (200u32 << 20).to_be_bytes().to_vec();
+        wire.extend_from_slice(b"0123456789");
+        let mut buf = Vec::new();
+        let err = read_frame(&mut wire.as_slice(), &mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(buf.capacity() <= 2 * GROW, "{} bytes held", buf.capacity());
+        // A whole frame still reads back exactly.
+        let body = vec![7u8; 3 * GROW + 5];
+        let mut wire = (body.len() as u32).to_be_bytes().to_vec();
+        wire.extend_from_slice(&body);
+        read_frame(&mut wire.as_slice(), &mut buf).await.unwrap();
+        assert_eq!(buf, body);
+    }
 }
