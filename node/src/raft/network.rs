@@ -77,6 +77,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             stream: None,
             buf: Vec::new(),
             pool: Some(self.pool.clone()),
+            append_budget: APPEND_BUDGET,
         }
     }
 }
@@ -88,6 +89,8 @@ pub struct Connection {
     stream: Option<Stream>,
     buf: Vec<u8>,
     pool: Option<Pool>,
+    /// Bytes of entries the next AppendEntries may carry (see [`next_budget`]).
+    append_budget: usize,
 }
 
 impl Drop for Connection {
@@ -238,6 +241,22 @@ impl Connection {
 /// and far below the receiver's frame limit.
 pub const APPEND_BUDGET: usize = 2 << 20;
 
+/// The smallest budget: one entry always goes whatever the budget.
+const MIN_APPEND_BUDGET: usize = 64 << 10;
+
+/// The budget after an AppendEntries of `sent` entries. A follower too slow (a starved CPU, a
+/// slow disk) to take a full one within the RPC's deadline would get the same request again
+/// and never catch up: each timeout halves the budget, each answer in time doubles it back.
+fn next_budget(budget: usize, sent: usize, timed_out: bool) -> usize {
+    if timed_out && sent > 1 {
+        (budget / 2).max(MIN_APPEND_BUDGET)
+    } else if timed_out {
+        budget
+    } else {
+        (budget * 2).min(APPEND_BUDGET)
+    }
+}
+
 /// Encodes an AppendEntries with as many of its entries as fit `budget` bytes; returns the
 /// frame body and how many entries it holds.
 pub fn encode_append(
@@ -284,12 +303,16 @@ impl RaftNetwork<TypeConfig> for Connection {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberInfo, RaftError<NodeId>>>
     {
         let ttl = option.hard_ttl();
-        let (body, sent) = encode_append(&rpc, APPEND_BUDGET)
+        let (body, sent) = encode_append(&rpc, self.append_budget)
             .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
-        let res: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = self
-            .call_encoded(KIND_APPEND, &body, ttl)
-            .await
-            .map_err(|e| self.rpc_error(e, ttl))?;
+        let res = self.call_encoded(KIND_APPEND, &body, ttl).await;
+        self.append_budget = next_budget(
+            self.append_budget,
+            sent,
+            matches!(res, Err(CallError::Timeout)),
+        );
+        let res: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+            res.map_err(|e| self.rpc_error(e, ttl))?;
         match res {
             // openraft sends the rest from where the follower now matches.
             Ok(AppendEntriesResponse::Success) if sent < rpc.entries.len() => Ok(
@@ -338,6 +361,7 @@ impl Connection {
             stream: None,
             buf: Vec::new(),
             pool: None,
+            append_budget: APPEND_BUDGET,
         }
     }
 }
@@ -390,6 +414,24 @@ mod tests {
                 data: vec![index as u8; bytes],
             }),
         }
+    }
+
+    #[test]
+    fn a_follower_that_times_out_gets_smaller_appends_until_it_answers_in_time() {
+        let mut b = APPEND_BUDGET;
+        for _ in 0..20 {
+            b = next_budget(b, 3, true);
+        }
+        assert_eq!(b, MIN_APPEND_BUDGET);
+        // A lone entry that timed out: nothing smaller to send, the budget stays.
+        assert_eq!(next_budget(b, 1, true), b);
+        let mut steps = 0;
+        while b < APPEND_BUDGET {
+            b = next_budget(b, 3, false);
+            steps += 1;
+        }
+        assert_eq!(b, APPEND_BUDGET);
+        assert!(steps <= 6, "{steps} answers to recover the full budget");
     }
 
     #[test]

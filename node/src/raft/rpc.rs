@@ -218,7 +218,9 @@ mod tests {
         let mut wire = (200u32 << 20).to_be_bytes().to_vec();
         wire.extend_from_slice(b"0123456789");
         let mut buf = Vec::new();
-        let err = read_frame(&mut wire.as_slice(), &mut buf).await.unwrap_err();
+        let err = read_frame(&mut wire.as_slice(), &mut buf)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
         assert!(buf.capacity() <= 2 * GROW, "{} bytes held", buf.capacity());
         // A whole frame still reads back exactly.
