@@ -180,6 +180,44 @@ impl Stack {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The member pods of cluster `name`: (uid, Ready, terminating) by pod name.
+    pub fn member_pods(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<std::collections::BTreeMap<String, (String, bool, bool)>> {
+        let out = self.cp.kubectl_ok(&[
+            "get",
+            "pods",
+            "-n",
+            ns,
+            "-l",
+            &format!("app.kubernetes.io/instance={name}"),
+            "-o",
+            "json",
+        ])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let mut pods = std::collections::BTreeMap::new();
+        for p in v["items"].as_array().cloned().unwrap_or_default() {
+            let ready = p["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+            pods.insert(
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                (
+                    p["metadata"]["uid"].as_str().unwrap_or_default().to_owned(),
+                    ready,
+                    !p["metadata"]["deletionTimestamp"].is_null(),
+                ),
+            );
+        }
+        Ok(pods)
+    }
+
     /// The SqliteCluster as JSON.
     pub fn cluster(&self, ns: &str, name: &str) -> Result<serde_json::Value> {
         let out = self

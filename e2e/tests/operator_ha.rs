@@ -10,38 +10,8 @@ use anyhow::{Context, Result, ensure};
 use litecluster_e2e::Options;
 use litecluster_e2e::stack::{OPERATOR_NS, RELEASE, Stack};
 
-/// (uid, ready, terminating) per member pod.
 fn member_pods(s: &Stack, ns: &str) -> Result<BTreeMap<String, (String, bool, bool)>> {
-    let out = s.cp.kubectl_ok(&[
-        "get",
-        "pods",
-        "-n",
-        ns,
-        "-l",
-        "app.kubernetes.io/instance=ha",
-        "-o",
-        "json",
-    ])?;
-    let v: serde_json::Value = serde_json::from_str(&out)?;
-    let mut pods = BTreeMap::new();
-    for p in v["items"].as_array().cloned().unwrap_or_default() {
-        let ready = p["status"]["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        });
-        pods.insert(
-            p["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            (
-                p["metadata"]["uid"].as_str().unwrap_or_default().to_owned(),
-                ready,
-                !p["metadata"]["deletionTimestamp"].is_null(),
-            ),
-        );
-    }
-    Ok(pods)
+    s.member_pods(ns, "ha")
 }
 
 fn lease_holder(s: &Stack) -> Result<String> {

@@ -714,39 +714,7 @@ fn member_pods(
     ns: &str,
     name: &str,
 ) -> Result<std::collections::BTreeMap<String, (String, bool, bool)>> {
-    let out = s.cp.kubectl_ok(&[
-        "get",
-        "pods",
-        "-n",
-        ns,
-        "-l",
-        &format!("app.kubernetes.io/instance={name}"),
-        "-o",
-        "json",
-    ])?;
-    let v: serde_json::Value = serde_json::from_str(&out)?;
-    let mut pods = std::collections::BTreeMap::new();
-    for p in v["items"].as_array().cloned().unwrap_or_default() {
-        let ready = p["status"]["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        });
-        pods.insert(
-            p["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            (
-                p["metadata"]["uid"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                ready,
-                !p["metadata"]["deletionTimestamp"].is_null(),
-            ),
-        );
-    }
-    Ok(pods)
+    s.member_pods(ns, name)
 }
 
 /// Change the pod template of `roll` and watch the members being replaced: returns the order

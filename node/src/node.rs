@@ -325,18 +325,24 @@ impl Node {
     }
 
     /// Stops serving: a leader first hands leadership over so writes pause only briefly.
+    /// Whether `id` votes in this member's current view of the membership.
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters().contains(&id)
+    }
+
+    /// The voters in this member's current view of the membership.
+    pub fn voters(&self) -> std::collections::BTreeSet<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
     pub async fn shutdown(&self) {
-        if self.is_leader()
-            && self
-                .raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .voter_ids()
-                .count()
-                > 1
-        {
+        if self.is_leader() && self.voters().len() > 1 {
             match self.transfer_leadership(self.config.shutdown_timeout).await {
                 Ok(to) => tracing::info!(new_leader = to, "leadership handed over before shutdown"),
                 Err(e) => {

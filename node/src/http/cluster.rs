@@ -327,14 +327,7 @@ pub async fn leader(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Re
     let Some((id, info)) = node.leader() else {
         return text_error(StatusCode::SERVICE_UNAVAILABLE, "leader not found");
     };
-    let voter = node
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .any(|v| v == id);
+    let voter = node.is_voter(id);
     let timeout = flags.timeout.unwrap_or(Duration::from_secs(5));
     let v = node_object(&node, id, &info, voter, true, timeout).await;
     json_response(to_json(&v, flags.pretty))
@@ -560,14 +553,7 @@ pub async fn join(
         }
     }
     if req.voter {
-        let is_voter = node
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == rid);
+        let is_voter = node.is_voter(rid);
         if !is_voter {
             if let Err(e) = node
                 .raft

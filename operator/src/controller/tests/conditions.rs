@@ -6,20 +6,6 @@ use crate::controller::status::desired_status;
 use crate::crd::SqliteClusterStatus;
 use crate::node_client::SnapshotHealth;
 
-fn settled() -> Maintenance {
-    Maintenance {
-        rollout: rollout::Outcome {
-            decision: rollout::Decision::UpToDate,
-            rollout: None,
-            last_restart: None,
-            updated: 3,
-            pending: 0,
-            restarted: None,
-        },
-        remediation: None,
-    }
-}
-
 /// The status of a bootstrapped 3/3 cluster whose node answers went through `change`.
 fn status_with(change: impl FnOnce(&mut FakeNodes)) -> SqliteClusterStatus {
     observe_with(change, |_| {})

@@ -159,18 +159,7 @@ async fn steady_state_makes_no_writes() {
         &fake,
         Some(serde_json::from_value(sts.clone()).unwrap()),
     );
-    // What the maintenance pass of a settled cluster reports: nothing to restart or remediate.
-    let settled = Maintenance {
-        rollout: rollout::Outcome {
-            decision: rollout::Decision::UpToDate,
-            rollout: None,
-            last_restart: None,
-            updated: 3,
-            pending: 0,
-            restarted: None,
-        },
-        remediation: None,
-    };
+    let settled = settled();
     let status = super::super::status::desired_status(
         &base,
         &obs,

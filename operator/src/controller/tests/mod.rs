@@ -585,6 +585,22 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
 }
 
+/// What the maintenance pass of a settled 3-member cluster reports: nothing to restart or
+/// remediate.
+fn settled() -> Maintenance {
+    Maintenance {
+        rollout: rollout::Outcome {
+            decision: rollout::Decision::UpToDate,
+            rollout: None,
+            last_restart: None,
+            updated: 3,
+            pending: 0,
+            restarted: None,
+        },
+        remediation: None,
+    }
+}
+
 // Shared by several groups of scenarios.
 
 /// The live StatefulSet as its controller reports it: generation seen, pods created at `revision`.
