@@ -114,7 +114,7 @@ async fn the_requests_that_lost_or_split_writes_now_give_rqlites_results() {
             json!([
                 "ATTACH 'x.db' AS x",
                 "PRAGMA journal_mode=DELETE",
-                "DELETE FROM _litecluster_meta",
+                "DELETE FROM sqlite_litecluster",
                 "CREATE TEMP TABLE t (x)"
             ]),
         )

@@ -210,7 +210,7 @@ fn dump_checksum(path: &Path) -> String {
     let conn = rusqlite::Connection::open(path).unwrap();
     let mut h = sha2::Sha256::new();
     let tables: Vec<(String, String)> = conn
-        .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != '_litecluster_meta' ORDER BY name")
+        .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()

@@ -50,10 +50,7 @@ pub fn from_db(db: &Path, scratch_dir: &Path) -> Result<Image> {
             .flatten()
             .and_then(|s| serde_json::from_str::<Option<crate::LogId>>(&s).ok())
             .flatten();
-        copy.execute_batch(&format!(
-            "DROP TABLE IF EXISTS {}",
-            crate::sqlite::META_TABLE
-        ))?;
+        crate::sqlite::clear_meta(&copy)?;
         drop(copy);
         let bytes = std::fs::read(&tmp).map_err(|e| Error::io("reading the database copy", e))?;
         Ok(Image {

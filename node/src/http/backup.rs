@@ -13,8 +13,8 @@ use crate::command::{Command, Mode, Statement};
 
 const SQLITE_HEADER: &[u8] = b"SQLite format 3\0";
 
-/// Copies the database with SQLite's online backup API from a read-only connection, then drops
-/// our bookkeeping table from the copy so the file is a plain user database.
+/// Copies the database with SQLite's online backup API from a read-only connection, then empties
+/// our bookkeeping table in the copy so the file holds only the user's data.
 fn backup_file(db: &std::path::Path, dest: &std::path::Path) -> crate::Result<Vec<u8>> {
     let src = crate::sqlite::open_reader(db)?;
     src.backup(
@@ -25,10 +25,7 @@ fn backup_file(db: &std::path::Path, dest: &std::path::Path) -> crate::Result<Ve
     drop(src);
     let copy = rusqlite::Connection::open(dest)?;
     copy.pragma_update(None, "journal_mode", "DELETE")?;
-    copy.execute_batch(&format!(
-        "DROP TABLE IF EXISTS {}",
-        crate::sqlite::META_TABLE
-    ))?;
+    crate::sqlite::clear_meta(&copy)?;
     drop(copy);
     std::fs::read(dest).map_err(|e| crate::Error::io("reading backup copy", e))
 }

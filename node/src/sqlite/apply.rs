@@ -916,8 +916,10 @@ pub(crate) mod tests {
                 "PRAGMA wal_checkpoint",
                 "PRAGMA case_sensitive_like=1",
                 "SELECT total_changes()",
-                "INSERT INTO _litecluster_meta VALUES ('applied', 'x')",
-                "DROP TABLE _litecluster_meta",
+                "INSERT INTO sqlite_litecluster VALUES ('applied', 'x')",
+                "DELETE FROM sqlite_litecluster",
+                "DROP TABLE sqlite_litecluster",
+                "CREATE TABLE _litecluster_meta (key, value)",
             ],
         );
         for (i, x) in r.iter().enumerate() {
@@ -932,7 +934,7 @@ pub(crate) mod tests {
             &mut w,
             &[
                 "CREATE TABLE v (x)",
-                "CREATE TRIGGER tr AFTER INSERT ON v BEGIN DELETE FROM _litecluster_meta; END",
+                "CREATE TRIGGER tr AFTER INSERT ON v BEGIN DELETE FROM sqlite_litecluster; END",
                 "INSERT INTO v VALUES (1)",
             ],
         );
@@ -945,7 +947,7 @@ pub(crate) mod tests {
         assert_eq!(
             rows(
                 &w,
-                "SELECT count(*) FROM _litecluster_meta WHERE key = 'applied'"
+                "SELECT count(*) FROM sqlite_litecluster WHERE key = 'applied'"
             ),
             [1]
         );
@@ -957,7 +959,7 @@ pub(crate) mod tests {
                 "PRAGMA user_version=7",
                 "PRAGMA table_info(u)",
                 "PRAGMA journal_mode",
-                "SELECT * FROM _litecluster_meta",
+                "SELECT * FROM sqlite_litecluster",
             ],
         );
         assert!(r.iter().all(|x| x.error.is_none()), "{r:?}");

@@ -120,9 +120,9 @@ mod tests {
     #[test]
     fn dump_restores_the_same_rows_types_and_schema() {
         let src = Connection::open_in_memory().unwrap();
+        crate::sqlite::ensure_meta(&src).unwrap();
         src.execute_batch(&format!(
-            "CREATE TABLE {META_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-             INSERT INTO {META_TABLE} VALUES ('applied', '42');
+            "INSERT INTO {META_TABLE} VALUES ('applied', '42');
              CREATE TABLE \"odd \"\"name\" (id INTEGER PRIMARY KEY AUTOINCREMENT, t TEXT, r REAL, b BLOB, n);
              INSERT INTO \"odd \"\"name\" (t, r, b, n) VALUES ('it''s', 3.0, x'00ff', NULL);
              INSERT INTO \"odd \"\"name\" (t, r, b, n) VALUES ('línea

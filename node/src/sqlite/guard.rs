@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperation};
 
-/// Prefix of the node's own tables; user statements may read them but never change them.
-pub const RESERVED_PREFIX: &str = "_litecluster_";
+/// Prefixes of the node's own tables (today's and earlier versions'); user statements may read
+/// them but never change them.
+pub const RESERVED_PREFIXES: [&str; 2] = [super::META_TABLE, "_litecluster_"];
 
 /// Transaction control found in a user statement, emulated by the apply module.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,8 +178,10 @@ fn check(ctx: &AuthContext<'_>) -> Check {
 }
 
 fn reserved(name: &str) -> bool {
-    name.len() >= RESERVED_PREFIX.len()
-        && name[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
+    RESERVED_PREFIXES.iter().any(|p| {
+        name.get(..p.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(p))
+    })
 }
 
 /// Pragmas that may take an argument on the write path: introspection, and settings that live

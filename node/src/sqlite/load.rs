@@ -127,12 +127,12 @@ pub fn assemble(conn: &Connection, expect: Expect, dest: &Path) -> Result<(), Lo
     Ok(())
 }
 
-/// Checks the image at `image`, writes `meta` rows into it, and copies it over `dest` in one
-/// transaction. `meta_table` is created in the image if missing.
+/// Checks the image at `image`, makes `meta` its only bookkeeping rows, and copies it over
+/// `dest` in one transaction. The image may be a user's file or another cluster's copy: rows it
+/// carries (another cluster's progress) never survive.
 pub fn replace(
     dest: &mut Connection,
     image: &Path,
-    meta_table: &str,
     meta: &[(&str, &str)],
 ) -> Result<(), LoadError> {
     {
@@ -160,20 +160,13 @@ pub fn replace(
             src.execute_batch(&format!("PRAGMA page_size={want}; VACUUM"))
                 .map_err(invalid)?;
         }
-        src.execute_batch(&format!(
-            "BEGIN; DROP TABLE IF EXISTS {STAGING_TABLE}; \
-             CREATE TABLE IF NOT EXISTS {meta_table} (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-        ))
-        .map_err(invalid)?;
-        for (k, v) in meta {
-            src.execute(
-                &format!(
-                    "INSERT INTO {meta_table} (key, value) VALUES (?1, ?2) \
-                     ON CONFLICT(key) DO UPDATE SET value = excluded.value"
-                ),
-                [k, v],
-            )
+        super::ensure_meta(&src).map_err(invalid)?;
+        src.execute_batch(&format!("BEGIN; DROP TABLE IF EXISTS {STAGING_TABLE};"))
             .map_err(invalid)?;
+        super::clear_meta(&src).map_err(invalid)?;
+        let format = super::FORMAT.to_string();
+        for (k, v) in meta.iter().chain([&("format", format.as_str())]) {
+            super::write_meta(&src, k, v).map_err(invalid)?;
         }
         src.execute_batch("COMMIT").map_err(invalid)?;
     }

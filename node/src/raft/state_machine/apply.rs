@@ -283,7 +283,6 @@ impl Worker {
             load::replace(
                 self.writer.conn_mut(),
                 &image,
-                sqlite::META_TABLE,
                 &[("applied", &applied), ("membership", &membership)],
             )
         });

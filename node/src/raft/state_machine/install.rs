@@ -82,10 +82,9 @@ fn stage(src: &Path, dest: &Path, meta: &SnapshotMeta) -> crate::Result<()> {
         let conn = Connection::open(dest)?;
         // One file: a WAL beside the staged copy would not follow it through the rename.
         conn.query_row("PRAGMA journal_mode=DELETE", [], |_| Ok(()))?;
-        conn.execute_batch(&format!(
-            "BEGIN; CREATE TABLE IF NOT EXISTS {} (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-            sqlite::META_TABLE
-        ))?;
+        // An image from a member of an earlier version carries the legacy table.
+        sqlite::ensure_meta(&conn)?;
+        conn.execute_batch("BEGIN")?;
         let applied = serde_json::to_string(&meta.last_log_id).unwrap_or_default();
         let membership = serde_json::to_string(&meta.last_membership).unwrap_or_default();
         sqlite::write_meta(&conn, "applied", &applied)?;
