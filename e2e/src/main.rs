@@ -84,8 +84,17 @@ fn demo(run_dir: PathBuf) -> anyhow::Result<()> {
         }
     };
     let leader = status["leader"].as_str().unwrap_or_default().to_string();
-    let ip = stack.pod_ip("default", &leader)?.unwrap_or_default();
     let dir = stack.cp.run_dir.clone();
+    // TLS is on by default: the operator issued the cluster's CA; clients trust it.
+    let ep = stack.endpoint("default", "mydb", &leader)?;
+    let ca = dir.join("mydb-ca.crt");
+    let (host, issued) = ep.tls.clone().unwrap_or_default();
+    std::fs::copy(&issued, &ca)?;
+    let ip = ep.addr.trim_end_matches(":4001");
+    let curl = format!(
+        "curl --cacert {} --resolve {host}:4001:{ip} 'https://{host}:4001",
+        ca.display()
+    );
     eprintln!(
         "SqliteCluster default/mydb Ready 3/3 in {:.1}s (whole stack {:.1}s); leader {leader}",
         t.elapsed().as_secs_f64(),
@@ -98,13 +107,15 @@ fn demo(run_dir: PathBuf) -> anyhow::Result<()> {
         "\nThe stack is running (logs: {d}/logs, pod logs: {d}/pods/<ns>_<pod>/<container>.log).\n\
          \n  source {d}/env                       # KUBECONFIG, helm and the control-plane binaries\n\
          \x20 kubectl get slc,pods -o wide\n\
-         \x20 curl -XPOST 'http://{ip}:4001/db/execute?pretty' -d '[\"CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)\", [\"INSERT INTO t(v) VALUES(?)\", \"hello\"]]'\n\
-         \x20 curl 'http://{ip}:4001/db/query?pretty&level=strong&q=SELECT+*+FROM+t'\n\
+         \x20 {curl}/db/execute?pretty' -d '[\"CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)\", [\"INSERT INTO t(v) VALUES(?)\", \"hello\"]]'\n\
+         \x20 {curl}/db/query?pretty&level=strong&q=SELECT+*+FROM+t'\n\
          \x20 kubectl scale slc/mydb --replicas=5\n\
          \nPods are reachable from this machine at their IPs; inside pods, \
-         mydb-N.mydb-headless.default.svc.cluster.local resolves.\n\
+         mydb-N.mydb-headless.default.svc.cluster.local resolves. The API is HTTPS with a \
+         certificate the operator issued (Secret mydb-tls; its CA is {ca}).\n\
          Stop everything: cargo run -p litecluster-e2e -- down {d}\n",
-        d = dir.display()
+        d = dir.display(),
+        ca = ca.display(),
     );
     Ok(())
 }

@@ -385,6 +385,101 @@ pub fn with_diagnostics<T>(stack: &Stack, ns: &str, f: impl FnOnce() -> Result<T
     r
 }
 
+/// Where a member's API answers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    /// `ip:4001`.
+    pub addr: String,
+    /// Over HTTPS: the DNS name its certificate holds, and the CA file to trust.
+    pub tls: Option<(String, PathBuf)>,
+}
+
+impl Stack {
+    /// The API of member `pod` of `cluster`, over HTTPS when the cluster serves it so (the
+    /// default): the CA comes from the cluster's TLS Secret, issued or named in `spec.tls`.
+    pub fn endpoint(&self, ns: &str, cluster: &str, pod: &str) -> Result<Endpoint> {
+        let ip = self
+            .pod_ip(ns, pod)?
+            .with_context(|| format!("pod {pod} has no IP"))?;
+        let addr = format!("{ip}:4001");
+        let tls = &self.cluster(ns, cluster)?["spec"]["tls"];
+        if tls["enabled"] == false || tls["api"] == false {
+            return Ok(Endpoint { addr, tls: None });
+        }
+        let secret = tls["secretName"]
+            .as_str()
+            .map_or_else(|| format!("{cluster}-tls"), String::from);
+        let out = self
+            .cp
+            .kubectl_ok(&["get", "secret", &secret, "-n", ns, "-o", "json"])?;
+        let secret_obj: k8s_openapi::api::core::v1::Secret = serde_json::from_str(&out)?;
+        let ca = secret_obj
+            .data
+            .and_then(|d| d.get("ca.crt").map(|b| b.0.clone()))
+            .with_context(|| format!("Secret {ns}/{secret} has no ca.crt"))?;
+        let dir = std::env::temp_dir().join(format!("litecluster-e2e-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join(format!("{ns}-{secret}-ca.crt"));
+        std::fs::write(&file, ca)?;
+        let host = format!("{pod}.{cluster}-headless.{ns}.svc.cluster.local");
+        Ok(Endpoint {
+            addr,
+            tls: Some((host, file)),
+        })
+    }
+}
+
+/// One request to a member's API, over HTTPS (curl, checking the certificate against the CA
+/// and the member's name) or plain HTTP as `ep` says; returns (status, body).
+pub fn call(ep: &Endpoint, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
+    let Some((host, ca)) = &ep.tls else {
+        return http(method, &ep.addr, path, body);
+    };
+    let ip = ep
+        .addr
+        .rsplit_once(':')
+        .map_or(ep.addr.as_str(), |(ip, _)| ip);
+    https(ca, host, ip, method, path, body)
+}
+
+/// A request over HTTPS with curl to `host`, which `--resolve` points at `ip`; the certificate
+/// is checked against `ca` and `host`. Returns (status, body).
+pub fn https(
+    ca: &Path,
+    host: &str,
+    ip: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String)> {
+    let url = format!("https://{host}:4001{path}");
+    let resolve = format!("{host}:4001:{ip}");
+    let ca = ca.to_string_lossy();
+    let mut args = vec!["-sS", "--max-time", "10", "--cacert", &ca];
+    args.extend(["--resolve", &resolve, "-X", method, "-w", "\n%{http_code}"]);
+    if let Some(b) = body {
+        args.extend(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    args.push(&url);
+    let out = std::process::Command::new("curl")
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running curl")?;
+    if !out.status.success() {
+        bail!(
+            "curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Ok((
+        code.trim().parse().context("curl status")?,
+        body.to_string(),
+    ))
+}
+
 /// One HTTP/1.1 request to `ip:port` (plain text); returns (status, body).
 pub fn http(method: &str, addr: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(3))?;

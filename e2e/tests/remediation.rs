@@ -30,12 +30,15 @@ fn stuck_checkpoints_climb_the_remediation_ladder_then_recover() {
 
 fn run(s: &Stack) -> Result<()> {
     let started = Instant::now();
+    // Without TLS: the writer thread addresses members by pod IP over plain HTTP (TLS by
+    // default has its own scenarios).
     s.apply_yaml(
         NS,
         &format!(
             "apiVersion: litecluster.io/v1alpha1\nkind: SqliteCluster\nmetadata:\n  name: {NAME}\n\
              spec:\n  replicas: 3\n  voters: 3\n  storage:\n    size: 1Gi\n  snapshot:\n    \
-             threshold: 20\n    trailingLogs: 10\n    remediationThreshold: 2\n    remediationInterval: 15s\n"
+             threshold: 20\n    trailingLogs: 10\n    remediationThreshold: 2\n    remediationInterval: 15s\n  \
+             tls:\n    enabled: false\n"
         ),
     )?;
     s.wait_ready(NS, NAME, 3, Duration::from_secs(240))?;

@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use litecluster_e2e::{
     Options,
-    stack::{OPERATOR_NS, OPERATOR_SA, Stack, http},
+    stack::{Endpoint, OPERATOR_NS, OPERATOR_SA, Stack, call, http, https},
 };
 
 static SHARED: Mutex<(Option<Arc<Stack>>, usize)> = Mutex::new((None, 0));
@@ -91,16 +91,18 @@ fn ready_timeout() -> Duration {
     Duration::from_secs(240)
 }
 
-/// Address `ip:4001` of a member pod.
-fn member(s: &Stack, ns: &str, pod: &str) -> Result<String> {
-    let ip = s
-        .pod_ip(ns, pod)?
-        .with_context(|| format!("pod {pod} has no IP"))?;
-    Ok(format!("{ip}:4001"))
+/// The API of a member pod `<cluster>-<n>` (HTTPS unless its cluster turned TLS off).
+fn member(s: &Stack, ns: &str, pod: &str) -> Result<Endpoint> {
+    let cluster = pod
+        .rsplit_once('-')
+        .map(|(c, _)| c)
+        .with_context(|| format!("{pod} is not a member pod name"))?;
+    s.endpoint(ns, cluster, pod)
 }
 
-fn execute(addr: &str, body: &str) -> Result<serde_json::Value> {
-    let (code, text) = http("POST", addr, "/db/execute", Some(body))?;
+fn execute(ep: &Endpoint, body: &str) -> Result<serde_json::Value> {
+    let addr = &ep.addr;
+    let (code, text) = call(ep, "POST", "/db/execute", Some(body))?;
     ensure!(code == 200, "execute on {addr}: HTTP {code}: {text}");
     let v: serde_json::Value = serde_json::from_str(&text)?;
     if let Some(err) = v["results"]
@@ -113,7 +115,8 @@ fn execute(addr: &str, body: &str) -> Result<serde_json::Value> {
 }
 
 /// Single-column integer query result.
-fn query_ints(addr: &str, sql: &str, level: &str) -> Result<Vec<i64>> {
+fn query_ints(ep: &Endpoint, sql: &str, level: &str) -> Result<Vec<i64>> {
+    let addr = &ep.addr;
     let q: String = sql
         .bytes()
         .map(|b| match b {
@@ -123,7 +126,7 @@ fn query_ints(addr: &str, sql: &str, level: &str) -> Result<Vec<i64>> {
             _ => format!("%{b:02X}"),
         })
         .collect();
-    let (code, text) = http("GET", addr, &format!("/db/query?level={level}&q={q}"), None)?;
+    let (code, text) = call(ep, "GET", &format!("/db/query?level={level}&q={q}"), None)?;
     ensure!(code == 200, "query on {addr}: HTTP {code}: {text}");
     let v: serde_json::Value = serde_json::from_str(&text)?;
     let r = &v["results"][0];
@@ -137,8 +140,9 @@ fn query_ints(addr: &str, sql: &str, level: &str) -> Result<Vec<i64>> {
 }
 
 /// Raft members as the leader reports them (`/nodes`): (id, voter).
-fn raft_members(addr: &str) -> Result<Vec<(String, bool)>> {
-    let (code, text) = http("GET", addr, "/nodes?nonvoters", None)?;
+fn raft_members(ep: &Endpoint) -> Result<Vec<(String, bool)>> {
+    let addr = &ep.addr;
+    let (code, text) = call(ep, "GET", "/nodes?nonvoters", None)?;
     ensure!(code == 200, "/nodes on {addr}: HTTP {code}: {text}");
     let v: serde_json::Value = serde_json::from_str(&text)?;
     let mut out = Vec::new();
@@ -237,7 +241,7 @@ fn deleting_the_leader_while_writing_loses_no_acknowledged_write() {
     Lease::get("s-failover").run(|s, ns| {
         let st = create_ready(s, ns, "fo", 3)?;
         let old_leader = st["leader"].as_str().unwrap_or_default().to_string();
-        let addrs: Vec<String> = (0..3)
+        let addrs: Vec<Endpoint> = (0..3)
             .map(|i| member(s, ns, &format!("fo-{i}")))
             .collect::<Result<_>>()?;
         execute(&addrs[0], r#"["CREATE TABLE w (id INTEGER PRIMARY KEY)"]"#)?;
@@ -468,9 +472,13 @@ fn invalid_clusters_are_rejected_with_the_cel_messages() {
         let shrink = cluster_yaml("grow", 1, 1).replace("1Gi", "500Mi");
         let e = s.apply_yaml(ns, &shrink).err().context("accepted a shrinking storage.size")?;
         ensure!(e.to_string().contains("storage.size cannot shrink"), "{e:#}");
-        let with_tls = format!("{}  tls:\n    secretName: grow-tls\n", cluster_yaml("grow", 1, 1));
-        let e = s.apply_yaml(ns, &with_tls).err().context("accepted turning tls on")?;
-        ensure!(e.to_string().contains("tls cannot be turned on or off"), "{e:#}");
+        let tls = |enabled: bool| format!("{}  tls:\n    enabled: {enabled}\n", cluster_yaml("grow", 1, 1));
+        s.apply_yaml(ns, &tls(true))?;
+        let e = s.apply_yaml(ns, &tls(false)).err().context("accepted turning tls off")?;
+        ensure!(e.to_string().contains("tls.enabled cannot be changed"), "{e:#}");
+        let plain_with_secret = format!("{}  tls:\n    enabled: false\n    secretName: x\n", cluster_yaml("bad", 1, 1));
+        let e = s.apply_yaml(ns, &plain_with_secret).err().context("accepted a secret without tls")?;
+        ensure!(e.to_string().contains("tls.secretName needs tls.enabled"), "{e:#}");
         s.cp.kubectl_ok(&["delete", "slc", "grow", "-n", ns, "--wait=false"])?;
         // Every SqliteCluster a user copies from examples/ passes the schema and the CEL rules.
         let examples = litecluster_e2e::binaries::workspace_root().join("examples");
@@ -530,6 +538,9 @@ fn operator_service_account_can_do_its_job_and_nothing_more() {
             ("delete", "networkpolicies.networking.k8s.io"),
             // Volume growth.
             ("patch", "persistentvolumeclaims"),
+            // The CA and member certificate it issues (TLS by default).
+            ("create", "secrets"),
+            ("update", "secrets"),
         ] {
             ensure!(
                 can(verb, res, Some("default"))?,
@@ -544,6 +555,7 @@ fn operator_service_account_can_do_its_job_and_nothing_more() {
             ("create", "pods", Some("default")),
             ("list", "secrets", Some("default")),
             ("patch", "secrets", Some("default")),
+            ("delete", "secrets", Some("default")),
             ("delete", "statefulsets.apps", Some("default")),
             ("create", "sqliteclusters.litecluster.io", Some("default")),
             ("delete", "sqliteclusters.litecluster.io", Some("default")),
@@ -805,14 +817,14 @@ fn pod_template_change_replaces_members_one_at_a_time_leader_last() {
         let acked = Mutex::new(Vec::<i64>::new());
         let summary = thread::scope(|scope| -> Result<(Vec<String>, Duration, u32)> {
             let writer = scope.spawn(|| {
-                let mut addrs: Vec<Option<String>> =
+                let mut addrs: Vec<Option<Endpoint>> =
                     names.iter().map(|n| member(s, ns, n).ok()).collect();
                 let (mut id, mut target, mut errors) = (0i64, 0usize, 0u32);
                 while !stop.load(Ordering::Relaxed) {
                     id += 1;
                     let i = target % addrs.len();
                     let body = format!(r#"[["INSERT INTO w(id) VALUES(?)", {id}]]"#);
-                    match addrs[i].as_deref().map(|a| execute(a, &body)) {
+                    match addrs[i].as_ref().map(|a| execute(a, &body)) {
                         Some(Ok(_)) => acked.lock().unwrap().push(id),
                         _ => {
                             errors += 1;
@@ -903,47 +915,6 @@ fn pod_template_change_replaces_members_one_at_a_time_leader_last() {
 
 // ---------------------------------------------------------------- TLS
 
-/// A call to a member's API over HTTPS with curl: the certificate is checked against `ca` and
-/// the member's DNS name, which `--resolve` points at its pod IP. Returns (status, body).
-fn https_call(
-    ca: &std::path::Path,
-    host: &str,
-    ip: &str,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> Result<(u16, String)> {
-    let url = format!("https://{host}:4001{path}");
-    let resolve = format!("{host}:4001:{ip}");
-    let mut args = vec![
-        "-sS",
-        "--max-time",
-        "10",
-        "--cacert",
-        ca.to_str().unwrap_or_default(),
-    ];
-    args.extend(["--resolve", &resolve, "-X", method, "-w", "\n%{http_code}"]);
-    if let Some(b) = body {
-        args.extend(["-H", "Content-Type: application/json", "--data-binary", b]);
-    }
-    args.push(&url);
-    let out = std::process::Command::new("curl")
-        .args(&args)
-        .output()
-        .context("running curl")?;
-    ensure!(
-        out.status.success(),
-        "curl {url}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    Ok((
-        code.trim().parse().context("curl status")?,
-        body.to_string(),
-    ))
-}
-
 /// Issue a member certificate for cluster `name` from the control plane's CA and store it as
 /// the Secret `<name>-tls` (cert-manager's layout). Returns the CA file.
 fn member_tls_secret(s: &Stack, ns: &str, name: &str, serial: u32) -> Result<std::path::PathBuf> {
@@ -989,6 +960,114 @@ fn member_tls_secret_from(
     Ok(ca)
 }
 
+/// A Secret of `ns` as JSON.
+fn secret_json(s: &Stack, ns: &str, name: &str) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(&s.cp.kubectl_ok(&[
+        "get", "secret", name, "-n", ns, "-o", "json",
+    ])?)?)
+}
+
+#[test]
+fn a_cluster_without_tls_settings_gets_an_issued_certificate_and_a_renewal_rolls_it() {
+    Lease::get("s-autotls").run(|s, ns| {
+        let st = create_ready(s, ns, "auto", 3)?;
+        let leader = st["leader"].as_str().unwrap_or_default().to_string();
+        let follower = if leader == "auto-0" {
+            "auto-1"
+        } else {
+            "auto-0"
+        };
+        // The operator issued both Secrets, owned by the cluster; pods mount only the
+        // certificate, never the CA's key.
+        let uid = s.cluster(ns, "auto")?["metadata"]["uid"].clone();
+        let ca = secret_json(s, ns, "auto-ca")?;
+        let tls = secret_json(s, ns, "auto-tls")?;
+        for secret in [&ca, &tls] {
+            ensure!(
+                secret["metadata"]["ownerReferences"][0]["uid"] == uid,
+                "not owned by the cluster: {}",
+                secret["metadata"]
+            );
+        }
+        ensure!(tls["type"] == "kubernetes.io/tls" && tls["data"].get("ca.key").is_none());
+        let sts =
+            s.cp.kubectl_ok(&["get", "sts", "auto", "-n", ns, "-o", "json"])?;
+        ensure!(
+            sts.contains("\"secretName\": \"auto-tls\"") && !sts.contains("auto-ca"),
+            "the StatefulSet mounts the wrong Secrets"
+        );
+        // HTTPS checked against the issued CA and the member's name; the write goes through a
+        // follower, which forwards it to the leader over HTTPS too.
+        execute(
+            &member(s, ns, follower)?,
+            r#"["CREATE TABLE t (id INTEGER PRIMARY KEY)", "INSERT INTO t(id) VALUES(1)"]"#,
+        )?;
+        let ep = member(s, ns, &leader)?;
+        ensure!(ep.tls.is_some(), "{ep:?} is not HTTPS");
+        ensure!(query_ints(&ep, "SELECT id FROM t", "strong")? == [1]);
+        let plain = http("GET", &ep.addr, "/status", None);
+        ensure!(
+            !matches!(plain, Ok((200, _))),
+            "plain HTTP answered: {plain:?}"
+        );
+
+        // A certificate near its end is renewed from the same CA, and the members restart onto
+        // it one at a time.
+        let before = member_pods(s, ns, "auto")?;
+        let cert_before = tls["data"]["tls.crt"].clone();
+        let soon = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+            + 24 * 3600;
+        s.cp.kubectl_ok(&[
+            "annotate",
+            "secret",
+            "auto-tls",
+            "-n",
+            ns,
+            "--overwrite",
+            &format!("litecluster.io/not-after={soon}"),
+        ])?;
+        s.wait_for("the certificate renewed", Duration::from_secs(120), || {
+            let now = secret_json(s, ns, "auto-tls")?;
+            Ok((now["data"]["tls.crt"] != cert_before).then_some(()))
+        })?;
+        ensure!(
+            secret_json(s, ns, "auto-ca")?["data"] == ca["data"],
+            "the CA changed"
+        );
+        let mut most_down = 0;
+        s.wait_for(
+            "every member restarted onto the renewed certificate",
+            Duration::from_secs(300),
+            || {
+                let pods = member_pods(s, ns, "auto")?;
+                let down = (0..3)
+                    .filter(|i| pods.get(&format!("auto-{i}")).is_none_or(|p| !p.1 || p.2))
+                    .count();
+                most_down = most_down.max(down);
+                Ok(before
+                    .iter()
+                    .all(|(n, b)| pods.get(n).is_some_and(|p| p.0 != b.0 && p.1 && !p.2))
+                    .then_some(()))
+            },
+        )?;
+        ensure!(
+            most_down <= 1,
+            "{most_down} members were down at once during the renewal"
+        );
+        let st = s.wait_ready(ns, "auto", 3, ready_timeout())?;
+        let leader = st["leader"].as_str().unwrap_or_default();
+        ensure!(query_ints(&member(s, ns, leader)?, "SELECT id FROM t", "strong")? == [1]);
+        let notes = event_notes(s, ns, "auto", "CertificateIssued")?;
+        ensure!(
+            notes.iter().any(|n| n.contains("expires within 30 days")),
+            "events: {notes:?}"
+        );
+        Ok(())
+    });
+}
+
 #[test]
 fn tls_cluster_serves_https_with_mutual_tls_between_members_and_rolls_a_renewed_certificate() {
     Lease::get("s-tls").run(|s, ns| {
@@ -1013,7 +1092,7 @@ fn tls_cluster_serves_https_with_mutual_tls_between_members_and_rolls_a_renewed_
             r#"["CREATE TABLE t (id INTEGER PRIMARY KEY)"]"#,
             r#"[["INSERT INTO t(id) VALUES(?)", 1], ["INSERT INTO t(id) VALUES(?)", 2]]"#,
         ] {
-            let (code, text) = https_call(
+            let (code, text) = https(
                 &ca,
                 &host(follower),
                 &ip(follower)?,
@@ -1027,7 +1106,7 @@ fn tls_cluster_serves_https_with_mutual_tls_between_members_and_rolls_a_renewed_
             );
         }
         let rows = |pod: &str| -> Result<String> {
-            let (code, text) = https_call(
+            let (code, text) = https(
                 &ca,
                 &host(pod),
                 &ip(pod)?,

@@ -66,7 +66,6 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/litecluster/litecluster-node:0.1.0";
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.tls) == has(oldSelf.tls)").message("tls cannot be turned on or off on an existing cluster: members with and without it cannot talk to each other"))]
 pub struct SqliteClusterSpec {
     /// Number of members (pods), voters and learners together. Scale it with `kubectl scale`
     /// or a HorizontalPodAutoscaler. When it is below `voters`, the cluster runs with the largest
@@ -117,9 +116,12 @@ pub struct SqliteClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_secret: Option<SecretReference>,
 
-    /// TLS from a certificate Secret: mutual TLS between members on the Raft port, and HTTPS
-    /// on the API unless `tls.api` is false. Cannot be added to or removed from an existing
-    /// cluster (members with and without TLS cannot talk to each other).
+    /// TLS: mutual TLS between members on the Raft port, and HTTPS on the API unless `tls.api`
+    /// is false. On by default: without a `tls.secretName` the operator issues a CA and a
+    /// member certificate for the cluster (Secrets `<name>-ca` and `<name>-tls`) and renews the
+    /// certificate before it expires. `tls.enabled: false` runs without TLS. TLS cannot be
+    /// turned on or off on a running cluster (members with and without it cannot talk to each
+    /// other); a cluster created by an operator before TLS became the default stays without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
 
@@ -134,32 +136,49 @@ pub struct SqliteClusterSpec {
     pub log_format: Option<String>,
 }
 
-/// TLS of a cluster, from a Secret in cert-manager's layout.
+/// TLS of a cluster: a Secret in cert-manager's layout, or one the operator issues.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.api == oldSelf.api").message("tls.api cannot be changed on an existing cluster: members that disagree on it cannot reach each other"))]
+#[x_kube(validation = Rule::new("(has(self.enabled) ? self.enabled : true) == (has(oldSelf.enabled) ? oldSelf.enabled : true)").message("tls.enabled cannot be changed on an existing cluster: members with and without TLS cannot talk to each other"))]
+#[x_kube(validation = Rule::new("!has(self.enabled) || self.enabled || !has(self.secretName)").message("tls.secretName needs tls.enabled: a cluster without TLS uses no certificate"))]
 pub struct TlsSpec {
+    /// Whether members use TLS (default true).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub enabled: bool,
+
     /// Secret with keys `tls.crt` (certificate chain), `tls.key` (its private key) and `ca.crt`
-    /// (the CA that signed every member's certificate), as cert-manager writes it. One
-    /// certificate serves every member, as server and as client of the other members, so it
-    /// needs both the `server auth` and `client auth` usages and the DNS name
-    /// `*.<cluster>-headless.<namespace>.svc.<cluster domain>` (each member's address, for
-    /// example `*.mydb-headless.default.svc.cluster.local`). With `api`, clients reach the
-    /// cluster through its Services, so add `<cluster>.<namespace>.svc`,
+    /// (the CA that signed every member's certificate), as cert-manager writes it. Leave it out
+    /// to have the operator issue one. One certificate serves every member, as server and as
+    /// client of the other members, so it needs both the `server auth` and `client auth`
+    /// usages and the DNS name `*.<cluster>-headless.<namespace>.svc.<cluster domain>` (each
+    /// member's address, for example `*.mydb-headless.default.svc.cluster.local`). With `api`,
+    /// clients reach the cluster through its Services, so add `<cluster>.<namespace>.svc`,
     /// `<cluster>-readonly.<namespace>.svc` and their `.<cluster domain>` forms. The operator
     /// restarts members one at a time when `tls.crt` changes (a renewal). Any certificate from
     /// `ca.crt` is admitted on the Raft port, so give each cluster a CA of its own. To change CA,
     /// add the new one to `ca.crt`, then issue from it, then drop the old one: a change the
     /// running members could not follow holds restarts back (condition Degraded=TlsChangeUnsafe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("tls.secretName must be the name of a Secret"))]
-    pub secret_name: String,
+    pub secret_name: Option<String>,
 
     /// Serve the HTTP API over HTTPS with the same certificate (default true). Clients and
     /// probes then use HTTPS; members and the operator trust `ca.crt`. Turn it off only when the
     /// API is protected some other way: without it, queries and credentials travel in the clear.
     #[serde(default = "default_true")]
     pub api: bool,
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            secret_name: None,
+            api: true,
+        }
+    }
 }
 
 /// The NetworkPolicy of a cluster.
@@ -554,6 +573,10 @@ fn default_storage_size() -> String {
 fn default_backup_interval() -> String {
     "1h".into()
 }
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 fn default_true() -> bool {
     true
 }
@@ -592,9 +615,19 @@ impl SqliteCluster {
         self.spec.image.as_deref().unwrap_or(DEFAULT_IMAGE)
     }
 
-    /// Whether members serve the HTTP API over HTTPS (`tls` set and `tls.api` true).
+    /// The TLS Secret members mount, once the reconciler has resolved the spec (see
+    /// `controller::certificates::resolve`, which names the Secret it issues); `None` without TLS.
+    pub fn tls_secret(&self) -> Option<&str> {
+        self.spec
+            .tls
+            .as_ref()
+            .filter(|t| t.enabled)
+            .and_then(|t| t.secret_name.as_deref())
+    }
+
+    /// Whether members serve the HTTP API over HTTPS (a TLS Secret and `tls.api`).
     pub fn api_tls(&self) -> bool {
-        self.spec.tls.as_ref().is_some_and(|t| t.api)
+        self.tls_secret().is_some() && self.spec.tls.as_ref().is_some_and(|t| t.api)
     }
 
     /// Whether the operator keeps the cluster's NetworkPolicy (the default).

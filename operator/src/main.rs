@@ -79,6 +79,10 @@ struct RunArgs {
     #[arg(long, env = "LITECLUSTER_OPERATOR_LEASE_SECONDS", default_value_t = 15,
           value_parser = clap::value_parser!(u64).range(3..))]
     lease_seconds: u64,
+    /// Watch SqliteClusters of this namespace only (the chart's `watchNamespace`, with a Role
+    /// there instead of a ClusterRole). Empty: every namespace.
+    #[arg(long, env = "LITECLUSTER_OPERATOR_WATCH_NAMESPACE", default_value = "")]
+    watch_namespace: String,
     /// Timeout of a node's /status call, in seconds.
     #[arg(long, env = "LITECLUSTER_OPERATOR_NODE_TIMEOUT", default_value_t = 5)]
     node_timeout: u64,
@@ -151,6 +155,8 @@ async fn run() -> anyhow::Result<()> {
         metrics.clone(),
         args.cluster_domain.clone(),
     ));
+    let scope = controller::Scope::from_arg(&args.watch_namespace);
+    info!(watching = %scope, "starting");
 
     let health = Health {
         metrics,
@@ -184,13 +190,17 @@ async fn run() -> anyhow::Result<()> {
             Duration::from_secs(args.lease_seconds),
         );
         let timing = Timing::for_lease(Duration::from_secs(args.lease_seconds));
-        match run_elected(lock, timing, stop_rx, |stop| controller::run(ctx, stop)).await? {
+        match run_elected(lock, timing, stop_rx, |stop| {
+            controller::run(ctx, scope, stop)
+        })
+        .await?
+        {
             Ended::Stopped => Ok(()),
             // Exit so the Deployment restarts us as a fresh candidate.
             Ended::Lost => Err(anyhow::anyhow!("lost the leader Lease")),
         }
     } else {
-        controller::run(ctx, wait_stop(stop_rx)).await;
+        controller::run(ctx, scope, wait_stop(stop_rx)).await;
         Ok(())
     };
     server.abort();

@@ -2,6 +2,7 @@
 //! (membership changes), labels (pod roles), storage (volume growth), rollout (restarts),
 //! remediation (snapshot health), status.
 
+pub mod certificates;
 pub mod create;
 pub mod labels;
 pub mod maintenance;
@@ -129,8 +130,8 @@ pub async fn reconcile(cluster: Arc<SqliteCluster>, ctx: Arc<Context>) -> Result
         return Ok(Action::await_change());
     }
     let ns = cluster.namespace().ok_or(Error::MissingNamespace)?;
-    let (observed, nodes) = match observe::observe(&cluster, &ctx, &ns).await {
-        Ok(o) => o,
+    let (cluster, observed, nodes) = match observe::observe(&cluster, &ctx, &ns).await {
+        Ok((resolved, o, n)) => (Arc::new(resolved), o, n),
         // A Secret the cluster names is unusable: nothing can be reconciled until it is fixed.
         // Say so where `kubectl describe` shows it, once per problem.
         Err(e @ (Error::TlsSecret { .. } | Error::AuthSecret { .. })) => {
@@ -253,22 +254,61 @@ pub fn error_policy(cluster: Arc<SqliteCluster>, error: &Error, ctx: Arc<Context
     Action::requeue(Duration::from_secs(15))
 }
 
+/// Which SqliteClusters the operator watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every namespace (a ClusterRole).
+    Cluster,
+    /// One namespace (a Role there): for users who grant no cluster-wide Secret access.
+    Namespace(String),
+}
+
+impl Scope {
+    /// From `--watch-namespace`: empty means every namespace.
+    pub fn from_arg(ns: &str) -> Self {
+        match ns.trim() {
+            "" => Scope::Cluster,
+            ns => Scope::Namespace(ns.to_owned()),
+        }
+    }
+
+    fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match self {
+            Scope::Cluster => Api::all(client.clone()),
+            Scope::Namespace(ns) => Api::namespaced(client.clone(), ns),
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Cluster => f.write_str("every namespace"),
+            Scope::Namespace(ns) => write!(f, "namespace {ns}"),
+        }
+    }
+}
+
 /// Run the controller until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
+    scope: Scope,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let clusters = Api::<SqliteCluster>::all(client.clone());
+    let clusters = scope.api::<SqliteCluster>(&client);
     let member_pods = watcher::Config::default().labels("app.kubernetes.io/name=litecluster");
     Controller::new(clusters, watcher::Config::default().any_semantic())
         .owns(
-            Api::<StatefulSet>::all(client.clone()),
+            scope.api::<StatefulSet>(&client),
             watcher::Config::default(),
         )
         // Pods belong to the StatefulSet, not to us; map them to their cluster so a pod coming
         // up or going away triggers the next membership step at once.
-        .watches(Api::<Pod>::all(client), member_pods, |pod| {
+        .watches(scope.api::<Pod>(&client), member_pods, |pod| {
             let ns = pod.namespace();
             pod.labels().get("app.kubernetes.io/instance").map(|name| {
                 let r = ObjectRef::<SqliteCluster>::new(name);

@@ -115,7 +115,7 @@ pub struct ObservedCluster {
     pub statefulset: Option<StatefulSet>,
     /// Member pods, by ordinal.
     pub pods: Vec<ObservedPod>,
-    /// The TLS Secret, when `spec.tls` is set.
+    /// The TLS Secret, when the cluster uses TLS.
     pub tls: Option<ObservedTls>,
 }
 
@@ -185,14 +185,14 @@ pub async fn observe_tls(
     ns: &str,
     pods: &[ObservedPod],
 ) -> Result<Option<ObservedTls>> {
-    let Some(tls) = &cluster.spec.tls else {
+    let Some(name) = cluster.tls_secret() else {
         return Ok(None);
     };
     let error = |what: String| Error::TlsSecret {
-        secret: tls.secret_name.clone(),
+        secret: name.to_owned(),
         what,
     };
-    let secret = read_secret(ctx, ns, &tls.secret_name, error).await?;
+    let secret = read_secret(ctx, ns, name, error).await?;
     let key = |k: &str| {
         secret_key(&secret, k)
             .filter(|v| !v.is_empty())
@@ -288,10 +288,13 @@ pub async fn observe(
     cluster: &SqliteCluster,
     ctx: &Context,
     ns: &str,
-) -> Result<(ObservedCluster, Arc<dyn NodeApi>)> {
+) -> Result<(SqliteCluster, ObservedCluster, Arc<dyn NodeApi>)> {
     let statefulset = Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
         .get_opt(&Names::statefulset(cluster))
         .await?;
+    // From here on `spec.tls` names the Secret members use, issued or the user's.
+    let resolved = super::certificates::resolve(cluster, ctx, ns, statefulset.as_ref()).await?;
+    let cluster = &resolved;
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
         .list(&ListParams::default().labels(&selector_string(cluster)))
         .await?;
@@ -329,6 +332,7 @@ pub async fn observe(
         })
         .collect();
     Ok((
+        resolved.clone(),
         ObservedCluster {
             statefulset,
             pods,

@@ -174,8 +174,11 @@ pub(crate) mod testing {
         SecretReference, SqliteCluster, SqliteClusterSpec, SqliteClusterStatus, StorageSpec,
     };
 
+    /// A cluster without TLS: the tests of everything else make no certificate requests.
+    /// `controller/tests/certificates.rs` covers the default (issued TLS).
     pub fn cluster() -> SqliteCluster {
-        let spec: SqliteClusterSpec = serde_json::from_str("{}").expect("defaults");
+        let spec: SqliteClusterSpec =
+            serde_json::from_str(r#"{"tls": {"enabled": false}}"#).expect("defaults");
         let mut c = SqliteCluster::new("db", spec);
         c.metadata = ObjectMeta {
             name: Some("db".into()),
@@ -222,8 +225,8 @@ pub(crate) mod testing {
         }
         fn with_tls(mut self, secret: &str) -> Self {
             self.spec.tls = Some(crate::crd::TlsSpec {
-                secret_name: secret.into(),
-                api: true,
+                secret_name: Some(secret.into()),
+                ..Default::default()
             });
             self
         }

@@ -146,7 +146,7 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Result<S
             ..Default::default()
         });
     }
-    if let Some(tls) = &c.spec.tls {
+    if let Some(secret) = c.tls_secret() {
         // One certificate for both ports: members are servers and clients of each other.
         let file = |key: &str| format!("{TLS_DIR}/{key}");
         args.extend([
@@ -154,14 +154,14 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Result<S
             format!("--raft-key={}", file("tls.key")),
             format!("--raft-ca-cert={}", file("ca.crt")),
         ]);
-        if tls.api {
+        if c.api_tls() {
             args.extend([
                 format!("--http-cert={}", file("tls.crt")),
                 format!("--http-key={}", file("tls.key")),
                 format!("--http-ca-cert={}", file("ca.crt")),
             ]);
         }
-        volumes.push(secret_volume("tls", &tls.secret_name));
+        volumes.push(secret_volume("tls", secret));
         mounts.push(VolumeMount {
             name: "tls".into(),
             mount_path: TLS_DIR.into(),

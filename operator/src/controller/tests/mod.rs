@@ -279,6 +279,9 @@ struct ApiServerVerifier {
     claims: Vec<Value>,
     /// Claims the reconciler grows, in order, each with the API's refusal (code, message) if any.
     grow: Vec<(&'static str, Option<(u16, &'static str)>)>,
+    /// The cluster has neither issued Secret: both are created (with an Event) after the
+    /// StatefulSet is read, and the certificate is read back with the other Secrets.
+    issue_tls: bool,
 }
 
 /// The owned objects as they exist on the server: absent, or exactly as last applied.
@@ -336,6 +339,27 @@ impl ApiServerVerifier {
                 sts.clone(),
             )
             .await;
+            if v.issue_tls {
+                for name in ["db-ca", "db-tls"] {
+                    v.expect(
+                        Method::GET,
+                        &format!("/api/v1/namespaces/ns/secrets/{name}"),
+                        None,
+                    )
+                    .await;
+                }
+                for name in ["db-ca", "db-tls"] {
+                    let w = v
+                        .expect_write(Method::POST, "/api/v1/namespaces/ns/secrets?")
+                        .await;
+                    assert_eq!(w.2["metadata"]["name"], name);
+                    if name == "db-tls" {
+                        v.secrets.insert(0, (name.into(), w.2.clone()));
+                    }
+                    writes.push(w);
+                }
+                writes.push(v.expect_write(Method::POST, EVENTS).await);
+            }
             v.expect(
                 Method::GET,
                 &format!("/api/v1/namespaces/ns/pods?&{MEMBERS}"),
@@ -553,6 +577,7 @@ fn context(fake: FakeNodes) -> (Arc<Context>, ApiServerVerifier, Arc<FakeNodes>)
         stale: vec![],
         claims: vec![],
         grow: vec![],
+        issue_tls: false,
     };
     (Arc::new(ctx), verifier, fake)
 }
@@ -643,6 +668,7 @@ fn template_hash(sts: &Value) -> String {
         .to_string()
 }
 
+mod certificates;
 mod conditions;
 mod labels;
 mod lifecycle;
