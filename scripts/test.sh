@@ -11,10 +11,13 @@ cargo fmt --all -- --check
 step "cargo clippy (workspace)"
 cargo clippy --workspace --all-targets -- -D warnings
 step "CRDs match the Rust types (crds/ and the chart's copy)"
-for f in crds/sqliteclusters.litecluster.io.yaml charts/litecluster-operator/files/sqliteclusters.litecluster.io.yaml; do
-  cargo run -q -p litecluster-operator -- crd | diff -u "$f" - \
-    || { echo "$f is stale: regenerate with 'cargo run -p litecluster-operator -- crd | tee crds/sqliteclusters.litecluster.io.yaml > charts/litecluster-operator/files/sqliteclusters.litecluster.io.yaml'"; exit 1; }
+generated=$(mktemp -d)
+cargo run -q -p litecluster-operator -- crd --out "$generated" >/dev/null
+for dir in crds charts/litecluster-operator/files; do
+  diff -ru "$dir" "$generated" \
+    || { echo "$dir is stale: regenerate with 'cargo run -p litecluster-operator -- crd --out crds --out charts/litecluster-operator/files'"; exit 1; }
 done
+rm -rf "$generated"
 step "node: unit and integration tests (real processes on loopback, pyrqlite, SeaweedFS S3, Azurite)"
 cargo test --no-fail-fast -p litecluster-node
 step "fault injection: short runs of real members under a nemesis, histories checked for linearizability (needs root, iptables)"

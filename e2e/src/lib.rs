@@ -25,6 +25,7 @@ pub mod pki;
 pub mod pods;
 mod process;
 pub mod stack;
+pub mod weed;
 
 pub use binaries::{Binaries, K8S_VERSION, ensure_binaries};
 pub use control_plane::{ControlPlane, Options, down};

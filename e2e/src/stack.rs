@@ -385,6 +385,25 @@ pub fn with_diagnostics<T>(stack: &Stack, ns: &str, f: impl FnOnce() -> Result<T
     r
 }
 
+impl Stack {
+    /// Runs the kubectl plugin (`kubectl-litecluster`) against this control plane: its stdout,
+    /// or its stderr when it failed.
+    pub fn plugin(&self, args: &[&str]) -> Result<std::result::Result<String, String>> {
+        let bin = ensure_workspace_binaries()?.join("kubectl-litecluster");
+        let out = Command::new(&bin)
+            .args(args)
+            .env("KUBECONFIG", &self.cp.kubeconfig)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", bin.display()))?;
+        Ok(if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        })
+    }
+}
+
 /// Where a member's API answers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Endpoint {

@@ -485,7 +485,7 @@ fn invalid_clusters_are_rejected_with_the_cel_messages() {
         for entry in std::fs::read_dir(&examples)? {
             let path = entry?.path();
             let text = std::fs::read_to_string(&path)?;
-            for doc in text.split("\n---\n").filter(|d| d.contains("kind: SqliteCluster")) {
+            for doc in text.split("\n---\n").filter(|d| d.contains("kind: Sqlite")) {
                 let mut child = s.cp.kubectl()
                     .args(["apply", "--dry-run=server", "-n", ns, "-f", "-"])
                     .stdin(std::process::Stdio::piped())
@@ -1367,17 +1367,7 @@ fn growing_storage_size_expands_member_claims_or_says_why_it_cannot() {
 /// `kubectl-litecluster` (the plugin) with the stack's kubeconfig: stdout, or an error with
 /// its stderr.
 fn plugin(s: &Stack, args: &[&str]) -> Result<std::result::Result<String, String>> {
-    let bin = litecluster_e2e::stack::ensure_workspace_binaries()?.join("kubectl-litecluster");
-    let out = std::process::Command::new(&bin)
-        .args(args)
-        .env("KUBECONFIG", &s.cp.kubeconfig)
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    Ok(if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    })
+    s.plugin(args)
 }
 
 #[test]

@@ -1,5 +1,7 @@
-//! litecluster-operator: reconciles `SqliteCluster` resources into replicated SQLite clusters.
+//! litecluster-operator: reconciles `SqliteCluster` resources into replicated SQLite clusters,
+//! and `SqliteBackup` resources into backups of them.
 
+pub mod backup;
 pub mod controller;
 pub mod crd;
 pub mod error;

@@ -36,8 +36,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Print the SqliteCluster CRD as YAML.
-    Crd,
+    /// Print the CRDs (SqliteCluster, SqliteBackup) as YAML.
+    Crd {
+        /// Write one file per CRD into this directory (repeatable) instead of printing them all.
+        #[arg(long)]
+        out: Vec<std::path::PathBuf>,
+    },
     /// Run the operator (the default; the flags work with or without `run`).
     Run(RunArgs),
 }
@@ -124,8 +128,21 @@ fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Cmd::Crd) => {
-            print!("{}", litecluster_operator::crd::crd_yaml()?);
+        Some(Cmd::Crd { out }) => {
+            let files = litecluster_operator::crd::crd_files()?;
+            if out.is_empty() {
+                for (_, yaml) in &files {
+                    print!("{yaml}");
+                }
+            }
+            for dir in &out {
+                for (name, yaml) in &files {
+                    let path = dir.join(name);
+                    std::fs::write(&path, yaml)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    println!("wrote {}", path.display());
+                }
+            }
             return Ok(());
         }
         Some(Cmd::Run(args)) => args,

@@ -16,6 +16,8 @@ pub struct Metrics {
     reconciles: AtomicU64,
     failures: Mutex<BTreeMap<&'static str, u64>>,
     durations: Mutex<Histogram>,
+    backups_completed: AtomicU64,
+    backups_failed: AtomicU64,
 }
 
 #[derive(Default)]
@@ -66,6 +68,16 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .entry(e.metric_label())
             .or_default() += 1;
+    }
+
+    /// Count a SqliteBackup that finished.
+    pub fn backup_finished(&self, completed: bool) {
+        let c = if completed {
+            &self.backups_completed
+        } else {
+            &self.backups_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Prometheus text exposition format.
@@ -131,6 +143,21 @@ impl Metrics {
             "litecluster_operator_reconcile_duration_seconds_count {}",
             h.count
         );
+        let _ = writeln!(
+            out,
+            "# HELP litecluster_operator_backups_total SqliteBackups finished, by result."
+        );
+        let _ = writeln!(out, "# TYPE litecluster_operator_backups_total counter");
+        for (result, c) in [
+            ("completed", &self.backups_completed),
+            ("failed", &self.backups_failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "litecluster_operator_backups_total{{result=\"{result}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }

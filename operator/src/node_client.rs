@@ -162,6 +162,30 @@ struct SnapshotResponse {
     snapshot: SnapshotHealth,
 }
 
+/// What `POST /backup` reports of a backup it pushed.
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+pub struct BackupReport {
+    pub id: String,
+    /// The storage (its name in the backup config) that took it.
+    pub storage: String,
+    pub raft_index: u64,
+    /// Bytes stored (compressed).
+    pub size: u64,
+    /// Bytes of the database.
+    pub db_size: u64,
+    pub sha256: String,
+    /// True when a storage before `storage` refused it.
+    pub failover: bool,
+}
+
+/// What came of asking for a backup.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackupOutcome {
+    Done(BackupReport),
+    /// Worth asking again (the node said 503, or could not be reached): why.
+    Retry(String),
+}
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The node operations the reconciler needs. A trait so reconcile tests can fake the nodes.
@@ -185,6 +209,8 @@ pub trait NodeApi: Send + Sync {
     ) -> BoxFuture<'a, Result<()>>;
     /// `POST /snapshot?type=full`: ask the node for a full snapshot now.
     fn full_snapshot<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<SnapshotOutcome>>;
+    /// `POST /backup`: push a backup of the database now, to the first storage that takes it.
+    fn backup<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<BackupOutcome>>;
     /// The client for one cluster's nodes: its credentials, and HTTPS when it has a CA.
     fn for_cluster(&self, access: NodeAccess) -> Result<std::sync::Arc<dyn NodeApi>>;
 }
@@ -209,6 +235,9 @@ pub struct Credentials {
     pub username: String,
     pub password: String,
 }
+
+/// How long a backup request may take: the node copies, compresses and uploads the database.
+pub const BACKUP_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The real client: reqwest over HTTP(S), with per-call timeouts.
 #[derive(Clone)]
@@ -388,6 +417,41 @@ impl NodeApi for HttpNodeClient {
                     what: format!("unreadable /snapshot answer: {e}"),
                 })?;
             Ok(SnapshotOutcome::Taken(Box::new(body.snapshot)))
+        })
+    }
+
+    fn backup<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<BackupOutcome>> {
+        Box::pin(async move {
+            let u = url(base, "/backup");
+            let err = |what: String| Error::Node {
+                node: base.to_string(),
+                url: u.clone(),
+                what,
+            };
+            // A backup copies and uploads the whole database: give it as long as that can take.
+            let r = self
+                .request(reqwest::Method::POST, &u)
+                .timeout(BACKUP_TIMEOUT);
+            let resp = match r.send().await {
+                Err(e) if e.is_connect() || e.is_timeout() => {
+                    return Ok(BackupOutcome::Retry(describe(&e)));
+                }
+                Err(e) => return Err(err(describe(&e))),
+                Ok(resp) => resp,
+            };
+            let status = resp.status();
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                let body = resp.text().await.unwrap_or_default();
+                return Ok(BackupOutcome::Retry(body.trim().to_string()));
+            }
+            if !status.is_success() {
+                let body = resp.text().await.unwrap_or_default();
+                return Err(err(format!("answered {status}: {}", body.trim())));
+            }
+            resp.json::<BackupReport>()
+                .await
+                .map(BackupOutcome::Done)
+                .map_err(|e| err(format!("unreadable /backup answer: {e}")))
         })
     }
 

@@ -1,13 +1,14 @@
 //! `kubectl litecluster`: a SqliteCluster in one screen, and the day-two actions, all through
-//! the operator (the plugin only reads the cluster and writes its annotations, so it needs no
-//! access to the members). Install it on `PATH` as `kubectl-litecluster`.
+//! the operator (the plugin only reads the cluster, writes its annotations and creates
+//! SqliteBackups, so it needs no access to the members). Install it on `PATH` as `kubectl-litecluster`.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use litecluster_operator::backup::{SqliteBackup, SqliteBackupSpec, phase};
 use litecluster_operator::crd::{
     PAUSED_ANNOTATION, RESTART_ANNOTATION, SWITCHOVER_ANNOTATION, SqliteCluster,
 };
@@ -41,6 +42,16 @@ enum Cmd {
     Pause { name: String },
     /// Let the operator change the cluster again.
     Resume { name: String },
+    /// Take a backup now: creates a SqliteBackup of the cluster (the operator asks the leader).
+    Backup {
+        name: String,
+        /// Wait until it completed or failed, and say where it went.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +78,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let ns = cli
         .namespace
         .unwrap_or_else(|| client.default_namespace().to_owned());
+    let backups: Api<SqliteBackup> = Api::namespaced(client.clone(), &ns);
     let api: Api<SqliteCluster> = Api::namespaced(client, &ns);
     let get = |name: &str| {
         let api = api.clone();
@@ -80,7 +92,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Cmd::Status { name } => {
-            print!("{}", render_status(&get(&name).await?));
+            let c = get(&name).await?;
+            // Recent backups of this cluster; a user who may not list them just sees none.
+            let mut recent: Vec<SqliteBackup> = backups
+                .list(&Default::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|b| b.spec.cluster == name)
+                .collect();
+            recent.sort_by_key(|b| b.metadata.creation_timestamp.clone().map(|t| t.0));
+            let from = recent.len().saturating_sub(5);
+            print!("{}", render_status(&c, &recent[from..]));
         }
         Cmd::Pause { name } => {
             get(&name).await?;
@@ -117,6 +141,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::Backup {
+            name,
+            wait,
+            timeout,
+        } => {
+            let c = get(&name).await?;
+            if c.spec.backup.is_none() {
+                bail!(
+                    "{ns}/{name} has no spec.backup.storages: add at least one storage to back it up"
+                );
+            }
+            let stamp = k8s_openapi::jiff::Timestamp::now().strftime("%Y%m%d%H%M%S");
+            let mut backup = SqliteBackup::new(
+                &format!("{name}-{stamp}"),
+                SqliteBackupSpec {
+                    cluster: name.clone(),
+                },
+            );
+            backup.metadata.namespace = Some(ns.clone());
+            let made = backups
+                .create(&PostParams::default(), &backup)
+                .await
+                .context("creating the SqliteBackup")?;
+            let made_name = made.metadata.name.unwrap_or_default();
+            println!("sqlitebackup/{made_name} created");
+            if wait {
+                let done = wait_backup(&backups, &made_name, timeout).await?;
+                let st = done.status.unwrap_or_default();
+                let msg = st.message.unwrap_or_default();
+                if st.phase.as_deref() == Some(phase::COMPLETED) {
+                    println!("completed: {msg}");
+                } else {
+                    bail!("backup {made_name} failed: {msg}");
+                }
+            }
+        }
         Cmd::Switchover { name, member } => {
             let c = get(&name).await?;
             known_member(&c, &member)?;
@@ -129,6 +189,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Polls the backup until it finished.
+async fn wait_backup(
+    api: &Api<SqliteBackup>,
+    name: &str,
+    timeout: u64,
+) -> anyhow::Result<SqliteBackup> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    loop {
+        let b = api
+            .get(name)
+            .await
+            .with_context(|| format!("reading SqliteBackup {name}"))?;
+        if b.finished() {
+            return Ok(b);
+        }
+        if std::time::Instant::now() > deadline {
+            let phase = b.status.and_then(|s| s.phase).unwrap_or_default();
+            bail!(
+                "backup {name} not finished after {timeout}s (phase {phase:?}); see kubectl describe slb {name}"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 fn known_member(c: &SqliteCluster, member: &str) -> anyhow::Result<()> {
@@ -161,7 +246,7 @@ async fn annotate(
     Ok(())
 }
 
-fn render_status(c: &SqliteCluster) -> String {
+fn render_status(c: &SqliteCluster, backups: &[SqliteBackup]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let name = c.metadata.name.as_deref().unwrap_or_default();
@@ -244,6 +329,18 @@ fn render_status(c: &SqliteCluster) -> String {
         None => {
             let _ = writeln!(out, "Backups: none configured (spec.backup)");
         }
+    }
+    for b in backups {
+        let st = b.status.clone().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {:40}{:10}{:10}{}",
+            b.metadata.name.as_deref().unwrap_or_default(),
+            st.phase.as_deref().unwrap_or("-"),
+            st.storage.as_deref().unwrap_or("-"),
+            st.raft_index
+                .map_or("-".to_owned(), |i| format!("index {i}")),
+        );
     }
     let pending: Vec<String> = [RESTART_ANNOTATION, SWITCHOVER_ANNOTATION]
         .iter()

@@ -2,6 +2,7 @@
 //! (membership changes), labels (pod roles), storage (volume growth), rollout (restarts),
 //! remediation (snapshot health), status.
 
+pub mod backups;
 pub mod certificates;
 pub mod create;
 pub mod labels;
@@ -97,6 +98,19 @@ impl Context {
         action: &str,
         note: String,
     ) {
+        self.publish_about(cluster.object_ref(&()), type_, reason, action, note)
+            .await;
+    }
+
+    /// `publish`, about any object.
+    pub async fn publish_about(
+        &self,
+        regarding: k8s_openapi::api::core::v1::ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         // A recorder per Event, not one shared: a shared one folds Events with the same reason
         // into a series and keeps the first note, so "restarted db-1" would hide "restarted db-2".
         // Repeats of one condition go through `publish_once` instead.
@@ -108,7 +122,7 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = recorder.publish(&ev, &cluster.object_ref(&())).await {
+        if let Err(e) = recorder.publish(&ev, &regarding).await {
             warn!(error = %e, reason, "cannot publish event");
         }
     }
@@ -298,10 +312,12 @@ pub async fn run(
     scope: Scope,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    use futures::FutureExt;
+    let shutdown = shutdown.shared();
     let client = ctx.client.clone();
     let clusters = scope.api::<SqliteCluster>(&client);
     let member_pods = watcher::Config::default().labels("app.kubernetes.io/name=litecluster");
-    Controller::new(clusters, watcher::Config::default().any_semantic())
+    let cluster_controller = Controller::new(clusters, watcher::Config::default().any_semantic())
         .owns(
             scope.api::<StatefulSet>(&client),
             watcher::Config::default(),
@@ -318,15 +334,27 @@ pub async fn run(
                 }
             })
         })
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(cluster = %obj, "reconciled"),
                 Err(e) => warn!(error = %e, "controller error"),
             }
-        })
-        .await;
+        });
+    let backup_controller = Controller::new(
+        scope.api::<crate::backup::SqliteBackup>(&client),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown)
+    .run(backups::reconcile, backups::error_policy, ctx)
+    .for_each(|res| async move {
+        match res {
+            Ok((obj, _)) => tracing::debug!(backup = %obj, "reconciled"),
+            Err(e) => warn!(error = %e, "backup controller error"),
+        }
+    });
+    futures::join!(cluster_controller, backup_controller);
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@ use crate::controller::membership::Action;
 use crate::crd::SqliteCluster;
 use crate::metrics::Metrics;
 use crate::node_client::{
-    BoxFuture, JoinRequest, LeaderInfo, NodeAccess, NodeApi, NodeInfo, NodeStatus, RaftMember,
-    RaftStatus, SnapshotHealth, SnapshotOutcome, SnapshotSuccess, StoreStatus,
+    BackupOutcome, BoxFuture, JoinRequest, LeaderInfo, NodeAccess, NodeApi, NodeInfo, NodeStatus,
+    RaftMember, RaftStatus, SnapshotHealth, SnapshotOutcome, SnapshotSuccess, StoreStatus,
 };
 use crate::resources::testing::{ClusterExt, cluster};
 use crate::resources::{
@@ -36,6 +36,8 @@ struct FakeNodes {
     statuses: HashMap<String, NodeStatus>,
     calls: Arc<Mutex<Vec<String>>>,
     access: Arc<Mutex<Vec<NodeAccess>>>,
+    /// What `POST /backup` answers.
+    backup: Option<BackupOutcome>,
 }
 
 impl NodeApi for FakeNodes {
@@ -85,6 +87,14 @@ impl NodeApi for FakeNodes {
                 ..Default::default()
             })))
         })
+    }
+    fn backup<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<BackupOutcome>> {
+        self.calls.lock().unwrap().push(format!("backup {base}"));
+        let outcome = self
+            .backup
+            .clone()
+            .unwrap_or_else(|| BackupOutcome::Retry("no backup configured in the fake".into()));
+        Box::pin(async move { Ok(outcome) })
     }
     fn for_cluster(&self, access: NodeAccess) -> Result<Arc<dyn NodeApi>> {
         self.access.lock().unwrap().push(access);
@@ -544,7 +554,8 @@ impl ApiServerVerifier {
         let mut echo = value.clone();
         if echo.get("metadata").is_none() {
             echo["metadata"] = json!({"name": "db", "namespace": "ns"});
-            echo["spec"] = json!({});
+            // Enough of a spec for either kind (a SqliteBackup needs its cluster).
+            echo["spec"] = json!({"cluster": "db"});
         }
         send.send_response(
             Response::builder()
@@ -668,6 +679,7 @@ fn template_hash(sts: &Value) -> String {
         .to_string()
 }
 
+mod backups;
 mod certificates;
 mod conditions;
 mod labels;

@@ -1,0 +1,205 @@
+//! Backups as resources on the real control plane, to two real S3 servers (SeaweedFS) the pods
+//! reach: an on-demand SqliteBackup completes while writes go on, to the first storage; with
+//! that storage stopped the next one goes to the failover storage and says so; the kubectl
+//! plugin takes one; a cluster without storages fails with what to do.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use litecluster_e2e::Options;
+use litecluster_e2e::stack::{Stack, call};
+use litecluster_e2e::weed::{ACCESS_KEY, SECRET_KEY, Weed};
+
+const NS: &str = "bk";
+
+fn cluster_yaml(primary: &str, failover: &str) -> String {
+    format!(
+        "apiVersion: litecluster.io/v1alpha1\nkind: SqliteCluster\nmetadata:\n  name: bk\nspec:\n  replicas: 3\n  voters: 3\n  storage:\n    size: 1Gi\n  backup:\n    interval: 24h\n    storages:\n      - name: primary\n        endpoint: {primary}\n        bucket: backups\n        region: us-east-1\n        credentialsSecret:\n          name: s3\n      - name: failover\n        endpoint: {failover}\n        bucket: backups\n        region: us-east-1\n        credentialsSecret:\n          name: s3\n"
+    )
+}
+
+fn backup_yaml(name: &str, cluster: &str) -> String {
+    format!(
+        "apiVersion: litecluster.io/v1alpha1\nkind: SqliteBackup\nmetadata:\n  name: {name}\nspec:\n  cluster: {cluster}\n"
+    )
+}
+
+/// Waits until the backup is Completed or Failed; returns its status.
+fn finished(s: &Stack, name: &str) -> Result<serde_json::Value> {
+    s.wait_for(
+        &format!("SqliteBackup {name} finished"),
+        Duration::from_secs(240),
+        || {
+            let out =
+                s.cp.kubectl_ok(&["get", "slb", name, "-n", NS, "-o", "json"])?;
+            let v: serde_json::Value = serde_json::from_str(&out)?;
+            let st = v["status"].clone();
+            Ok(matches!(st["phase"].as_str(), Some("Completed" | "Failed")).then_some(st))
+        },
+    )
+}
+
+fn events(s: &Stack, name: &str, reason: &str) -> Result<Vec<String>> {
+    let out =
+        s.cp.kubectl_ok(&["get", "events.events.k8s.io", "-n", NS, "-o", "json"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["reason"] == reason && e["regarding"]["name"] == name)
+        .filter_map(|e| e["note"].as_str().map(String::from))
+        .collect())
+}
+
+fn scenario(s: &Stack, primary: &mut Weed, failover: &Weed) -> Result<()> {
+    s.cp.kubectl_ok(&["create", "namespace", NS])?;
+    s.cp.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "s3",
+        "-n",
+        NS,
+        &format!("--from-literal=accessKeyId={ACCESS_KEY}"),
+        &format!("--from-literal=secretAccessKey={SECRET_KEY}"),
+    ])?;
+    s.apply_yaml(NS, &cluster_yaml(&primary.endpoint(), &failover.endpoint()))?;
+    let st = s.wait_ready(NS, "bk", 3, Duration::from_secs(240))?;
+    let leader = st["leader"].as_str().unwrap_or_default().to_string();
+    let ep = s.endpoint(NS, "bk", &leader)?;
+    let (code, body) = call(
+        &ep,
+        "POST",
+        "/db/execute",
+        Some(r#"["CREATE TABLE t (id INTEGER PRIMARY KEY)"]"#),
+    )?;
+    ensure!(code == 200 && !body.contains("error"), "{code} {body}");
+
+    // Writes go on through the backup; every one of them is acknowledged.
+    let stop = AtomicBool::new(false);
+    let written = AtomicU64::new(0);
+    let first = std::thread::scope(|scope| -> Result<serde_json::Value> {
+        let writer = scope.spawn(|| -> Result<()> {
+            let mut id = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                id += 1;
+                let body = format!(r#"[["INSERT INTO t(id) VALUES(?)", {id}]]"#);
+                let (code, text) = call(&ep, "POST", "/db/execute", Some(&body))?;
+                ensure!(
+                    code == 200 && !text.contains("error"),
+                    "write {id}: {code} {text}"
+                );
+                written.store(id, Ordering::Relaxed);
+            }
+            Ok(())
+        });
+        s.wait_for("writes under way", Duration::from_secs(30), || {
+            Ok((written.load(Ordering::Relaxed) >= 20).then_some(()))
+        })?;
+        s.apply_yaml(NS, &backup_yaml("first", "bk"))?;
+        let st = finished(s, "first");
+        stop.store(true, Ordering::Relaxed);
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        st
+    })?;
+    ensure!(first["phase"] == "Completed", "first backup: {first}");
+    ensure!(
+        first["storage"] == "primary" && first["failover"] == false,
+        "{first}"
+    );
+    ensure!(first["raftIndex"].as_u64().unwrap_or(0) > 0, "{first}");
+    ensure!(first["sizeBytes"].as_u64().unwrap_or(0) > 0, "{first}");
+    ensure!(
+        first["backupId"].as_str().is_some_and(|i| !i.is_empty()),
+        "{first}"
+    );
+    ensure!(
+        !events(s, "first", "BackupCompleted")?.is_empty(),
+        "no BackupCompleted event"
+    );
+    eprintln!("[backups] first: {first}");
+
+    // The primary storage goes away: the plugin's backup lands in the failover storage, and the
+    // status and a Warning say so.
+    primary.stop();
+    let out = s
+        .plugin(&["-n", NS, "backup", "bk", "--wait"])?
+        .map_err(|e| anyhow::anyhow!("kubectl litecluster backup failed: {e}"))?;
+    let name = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("sqlitebackup/"))
+        .with_context(|| format!("the plugin named no backup: {out}"))?
+        .to_string();
+    let second = finished(s, &name)?;
+    ensure!(second["phase"] == "Completed", "{second}");
+    ensure!(
+        second["storage"] == "failover" && second["failover"] == true,
+        "{second}"
+    );
+    ensure!(
+        second["raftIndex"].as_u64() > first["raftIndex"].as_u64(),
+        "the second backup is not newer: {second} vs {first}"
+    );
+    let warned = events(s, &name, "BackupFailedOver")?;
+    ensure!(
+        warned.iter().any(|n| n.contains("failover")),
+        "events: {warned:?}"
+    );
+    ensure!(
+        out.contains("failover"),
+        "the plugin did not say where it went: {out}"
+    );
+    // The plugin's one screen lists them.
+    let status = s
+        .plugin(&["-n", NS, "status", "bk"])?
+        .map_err(|e| anyhow::anyhow!("kubectl litecluster status failed: {e}"))?;
+    ensure!(
+        status
+            .lines()
+            .any(|l| l.contains("first") && l.contains("Completed") && l.contains("primary"))
+            && status
+                .lines()
+                .any(|l| l.contains(&name) && l.contains("failover")),
+        "status lacks the backups:\n{status}"
+    );
+
+    // A cluster without storages: the backup fails at once and says what to do.
+    s.apply_yaml(
+        NS,
+        "apiVersion: litecluster.io/v1alpha1\nkind: SqliteCluster\nmetadata:\n  name: nostore\nspec:\n  replicas: 1\n  voters: 1\n  storage:\n    size: 1Gi\n",
+    )?;
+    s.apply_yaml(NS, &backup_yaml("nostore-1", "nostore"))?;
+    let st = finished(s, "nostore-1")?;
+    ensure!(st["phase"] == "Failed", "{st}");
+    let msg = st["message"].as_str().unwrap_or_default();
+    if !msg.contains("has no spec.backup.storages") {
+        bail!("unhelpful failure: {msg}");
+    }
+    Ok(())
+}
+
+#[test]
+fn backups_complete_under_writes_fail_over_when_the_primary_is_gone_and_say_so() {
+    let s = Stack::up(Options::for_test("backups"))
+        .context("bringing up the stack")
+        .unwrap();
+    let gateway =
+        s.cp.network
+            .as_ref()
+            .map(|n| n.gateway.clone())
+            .expect("the stack has a pod network");
+    let root = s.cp.run_dir.join("weed");
+    let mut primary = Weed::start(&root.join("primary"), &gateway).unwrap();
+    let failover = Weed::start(&root.join("failover"), &gateway).unwrap();
+    for w in [&primary, &failover] {
+        w.wait_writable("backups", Duration::from_secs(90)).unwrap();
+    }
+    if let Err(e) = scenario(&s, &mut primary, &failover) {
+        eprintln!("{}", s.diagnostics(Some(NS)));
+        panic!("backup scenario failed: {e:#}");
+    }
+}
