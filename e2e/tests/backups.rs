@@ -1,7 +1,8 @@
 //! Backups as resources on the real control plane, to two real S3 servers (SeaweedFS) the pods
 //! reach: an on-demand SqliteBackup completes while writes go on, to the first storage; with
 //! that storage stopped the next one goes to the failover storage and says so; the kubectl
-//! plugin takes one; a cluster without storages fails with what to do.
+//! plugin takes one; a new cluster recovers from a backup with the same rows; a cluster without
+//! storages fails with what to do.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -51,6 +52,33 @@ fn events(s: &Stack, name: &str, reason: &str) -> Result<Vec<String>> {
         .filter(|e| e["reason"] == reason && e["regarding"]["name"] == name)
         .filter_map(|e| e["note"].as_str().map(String::from))
         .collect())
+}
+
+/// `results[0].values` of a query answer, as JSON text.
+fn values(body: &str) -> Result<String> {
+    let v: serde_json::Value = serde_json::from_str(body)?;
+    Ok(v["results"][0]["values"].to_string())
+}
+
+/// A strong read on the leader of `cluster`.
+fn query(s: &Stack, cluster: &str, sql: &str) -> Result<String> {
+    let st = s.cluster(NS, cluster)?;
+    let leader = st["status"]["leader"].as_str().context("no leader")?;
+    let q: String = sql
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (code, body) = call(
+        &s.endpoint(NS, cluster, leader)?,
+        "GET",
+        &format!("/db/query?level=strong&q={q}"),
+        None,
+    )?;
+    ensure!(code == 200, "query on {cluster}: {code} {body}");
+    values(&body)
 }
 
 fn scenario(s: &Stack, primary: &mut Weed, failover: &Weed) -> Result<()> {
@@ -166,6 +194,36 @@ fn scenario(s: &Stack, primary: &mut Weed, failover: &Weed) -> Result<()> {
                 .any(|l| l.contains(&name) && l.contains("failover")),
         "status lacks the backups:\n{status}"
     );
+
+    // A new cluster recovers from the second backup (in the failover storage): the same rows.
+    let source = query(s, "bk", "SELECT count(*), sum(id) FROM t")?;
+    let failover_endpoint = failover.endpoint();
+    let id = second["backupId"].as_str().context("no backupId")?;
+    s.apply_yaml(
+        NS,
+        &format!(
+            "apiVersion: litecluster.io/v1alpha1\nkind: SqliteCluster\nmetadata:\n  name: restored\nspec:\n  replicas: 3\n  voters: 3\n  storage:\n    size: 1Gi\n  bootstrap:\n    recovery:\n      backupId: {id}\n      storages:\n        - name: source\n          endpoint: {failover_endpoint}\n          bucket: backups\n          region: us-east-1\n          credentialsSecret:\n            name: s3\n"
+        ),
+    )?;
+    s.wait_ready(NS, "restored", 3, Duration::from_secs(240))?;
+    for i in 0..3 {
+        let pod = format!("restored-{i}");
+        let ep = s.endpoint(NS, "restored", &pod)?;
+        s.wait_for(
+            &format!("the backup's rows on {pod}"),
+            Duration::from_secs(60),
+            || {
+                let (code, body) = call(
+                    &ep,
+                    "GET",
+                    "/db/query?level=none&q=SELECT%20count(*)%2C%20sum(id)%20FROM%20t",
+                    None,
+                )?;
+                Ok((code == 200 && values(&body)? == source).then_some(()))
+            },
+        )?;
+    }
+    eprintln!("[backups] restored {source} (count, sum) from {id}");
 
     // A cluster without storages: the backup fails at once and says what to do.
     s.apply_yaml(

@@ -204,6 +204,10 @@ pub struct NodeConfig {
     /// is loaded through Raft after bootstrapping.
     #[arg(long, env = "LITECLUSTER_RESTORE_FROM")]
     pub restore_from: Option<PathBuf>,
+    /// With `--restore-from`: the id of the backup to restore (as `backup list` and a
+    /// SqliteBackup's status show it) instead of the newest.
+    #[arg(long, env = "LITECLUSTER_RESTORE_ID", requires = "restore_from")]
+    pub restore_id: Option<String>,
     /// How long a storage's alive/dead status in the shared status cache holds before a re-check.
     #[arg(long, env = "LITECLUSTER_BACKUP_STATUS_TTL", default_value = "60s", value_parser = parse_duration)]
     pub backup_status_ttl: Duration,

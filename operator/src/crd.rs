@@ -106,6 +106,10 @@ pub struct SqliteClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
 
+    /// How a new cluster starts: empty (the default), or recovered from a backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapSpec>,
+
     /// Labels, annotations and scheduling constraints added to every member pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverlay>,
@@ -312,6 +316,38 @@ pub struct BackupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1").message("backup.retention must keep at least one backup"))]
     pub retention: Option<i32>,
+}
+
+/// How a new cluster starts. Read only while it bootstraps; changing it later changes nothing.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self == oldSelf").message("bootstrap cannot change: it describes how the cluster was created"))]
+pub struct BootstrapSpec {
+    /// Start from a backup: the first member restores it (verifying its checksum) and the
+    /// others join and receive it through Raft.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoverySpec>,
+}
+
+/// Where the backup to recover from is.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoverySpec {
+    /// The storages to look in, in the form of `spec.backup.storages` (for example the source
+    /// cluster's). Only read: the new cluster backs up to its own `spec.backup`, so give that
+    /// another bucket or prefix, or its retention would prune the source cluster's backups.
+    #[schemars(length(max = 8))]
+    #[x_kube(
+        validation = Rule::new("size(self) >= 1").message("bootstrap.recovery.storages needs at least one storage"),
+        validation = Rule::new("self.all(s, self.exists_one(t, t.name == s.name))").message("bootstrap.recovery.storages names must be unique")
+    )]
+    pub storages: Vec<BackupStorage>,
+
+    /// The backup to restore: its id, as a SqliteBackup's `status.backupId` or
+    /// `litecluster-node backup list` shows it. Default: the newest in any of the storages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub backup_id: Option<String>,
 }
 
 /// One place backups can go.

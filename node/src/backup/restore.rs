@@ -1,5 +1,5 @@
-//! `--restore-from`: boot an empty member from the newest backup, through Raft so every member
-//! that joins later gets the same data.
+//! `--restore-from`: boot an empty member from the newest backup (or `--restore-id`'s), through
+//! Raft so every member that joins later gets the same data.
 
 use std::time::Duration;
 
@@ -49,10 +49,16 @@ pub async fn at_start(member: Member<'_>) -> anyhow::Result<()> {
     }
     let manager = Manager::new(&cfg, &config.data_dir, config.backup_status_ttl)
         .with_context(|| format!("loading --restore-from {}", cfg.display()))?;
-    let (manifest, db) = manager
-        .fetch(None)
-        .await
-        .context("fetching the newest backup")?;
+    let (manifest, db) = match config.restore_id.as_deref() {
+        None => manager
+            .fetch(None)
+            .await
+            .context("fetching the newest backup")?,
+        Some(id) => manager
+            .fetch(Some(id))
+            .await
+            .with_context(|| format!("fetching backup {id} (--restore-id)"))?,
+    };
     tracing::info!(id = %manifest.id, storage = %manifest.storage, raft_index = manifest.raft_index, "restoring from backup");
     super::status_cache::write_atomic(&marker, manifest.id.as_bytes())
         .context("writing the restore marker")?;

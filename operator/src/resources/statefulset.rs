@@ -27,7 +27,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::configmap::BACKUP_CONFIG_KEY;
+use super::configmap::{
+    BACKUP_CONFIG_KEY, RECOVERY_CONFIG_KEY, backup_secret_dir, recovery_secret_dir,
+};
 use super::{
     DATA_DIR, HTTP_PORT, Names, RAFT_PORT, RESTARTED_AT_ANNOTATION, ROLE_LABEL,
     TEMPLATE_HASH_ANNOTATION, TLS_CA_HASHES_ANNOTATION, TLS_CERT_HASH_ANNOTATION, TLS_DIR,
@@ -62,6 +64,12 @@ pub struct StatefulSetParams {
 
 /// Env var that makes member 0 initialise a new cluster (only while bootstrapping).
 pub const BOOTSTRAP_ENV: &str = "LITECLUSTER_BOOTSTRAP";
+/// With `spec.bootstrap.recovery`, while bootstrapping: the config of the storages to restore from.
+pub const RESTORE_FROM_ENV: &str = "LITECLUSTER_RESTORE_FROM";
+/// With `spec.bootstrap.recovery.backupId`, while bootstrapping: the backup to restore.
+pub const RESTORE_ID_ENV: &str = "LITECLUSTER_RESTORE_ID";
+/// What the template carries only while bootstrapping; the template hash leaves it out.
+const BOOTSTRAP_ONLY_ENV: [&str; 3] = [BOOTSTRAP_ENV, RESTORE_FROM_ENV, RESTORE_ID_ENV];
 
 pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Result<StatefulSet> {
     let ns = c.namespace().unwrap_or_default();
@@ -169,10 +177,8 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Result<S
             ..Default::default()
         });
     }
-    if let Some(backup) = &c.spec.backup {
-        args.push(format!(
-            "--backup-config=/etc/litecluster/config/{BACKUP_CONFIG_KEY}"
-        ));
+    let recovery = c.spec.bootstrap.as_ref().and_then(|b| b.recovery.as_ref());
+    if c.spec.backup.is_some() || recovery.is_some() {
         volumes.push(Volume {
             name: "config".into(),
             config_map: Some(ConfigMapVolumeSource {
@@ -187,15 +193,51 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Result<S
             read_only: Some(true),
             ..Default::default()
         });
+    }
+    let mut secret_mount = |vol: String, secret: &str, path: String| {
+        volumes.push(secret_volume(&vol, secret));
+        mounts.push(VolumeMount {
+            name: vol,
+            mount_path: path,
+            read_only: Some(true),
+            ..Default::default()
+        });
+    };
+    if let Some(backup) = &c.spec.backup {
+        args.push(format!(
+            "--backup-config=/etc/litecluster/config/{BACKUP_CONFIG_KEY}"
+        ));
         for s in &backup.storages {
-            let vol = format!("backup-{}", s.name);
-            volumes.push(secret_volume(&vol, &s.credentials_secret.name));
-            mounts.push(VolumeMount {
-                name: vol,
-                mount_path: format!("/etc/litecluster/backup/{}", s.name),
-                read_only: Some(true),
+            secret_mount(
+                format!("backup-{}", s.name),
+                &s.credentials_secret.name,
+                backup_secret_dir(&s.name),
+            );
+        }
+    }
+    if let Some(r) = recovery {
+        // Mounted for good (the template stays the same after bootstrap); read only by the
+        // bootstrapping member, which the env below points at them.
+        for s in &r.storages {
+            secret_mount(
+                format!("recovery-{}", s.name),
+                &s.credentials_secret.name,
+                recovery_secret_dir(&s.name),
+            );
+        }
+        if p.bootstrap {
+            env.push(EnvVar {
+                name: RESTORE_FROM_ENV.into(),
+                value: Some(format!("/etc/litecluster/config/{RECOVERY_CONFIG_KEY}")),
                 ..Default::default()
             });
+            if let Some(id) = &r.backup_id {
+                env.push(EnvVar {
+                    name: RESTORE_ID_ENV.into(),
+                    value: Some(id.clone()),
+                    ..Default::default()
+                });
+            }
         }
     }
 
@@ -340,7 +382,8 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Result<S
     })
 }
 
-/// The pod template, annotated with the hash of itself without the bootstrap flag.
+/// The pod template, annotated with the hash of itself without the bootstrap flag (and the
+/// recovery settings that go with it).
 ///
 /// Why: the operator drops `LITECLUSTER_BOOTSTRAP` from the template right after bootstrap,
 /// which gives the StatefulSet a new revision while member 0 still runs the old one. The flag
@@ -366,7 +409,7 @@ fn pod_template(
         .flat_map(|s| s.containers.iter_mut())
     {
         if let Some(env) = c.env.as_mut() {
-            env.retain(|e| e.name != BOOTSTRAP_ENV);
+            env.retain(|e| !BOOTSTRAP_ONLY_ENV.contains(&e.name.as_str()));
         }
     }
     annotations.insert(TEMPLATE_HASH_ANNOTATION.into(), spec_hash(&unflagged)?);
@@ -461,6 +504,54 @@ mod tests {
         assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
         assert_eq!(spec.service_name.as_deref(), Some("db-headless"));
         assert_eq!(s.metadata.owner_references.as_ref().unwrap()[0].name, "db");
+    }
+
+    #[test]
+    fn a_recovering_cluster_restores_while_bootstrapping_and_needs_no_restart_after() {
+        let mut c = cluster();
+        c.spec.bootstrap = Some(
+            serde_json::from_value(serde_json::json!({"recovery": {
+                "backupId": "b-1",
+                "storages": [{"name": "old", "endpoint": "http://s3", "bucket": "b",
+                    "credentialsSecret": {"name": "old-s3"}}]}}))
+            .unwrap(),
+        );
+        let boot = desired_statefulset(&c, &params(1, true)).unwrap();
+        let after = desired_statefulset(&c, &params(1, false)).unwrap();
+        let b = container(&boot);
+        assert_eq!(
+            env(&b, RESTORE_FROM_ENV).unwrap().value.as_deref(),
+            Some("/etc/litecluster/config/recovery.json")
+        );
+        assert_eq!(
+            env(&b, RESTORE_ID_ENV).unwrap().value.as_deref(),
+            Some("b-1")
+        );
+        let a = container(&after);
+        assert!(env(&a, RESTORE_FROM_ENV).is_none() && env(&a, RESTORE_ID_ENV).is_none());
+        // The credentials stay mounted, and member 0 is not restarted for the change.
+        for s in [&boot, &after] {
+            let mounts = container(s).volume_mounts.unwrap();
+            assert!(
+                mounts
+                    .iter()
+                    .any(|m| m.mount_path == "/etc/litecluster/recovery/old")
+            );
+        }
+        let hash = |s: &StatefulSet| {
+            s.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()[TEMPLATE_HASH_ANNOTATION]
+                .clone()
+        };
+        assert_eq!(hash(&boot), hash(&after));
     }
 
     #[test]
