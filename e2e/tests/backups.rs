@@ -1,8 +1,8 @@
 //! Backups as resources on the real control plane, to two real S3 servers (SeaweedFS) the pods
 //! reach: an on-demand SqliteBackup completes while writes go on, to the first storage; with
 //! that storage stopped the next one goes to the failover storage and says so; the kubectl
-//! plugin takes one; a new cluster recovers from a backup with the same rows; a cluster without
-//! storages fails with what to do.
+//! plugin takes one; a new cluster recovers from a backup with the same rows; a schedule makes
+//! backups and prunes the old ones; a cluster without storages fails with what to do.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -224,6 +224,86 @@ fn scenario(s: &Stack, primary: &mut Weed, failover: &Weed) -> Result<()> {
         )?;
     }
     eprintln!("[backups] restored {source} (count, sum) from {id}");
+
+    // A schedule every minute, with a backup at once, keeping two: a third is made on the
+    // schedule and the oldest pruned.
+    s.apply_yaml(
+        NS,
+        "apiVersion: litecluster.io/v1alpha1\nkind: SqliteScheduledBackup\nmetadata:\n  name: every-minute\nspec:\n  cluster: bk\n  schedule: \"* * * * *\"\n  immediate: true\n  keep: 2\n",
+    )?;
+    let mut seen = std::collections::BTreeSet::new();
+    let kept = s.wait_for(
+        "three scheduled backups, two kept",
+        Duration::from_secs(240),
+        || {
+            let out = s.cp.kubectl_ok(&[
+                "get",
+                "slb",
+                "-n",
+                NS,
+                "-l",
+                "litecluster.io/scheduled-backup=every-minute",
+                "-o",
+                "json",
+            ])?;
+            let v: serde_json::Value = serde_json::from_str(&out)?;
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            for b in &items {
+                seen.insert(
+                    b["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+            let done = items.iter().all(|b| b["status"]["phase"] == "Completed");
+            Ok((seen.len() >= 3 && items.len() == 2 && done).then_some(items))
+        },
+    )?;
+    ensure!(
+        kept.iter()
+            .all(|b| b["metadata"]["ownerReferences"][0]["name"] == "every-minute"),
+        "scheduled backups not owned by their schedule"
+    );
+    let sched =
+        s.cp.kubectl_ok(&["get", "slsb", "every-minute", "-n", NS, "-o", "json"])?;
+    let sched: serde_json::Value = serde_json::from_str(&sched)?;
+    ensure!(
+        sched["status"]["nextScheduleTime"].is_string(),
+        "{}",
+        sched["status"]
+    );
+    eprintln!("[backups] schedule made {seen:?}, kept 2");
+    s.cp.kubectl_ok(&[
+        "patch",
+        "slsb",
+        "every-minute",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":true}}"#,
+    ])?;
+    s.wait_for(
+        "the schedule says it is suspended",
+        Duration::from_secs(60),
+        || {
+            let v: serde_json::Value = serde_json::from_str(&s.cp.kubectl_ok(&[
+                "get",
+                "slsb",
+                "every-minute",
+                "-n",
+                NS,
+                "-o",
+                "json",
+            ])?)?;
+            Ok((v["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("suspended"))
+                && v["status"]["nextScheduleTime"].is_null())
+            .then_some(()))
+        },
+    )?;
 
     // A cluster without storages: the backup fails at once and says what to do.
     s.apply_yaml(

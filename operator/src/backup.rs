@@ -1,5 +1,6 @@
-//! The `SqliteBackup` custom resource: one backup of a cluster, taken now, to the cluster's own
-//! ordered backup storages (the first that accepts it), and what came of it.
+//! The backup resources: `SqliteBackup`, one backup of a cluster taken now to the cluster's own
+//! ordered backup storages (the first that accepts it) and what came of it; and
+//! `SqliteScheduledBackup`, which creates SqliteBackups on a cron schedule and keeps the newest.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
@@ -111,4 +112,87 @@ impl SqliteBackup {
             Some(phase::COMPLETED | phase::FAILED)
         )
     }
+}
+
+/// Label on the SqliteBackups a schedule created: the schedule's name.
+pub const SCHEDULE_LABEL: &str = "litecluster.io/scheduled-backup";
+
+/// SqliteBackups of a cluster on a cron schedule (UTC), the newest `keep` of them kept.
+// Each printcolumn(...) repeats `type_ = ...`; clippy mistakes that for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "litecluster.io",
+    version = "v1alpha1",
+    kind = "SqliteScheduledBackup",
+    plural = "sqlitescheduledbackups",
+    singular = "sqlitescheduledbackup",
+    shortname = "slsb",
+    namespaced,
+    status = "SqliteScheduledBackupStatus",
+    derive = "PartialEq",
+    doc = "SqliteBackups of a SqliteCluster on a cron schedule, with a retention.",
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.cluster"),
+    printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
+    printcolumn(name = "Suspend", type_ = "boolean", json_path = ".spec.suspend"),
+    printcolumn(
+        name = "Last",
+        type_ = "date",
+        json_path = ".status.lastScheduleTime",
+        description = "when the last backup was created"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SqliteScheduledBackupSpec {
+    /// The SqliteCluster to back up, in this namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub cluster: String,
+
+    /// When, as a five-field cron schedule in UTC (`minute hour day-of-month month
+    /// day-of-week`, for example `0 3 * * *`), or `@hourly`, `@daily`, `@weekly`, `@monthly`.
+    /// A run missed while the operator was away is made up once, not once per missed time.
+    #[schemars(length(min = 1, max = 100))]
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('@') || size(self.split(' ').filter(f, f != '')) == 5").message("schedule must have five fields (minute hour day-of-month month day-of-week), for example \"0 3 * * *\", or be @hourly, @daily, @weekly or @monthly"))]
+    pub schedule: String,
+
+    /// Take a backup as soon as the schedule is created, then follow the schedule.
+    #[serde(default)]
+    pub immediate: bool,
+
+    /// Create no backups while true (the ones there stay).
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// How many of the SqliteBackups it created to keep, the newest; older finished ones are
+    /// deleted (a record only: the stored backups follow the cluster's `backup.retention`).
+    #[serde(default = "default_keep")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1").message("keep must be at least 1"))]
+    pub keep: u32,
+}
+
+fn default_keep() -> u32 {
+    7
+}
+
+/// What a schedule did.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SqliteScheduledBackupStatus {
+    /// The scheduled time of the last backup it created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+    /// When it creates the next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<Time>,
+    /// The SqliteBackup it created last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<String>,
+    /// Why it cannot run (an invalid schedule), with what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }

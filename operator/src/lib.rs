@@ -9,6 +9,7 @@ pub mod leader_election;
 pub mod metrics;
 pub mod node_client;
 pub mod resources;
+pub mod schedule;
 pub mod tls;
 
 pub use error::{Error, Result};

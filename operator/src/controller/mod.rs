@@ -12,6 +12,7 @@ pub mod observe;
 pub mod remediation;
 pub mod rollout;
 pub mod scale;
+pub mod scheduled;
 pub mod status;
 pub mod storage;
 
@@ -346,15 +347,32 @@ pub async fn run(
         scope.api::<crate::backup::SqliteBackup>(&client),
         watcher::Config::default(),
     )
-    .graceful_shutdown_on(shutdown)
-    .run(backups::reconcile, backups::error_policy, ctx)
+    .graceful_shutdown_on(shutdown.clone())
+    .run(backups::reconcile, backups::error_policy, ctx.clone())
     .for_each(|res| async move {
         match res {
             Ok((obj, _)) => tracing::debug!(backup = %obj, "reconciled"),
             Err(e) => warn!(error = %e, "backup controller error"),
         }
     });
-    futures::join!(cluster_controller, backup_controller);
+    let schedule_controller = Controller::new(
+        scope.api::<crate::backup::SqliteScheduledBackup>(&client),
+        watcher::Config::default(),
+    )
+    // A backup it created finishing may let an older one go.
+    .owns(
+        scope.api::<crate::backup::SqliteBackup>(&client),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown)
+    .run(scheduled::reconcile, scheduled::error_policy, ctx)
+    .for_each(|res| async move {
+        match res {
+            Ok((obj, _)) => tracing::debug!(schedule = %obj, "reconciled"),
+            Err(e) => warn!(error = %e, "scheduled backup controller error"),
+        }
+    });
+    futures::join!(cluster_controller, backup_controller, schedule_controller);
 }
 
 #[cfg(test)]
