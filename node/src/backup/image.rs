@@ -45,6 +45,8 @@ pub fn from_db(db: &Path, scratch_dir: &Path) -> Result<Image> {
         drop(src);
         let copy = rusqlite::Connection::open(&tmp)?;
         copy.pragma_update(None, "journal_mode", "DELETE")?;
+        // A database last written by an earlier version keeps its progress in the legacy table.
+        crate::sqlite::ensure_meta(&copy)?;
         let applied: Option<crate::LogId> = crate::sqlite::read_meta(&copy, "applied")
             .ok()
             .flatten()

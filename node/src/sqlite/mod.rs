@@ -120,9 +120,17 @@ pub fn ensure_meta(conn: &Connection) -> rusqlite::Result<()> {
 /// Empties the meta table of a copy that leaves the cluster (a backup, a download): SQLite
 /// will not drop a `sqlite_` table, and an empty one is as invisible as a missing one.
 pub fn clear_meta(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(&format!(
-        "DELETE FROM {META_TABLE}; DROP TABLE IF EXISTS {LEGACY_META_TABLE};"
-    ))
+    conn.execute_batch(&format!("DROP TABLE IF EXISTS {LEGACY_META_TABLE}"))?;
+    // A plain SQLite file (one never opened by a member) has no bookkeeping at all.
+    let ours: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [META_TABLE],
+        |r| r.get(0),
+    )?;
+    if ours > 0 {
+        conn.execute_batch(&format!("DELETE FROM {META_TABLE}"))?;
+    }
+    Ok(())
 }
 
 /// Opens a read-only connection for the read pool.
@@ -220,6 +228,10 @@ mod tests {
         assert_eq!(check, "ok");
         clear_meta(&plain).unwrap();
         assert_eq!(read_meta(&plain, "applied").unwrap(), None);
+        // A file no member ever opened has nothing to clear.
+        let never = Connection::open(path.with_file_name("plain.sqlite")).unwrap();
+        never.execute_batch("CREATE TABLE t (x)").unwrap();
+        clear_meta(&never).unwrap();
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
