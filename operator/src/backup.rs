@@ -102,6 +102,9 @@ pub struct SqliteBackupStatus {
     /// How many times the leader was asked (a retryable failure asks again, up to 5 times).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
+    /// After a retryable failure: not asked again before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Time>,
 }
 
 impl SqliteBackup {

@@ -116,7 +116,8 @@ pub struct SqliteClusterSpec {
 
     /// Secret that turns on authentication. Key `users.json` holds the rqlite-format users file;
     /// keys `username` and `password` are the credentials members and the operator use to manage
-    /// the cluster (the user needs the `join`, `remove`, `status` and `leader` permissions).
+    /// the cluster (the user needs the `join`, `remove`, `status` and `leader` permissions, and
+    /// `backup` for SqliteBackups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_secret: Option<SecretReference>,
 

@@ -75,8 +75,12 @@ fn field(text: &str, min: u32, max: u32, what: &str) -> Result<u64, String> {
             "*" => (min, max),
             r => match r.split_once('-') {
                 Some((a, b)) => (num(a)?, num(b)?),
-                // `a/n` runs from a to the end, as in cron.
-                None if part.contains('/') => (num(r)?, max),
+                // `a/n` runs from a to the end, as in cron (Saturday for day-of-week: 7 is only
+                // another name for Sunday).
+                None if part.contains('/') => (
+                    num(r)?,
+                    max.min(if what == "day-of-week" { 6 } else { max }),
+                ),
                 None => {
                     let v = num(r)?;
                     (v, v)
@@ -159,8 +163,8 @@ impl Schedule {
     /// was away should run now (only the latest of several missed ones).
     pub fn latest_due(&self, since: Timestamp, now: Timestamp) -> Option<Timestamp> {
         let mut due = None;
-        // A week back is plenty to find the latest; it bounds the walk for frequent schedules.
-        let mut t = since.max(now.checked_sub(168.hours()).unwrap_or(since));
+        // Far enough back for a yearly schedule; it bounds the walk for frequent ones.
+        let mut t = since.max(now.checked_sub((400 * 24).hours()).unwrap_or(since));
         while let Some(next) = self.next_after(t) {
             if next > now {
                 break;
@@ -238,6 +242,18 @@ mod tests {
             "2028-02-29T00:00:00Z"
         );
         assert_eq!(next("0 0 31 2 *", "2026-03-01T00:00:00Z"), "");
+    }
+
+    #[test]
+    fn a_monthly_run_missed_for_weeks_is_still_made_up() {
+        let s: Schedule = "@monthly".parse().unwrap();
+        let due = s.latest_due(at("2026-11-20T00:00:00Z"), at("2026-12-10T00:00:00Z"));
+        assert_eq!(due, Some(at("2026-12-01T00:00:00Z")));
+        // `1/2` in day-of-week is Monday, Wednesday, Friday: not Sunday.
+        assert_eq!(
+            next("0 0 * * 1/2", "2026-12-05T00:00:00Z"),
+            "2026-12-07T00:00:00Z"
+        );
     }
 
     #[test]

@@ -29,12 +29,33 @@ pub const MAX_ATTEMPTS: u32 = 5;
 /// How long a backup waits for its cluster to have a leader before it fails.
 pub const LEADER_WAIT: Duration = Duration::from_secs(600);
 
+/// Seconds between attempts after a retryable failure.
+const RETRY_WAIT: Duration = Duration::from_secs(15);
+
 pub async fn reconcile(backup: Arc<SqliteBackup>, ctx: Arc<Context>) -> Result<Action> {
     if backup.finished() || backup.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let ns = backup.namespace().ok_or(Error::MissingNamespace)?;
+    // The cache may still hold the Running this controller wrote before it finished the
+    // backup (its own status writes trigger the next pass): read it fresh, or a finished
+    // backup would be taken again.
+    let Some(backup) = Api::<SqliteBackup>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&backup.name_any())
+        .await?
+    else {
+        return Ok(Action::await_change());
+    };
+    if backup.finished() {
+        return Ok(Action::await_change());
+    }
     let mut status = backup.status.clone().unwrap_or_default();
+    if let Some(at) = &status.next_attempt_at {
+        let wait = Duration::try_from(at.0 - Timestamp::now()).unwrap_or_default();
+        if !wait.is_zero() {
+            return Ok(Action::requeue(wait));
+        }
+    }
     let name = &backup.spec.cluster;
     let Some(cluster) = Api::<SqliteCluster>::namespaced(ctx.client.clone(), &ns)
         .get_opt(name)
@@ -147,10 +168,17 @@ pub async fn reconcile(backup: Arc<SqliteBackup>, ctx: Arc<Context>) -> Result<A
         }
         Ok(BackupOutcome::Retry(why)) if attempts < MAX_ATTEMPTS => {
             status.message = Some(format!(
-                "attempt {attempts} of {MAX_ATTEMPTS} failed, trying again: {why}"
+                "attempt {attempts} of {MAX_ATTEMPTS} failed, trying again in {}s: {why}",
+                RETRY_WAIT.as_secs()
             ));
+            status.next_attempt_at = Timestamp::now()
+                .checked_add(
+                    k8s_openapi::jiff::SignedDuration::try_from(RETRY_WAIT).unwrap_or_default(),
+                )
+                .ok()
+                .map(Time);
             apply(&backup, &ctx, &ns, &status).await?;
-            Ok(Action::requeue(Duration::from_secs(15)))
+            Ok(Action::requeue(RETRY_WAIT))
         }
         Ok(BackupOutcome::Retry(why)) => {
             fail(
@@ -162,7 +190,13 @@ pub async fn reconcile(backup: Arc<SqliteBackup>, ctx: Arc<Context>) -> Result<A
             )
             .await
         }
-        Err(e) => fail(&backup, &ctx, &ns, status, e.to_string()).await,
+        Err(e) => {
+            let mut why = e.to_string();
+            if why.contains("401") || why.contains("403") {
+                why.push_str(" (the user in the cluster's authSecret needs the backup permission)");
+            }
+            fail(&backup, &ctx, &ns, status, why).await
+        }
     }
 }
 

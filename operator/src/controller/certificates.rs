@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, PodSpec, Secret};
 use kube::api::PostParams;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
@@ -24,7 +24,8 @@ use rcgen::{
 
 use super::Context;
 use crate::crd::{SqliteCluster, TlsSpec};
-use crate::resources::{Names, TLS_CERT_HASH_ANNOTATION, bytes_hash, owned_meta};
+use crate::resources::statefulset::CONTAINER;
+use crate::resources::{Names, bytes_hash, owned_meta};
 use crate::{Error, Result};
 
 /// How long an issued CA is valid. Renewing a CA needs every member to trust the new one first;
@@ -54,31 +55,66 @@ pub fn tls_secret_name(c: &SqliteCluster) -> String {
 
 /// The cluster as the rest of the reconcile sees it: `spec.tls` names the Secret members use
 /// (issued here when the spec names none), or is off.
-/// `live` is the cluster's StatefulSet as it is.
+/// What the running members were started with: TLS on Raft, HTTPS on the API, and the Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveTls {
+    pub tls: bool,
+    pub api: bool,
+    pub secret: Option<String>,
+}
+
+impl LiveTls {
+    fn of(spec: &PodSpec) -> Option<LiveTls> {
+        let node = spec.containers.iter().find(|c| c.name == CONTAINER)?;
+        let args = node.args.as_deref().unwrap_or_default();
+        let has = |flag: &str| args.iter().any(|a| a.starts_with(flag));
+        let secret = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "tls")
+            .and_then(|v| v.secret.as_ref())
+            .and_then(|s| s.secret_name.clone());
+        Some(LiveTls {
+            tls: has("--raft-cert="),
+            api: has("--http-cert="),
+            secret,
+        })
+    }
+
+    /// From the live StatefulSet's template, or without one (deleted with `--cascade=orphan`)
+    /// from a running member pod.
+    pub fn observe(sts: Option<&StatefulSet>, pods: &[Pod]) -> Option<LiveTls> {
+        sts.and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(LiveTls::of)
+            .or_else(|| {
+                pods.iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .find_map(|p| p.spec.as_ref().and_then(LiveTls::of))
+            })
+    }
+}
+
+/// `live` is what the running members were started with, if any run.
 pub async fn resolve(
     cluster: &SqliteCluster,
     ctx: &Context,
     ns: &str,
-    live: Option<&StatefulSet>,
+    live: Option<&LiveTls>,
 ) -> Result<SqliteCluster> {
     let spec = cluster.spec.tls.clone();
-    if let Some(TlsSpec {
-        enabled: true,
-        secret_name: Some(_),
-        ..
-    }) = &spec
-    {
-        return Ok(cluster.clone());
-    }
-    let want_tls = spec.as_ref().is_none_or(|t| t.enabled);
-    let live_tls = live.map(runs_tls);
+    let refuse = |what: String| {
+        Err(Error::TlsSecret {
+            secret: tls_secret_name(cluster),
+            what,
+        })
+    };
     let mut resolved = cluster.clone();
-    match (want_tls, live_tls) {
+    let want_tls = spec.as_ref().is_none_or(|t| t.enabled);
+    match (want_tls, live.map(|l| l.tls)) {
         (false, Some(true)) => {
-            return Err(Error::TlsSecret {
-                secret: tls_secret_name(cluster),
-                what: "the members run with TLS and the spec turns it off; members with and without TLS cannot talk to each other, so put tls.enabled back to true (to drop TLS, create a new cluster and load a backup into it)".into(),
-            });
+            return refuse("the members run with TLS and the spec turns it off; members with and without TLS cannot talk to each other, so put tls.enabled back to true (to drop TLS, create a new cluster and load a backup into it)".into());
         }
         (false, _) => return Ok(resolved),
         // Created before TLS was the default: it stays as it runs.
@@ -90,29 +126,43 @@ pub async fn resolve(
             return Ok(resolved);
         }
         (true, Some(false)) => {
-            return Err(Error::TlsSecret {
-                secret: tls_secret_name(cluster),
-                what: "the members run without TLS and spec.tls turns it on; members with and without TLS cannot talk to each other, so set tls.enabled: false (to add TLS, create a new cluster with it and load a backup into it)".into(),
-            });
+            return refuse("the members run without TLS and spec.tls turns it on; members with and without TLS cannot talk to each other, so set tls.enabled: false (to add TLS, create a new cluster with it and load a backup into it)".into());
         }
         (true, _) => {}
     }
-    issue_if_needed(cluster, ctx, ns).await?;
+    let tls = spec.unwrap_or_default();
+    if let Some(live) = live
+        && live.api != tls.api
+    {
+        return refuse(format!(
+            "the members serve their API over {} and the spec now says tls.api: {}; members that disagree cannot reach each other, so put tls.api: {} back",
+            if live.api { "HTTPS" } else { "HTTP" },
+            tls.api,
+            live.api
+        ));
+    }
+    let issued = tls.secret_name.is_none();
+    if let Some(live) = live
+        && issued
+        && let Some(theirs) = live.secret.as_deref()
+        && theirs != tls_secret_name(cluster)
+    {
+        return refuse(format!(
+            "the members run with the Secret {theirs} and spec.tls no longer names it; put tls.secretName: {theirs} back (an issued certificate comes from another CA, which the running members do not trust)"
+        ));
+    }
+    if issued {
+        issue_if_needed(cluster, ctx, ns).await?;
+    }
     resolved.spec.tls = Some(TlsSpec {
-        secret_name: Some(tls_secret_name(cluster)),
-        ..spec.unwrap_or_default()
+        secret_name: Some(
+            tls.secret_name
+                .clone()
+                .unwrap_or_else(|| tls_secret_name(cluster)),
+        ),
+        ..tls
     });
     Ok(resolved)
-}
-
-/// Whether a StatefulSet's members were started with TLS (its template carries the hash of the
-/// certificate they loaded).
-fn runs_tls(sts: &StatefulSet) -> bool {
-    sts.spec
-        .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
-        .and_then(|m| m.annotations.as_ref())
-        .is_some_and(|a| a.contains_key(TLS_CERT_HASH_ANNOTATION))
 }
 
 /// What the issued Secrets need.
@@ -141,8 +191,13 @@ pub fn plan(
     for s in [ca, tls].into_iter().flatten() {
         if !owned(s) {
             return Err(format!(
-                "Secret {} exists and was not issued by the operator for this cluster: name it in spec.tls.secretName to use it, or delete it so the operator issues its own",
-                s.name_any()
+                "Secret {} exists and was not issued by the operator for this cluster: {}",
+                s.name_any(),
+                if s.name_any() == ca_secret_name(cluster) {
+                    "rename or delete it so the operator can keep the cluster's CA there, or name your own certificate Secret in spec.tls.secretName"
+                } else {
+                    "name it in spec.tls.secretName to use it, or delete it so the operator issues its own"
+                }
             ));
         }
     }

@@ -292,12 +292,13 @@ pub async fn observe(
     let statefulset = Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
         .get_opt(&Names::statefulset(cluster))
         .await?;
-    // From here on `spec.tls` names the Secret members use, issued or the user's.
-    let resolved = super::certificates::resolve(cluster, ctx, ns, statefulset.as_ref()).await?;
-    let cluster = &resolved;
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
         .list(&ListParams::default().labels(&selector_string(cluster)))
         .await?;
+    // From here on `spec.tls` names the Secret members use, issued or the user's.
+    let live = super::certificates::LiveTls::observe(statefulset.as_ref(), &pods.items);
+    let resolved = super::certificates::resolve(cluster, ctx, ns, live.as_ref()).await?;
+    let cluster = &resolved;
     // A terminating pod counts as gone: its member is on its way out or being restarted.
     let mut found: Vec<ObservedPod> = pods
         .items

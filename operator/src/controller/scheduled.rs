@@ -33,7 +33,16 @@ pub async fn reconcile(sched: Arc<SqliteScheduledBackup>, ctx: Arc<Context>) -> 
     let ns = sched.namespace().ok_or(Error::MissingNamespace)?;
     let name = sched.name_any();
     let mut status = sched.status.clone().unwrap_or_default();
-    let schedule: Schedule = match sched.spec.schedule.parse() {
+    // Its backups carry the name as a label value, which holds 63 characters.
+    let parsed = if name.len() > 63 {
+        Err(format!(
+            "the schedule's name has {} characters; its backups are labelled with it, and a label holds 63: use a shorter name",
+            name.len()
+        ))
+    } else {
+        sched.spec.schedule.parse()
+    };
+    let schedule: Schedule = match parsed {
         Ok(s) => s,
         Err(why) => {
             status.message = Some(format!("{why}; no backups are taken until it is fixed"));
@@ -79,7 +88,12 @@ pub async fn reconcile(sched: Arc<SqliteScheduledBackup>, ctx: Arc<Context>) -> 
             }
             // Made by an earlier pass that did not get to record it.
             Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                // Say it where the user looks, then retry.
+                status.message = Some(format!("cannot create SqliteBackup {bname}: {e}"));
+                apply(&sched, &ctx, &ns, &status).await?;
+                return Err(e.into());
+            }
         }
         status.last_schedule_time = Some(Time(at));
         status.last_backup = Some(bname);
@@ -132,21 +146,39 @@ fn new_backup(sched: &SqliteScheduledBackup, ns: &str, at: Timestamp) -> SqliteB
     b
 }
 
-/// Which of a schedule's backups go: all but the newest `keep`, once finished (one still
-/// running is left to finish).
+/// Which of a schedule's backups go: completed ones beyond the newest `keep` completed, and
+/// failed ones older than the oldest kept or beyond the newest `keep` failed (a failed one
+/// says what went wrong until a newer backup succeeded). Failures never push a good backup's
+/// record out; a running one stays.
 pub fn to_prune(mut owned: Vec<SqliteBackup>, keep: usize) -> Vec<String> {
+    use crate::backup::phase;
     owned.sort_by_key(|b| {
         (
             b.meta().creation_timestamp.clone().map(|t| t.0),
             b.name_any(),
         )
     });
-    let excess = owned.len().saturating_sub(keep);
+    let phase_of = |b: &SqliteBackup| b.status.as_ref().and_then(|s| s.phase.clone());
+    let completed: Vec<usize> = (0..owned.len())
+        .filter(|&i| phase_of(&owned[i]).as_deref() == Some(phase::COMPLETED))
+        .collect();
+    let failed: Vec<usize> = (0..owned.len())
+        .filter(|&i| phase_of(&owned[i]).as_deref() == Some(phase::FAILED))
+        .collect();
+    // Index of the oldest of the newest `keep` (0 when there are none: nothing is older).
+    let oldest_of_newest = |v: &[usize]| v.get(v.len().saturating_sub(keep)).copied().unwrap_or(0);
+    let oldest_kept = oldest_of_newest(&completed);
+    // Failures are bounded too: a schedule failing every minute keeps only the newest `keep`.
+    let oldest_failure_kept = oldest_of_newest(&failed);
     owned
-        .into_iter()
-        .take(excess)
-        .filter(SqliteBackup::finished)
-        .map(|b| b.name_any())
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| match phase_of(b).as_deref() {
+            Some(phase::COMPLETED) => *i < oldest_kept,
+            Some(phase::FAILED) => *i < oldest_kept || *i < oldest_failure_kept,
+            _ => false,
+        })
+        .map(|(_, b)| b.name_any())
         .collect()
 }
 
@@ -223,15 +255,25 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_are_kept_and_a_running_one_is_never_pruned() {
+    fn the_newest_completed_are_kept_and_failures_never_push_them_out() {
         let owned = vec![
             backup("d", 4, Some("Completed")),
             backup("a", 1, Some("Completed")),
             backup("b", 2, Some("Running")),
             backup("c", 3, Some("Failed")),
+            backup("e", 5, Some("Failed")),
+            backup("f", 6, Some("Failed")),
         ];
-        assert_eq!(to_prune(owned.clone(), 2), ["a"]);
-        assert_eq!(to_prune(owned.clone(), 1), ["a", "c"]);
-        assert!(to_prune(owned, 4).is_empty());
+        // Keeping 2: a and d stay; of the failures only the newest two.
+        assert_eq!(to_prune(owned.clone(), 2), ["c"]);
+        // Keeping 1: d stays, a goes; of the failures only f (c is older than d anyway).
+        assert_eq!(to_prune(owned.clone(), 1), ["a", "c", "e"]);
+        assert!(to_prune(vec![backup("x", 1, Some("Failed"))], 1).is_empty());
+        // Only failures: the newest `keep` of them stay.
+        let failing = vec![
+            backup("p", 1, Some("Failed")),
+            backup("q", 2, Some("Failed")),
+        ];
+        assert_eq!(to_prune(failing, 1), ["p"]);
     }
 }

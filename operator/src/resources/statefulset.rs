@@ -218,12 +218,25 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Result<S
     if let Some(r) = recovery {
         // Mounted for good (the template stays the same after bootstrap); read only by the
         // bootstrapping member, which the env below points at them.
-        for s in &r.storages {
-            secret_mount(
-                format!("recovery-{}", s.name),
-                &s.credentials_secret.name,
-                recovery_secret_dir(&s.name),
-            );
+        // Optional: once the cluster exists nothing reads them, so a source Secret deleted later
+        // must not keep members from starting. Named by position: a storage name may be 63
+        // characters, and so may a volume's.
+        for (i, s) in r.storages.iter().enumerate() {
+            volumes.push(Volume {
+                secret: Some(SecretVolumeSource {
+                    optional: Some(true),
+                    ..secret_volume("", &s.credentials_secret.name)
+                        .secret
+                        .unwrap_or_default()
+                }),
+                ..secret_volume(&format!("recovery-{i}"), &s.credentials_secret.name)
+            });
+            mounts.push(VolumeMount {
+                name: format!("recovery-{i}"),
+                mount_path: recovery_secret_dir(&s.name),
+                read_only: Some(true),
+                ..Default::default()
+            });
         }
         if p.bootstrap {
             env.push(EnvVar {
@@ -277,6 +290,10 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Result<S
         readiness_probe: Some(probe("/readyz", 3)),
         // Alive means only that the process answers: losing the leader is no reason to restart.
         liveness_probe: Some(probe("/readyz?noleader", 6)),
+        // The API answers only once the member has opened its store, and a member restoring a
+        // backup (recovery) downloads and replicates it first: liveness waits for that, up to
+        // an hour, instead of killing a restore after half a minute.
+        startup_probe: Some(probe("/readyz?noleader", 720)),
         resources: c.spec.resources.clone(),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -625,6 +642,8 @@ mod tests {
         let path = |p: Option<Probe>| p.unwrap().http_get.unwrap().path.unwrap();
         assert_eq!(path(c.readiness_probe), "/readyz");
         assert_eq!(path(c.liveness_probe), "/readyz?noleader");
+        let startup = c.startup_probe.unwrap();
+        assert!(startup.failure_threshold.unwrap() * startup.period_seconds.unwrap() >= 3600);
     }
 
     #[test]

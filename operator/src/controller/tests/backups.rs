@@ -20,6 +20,16 @@ fn backup() -> SqliteBackup {
     b
 }
 
+/// The backup as the API server returns it (the reconciler reads it fresh first).
+fn backup_json() -> Value {
+    let mut v = serde_json::to_value(backup()).unwrap();
+    v["apiVersion"] = json!("litecluster.io/v1alpha1");
+    v["kind"] = json!("SqliteBackup");
+    v
+}
+
+const BACKUP: &str = "/apis/litecluster.io/v1alpha1/namespaces/ns/sqlitebackups/b1";
+
 fn with_storage(mut c: SqliteCluster) -> Value {
     c.spec.backup = Some(
         serde_json::from_value(json!({"storages": [{"name": "primary",
@@ -46,6 +56,7 @@ async fn the_leader_takes_the_backup_and_the_status_says_where_it_went() {
     }));
     let (ctx, mut api, fake) = context(fake);
     let mock = tokio::spawn(async move {
+        api.expect(Method::GET, BACKUP, Some(backup_json())).await;
         api.expect(
             Method::GET,
             "/apis/litecluster.io/v1alpha1/namespaces/ns/sqliteclusters/db",
@@ -112,6 +123,7 @@ async fn a_backup_of_a_missing_cluster_or_one_without_storages_fails_and_says_wh
     ] {
         let (ctx, mut api, fake) = context(FakeNodes::default());
         let mock = tokio::spawn(async move {
+            api.expect(Method::GET, BACKUP, Some(backup_json())).await;
             api.expect(
                 Method::GET,
                 "/apis/litecluster.io/v1alpha1/namespaces/ns/sqliteclusters/db",
@@ -146,4 +158,53 @@ async fn a_finished_backup_is_left_alone() {
     let action = timeout(backups::reconcile(Arc::new(b), ctx)).await.unwrap();
     assert_eq!(action, kube::runtime::controller::Action::await_change());
     assert!(fake.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_backup_finished_since_the_cache_saw_it_is_not_taken_again() {
+    let (ctx, mut api, fake) = context(FakeNodes::default());
+    let mock = tokio::spawn(async move {
+        let mut done = backup_json();
+        done["status"] = json!({"phase": "Completed", "backupId": "x"});
+        api.expect(Method::GET, BACKUP, Some(done)).await;
+    });
+    // The cached object still says Running.
+    let mut cached = backup();
+    cached.status = Some(SqliteBackupStatus {
+        phase: Some("Running".into()),
+        attempts: Some(1),
+        ..Default::default()
+    });
+    let action = timeout(backups::reconcile(Arc::new(cached), ctx))
+        .await
+        .unwrap();
+    timeout(mock).await.unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    assert!(
+        fake.calls.lock().unwrap().is_empty(),
+        "the leader was asked again"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_waits_its_turn() {
+    let (ctx, mut api, fake) = context(FakeNodes::default());
+    let mock = tokio::spawn(async move {
+        let mut waiting = backup_json();
+        let later = k8s_openapi::jiff::Timestamp::now()
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(10))
+            .unwrap();
+        waiting["status"] =
+            json!({"phase": "Running", "attempts": 1, "nextAttemptAt": later.to_string()});
+        api.expect(Method::GET, BACKUP, Some(waiting)).await;
+    });
+    let action = timeout(backups::reconcile(Arc::new(backup()), ctx))
+        .await
+        .unwrap();
+    timeout(mock).await.unwrap();
+    assert_ne!(action, kube::runtime::controller::Action::await_change());
+    assert!(
+        fake.calls.lock().unwrap().is_empty(),
+        "asked before its time"
+    );
 }

@@ -86,55 +86,99 @@ async fn a_cluster_created_before_tls_was_the_default_stays_without_it() {
 }
 
 #[tokio::test]
-async fn tls_never_turns_on_or_off_under_running_members() {
+async fn tls_never_changes_under_running_members() {
+    use super::super::certificates::{LiveTls, resolve};
     let (ctx, _api, _fake) = context(FakeNodes::default());
-    let plain = applied(
-        desired_sts(
-            &cluster(),
-            &ctx_for_sts(),
-            &ObservedCluster::default(),
-            true,
-            None,
-        )
-        .unwrap(),
-    );
-    let plain: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(plain).unwrap();
-    let mut with_tls = plain.clone();
-    with_tls
-        .spec
-        .as_mut()
-        .unwrap()
-        .template
-        .metadata
-        .get_or_insert_default()
-        .annotations
-        .get_or_insert_default()
-        .insert(
-            crate::resources::TLS_CERT_HASH_ANNOTATION.into(),
-            "h".into(),
-        );
-    let resolve = |tls: Option<TlsSpec>, live| {
+    let run = |tls: Option<TlsSpec>, live: LiveTls| {
         let mut c = cluster();
         c.spec.tls = tls;
         let ctx = ctx.clone();
         async move {
-            super::super::certificates::resolve(&c, &ctx, "ns", Some(live))
+            resolve(&c, &ctx, "ns", Some(&live))
                 .await
                 .map(|r| r.spec.tls)
         }
+    };
+    let plain = LiveTls {
+        tls: false,
+        api: false,
+        secret: None,
+    };
+    let issued = LiveTls {
+        tls: true,
+        api: true,
+        secret: Some("db-tls".into()),
+    };
+    let theirs = LiveTls {
+        tls: true,
+        api: true,
+        secret: Some("mine".into()),
     };
     let off = TlsSpec {
         enabled: false,
         ..Default::default()
     };
-    let err = resolve(Some(off.clone()), &with_tls).await.unwrap_err();
+    let err = run(Some(off.clone()), issued.clone()).await.unwrap_err();
     assert!(err.to_string().contains("put tls.enabled back"), "{err}");
-    let on = TlsSpec {
-        secret_name: None,
+    let err = run(Some(TlsSpec::default()), plain.clone())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("set tls.enabled: false"), "{err}");
+    // Dropping `tls: {api: false}` would turn HTTPS on under members that serve HTTP.
+    let http_api = LiveTls {
+        api: false,
+        ..theirs.clone()
+    };
+    let err = run(None, http_api).await.unwrap_err();
+    assert!(err.to_string().contains("put tls.api: false back"), "{err}");
+    // Dropping the user's Secret would move them to a CA they do not trust.
+    let err = run(None, theirs.clone()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("put tls.secretName: mine back"),
+        "{err}"
+    );
+    // What they run already: no request is made.
+    assert_eq!(run(Some(off.clone()), plain).await.unwrap(), Some(off));
+    let mine = TlsSpec {
+        secret_name: Some("mine".into()),
         ..Default::default()
     };
-    let err = resolve(Some(on), &plain).await.unwrap_err();
-    assert!(err.to_string().contains("set tls.enabled: false"), "{err}");
-    // Without TLS as it runs: no request is made.
-    assert_eq!(resolve(Some(off.clone()), &plain).await.unwrap(), Some(off));
+    assert_eq!(run(Some(mine.clone()), theirs).await.unwrap(), Some(mine));
+}
+
+#[tokio::test]
+async fn what_members_run_comes_from_the_statefulset_or_else_a_pod() {
+    use super::super::certificates::LiveTls;
+    let with_tls = desired_sts(
+        &cluster().with_tls("db-tls"),
+        &ctx_for_sts(),
+        &ObservedCluster::default(),
+        true,
+        None,
+    )
+    .unwrap();
+    let plain = desired_sts(
+        &cluster(),
+        &ctx_for_sts(),
+        &ObservedCluster::default(),
+        true,
+        None,
+    )
+    .unwrap();
+    let running = LiveTls {
+        tls: true,
+        api: true,
+        secret: Some("db-tls".into()),
+    };
+    assert_eq!(
+        LiveTls::observe(Some(&with_tls), &[]),
+        Some(running.clone())
+    );
+    // Without a StatefulSet (deleted with --cascade=orphan) the pods still tell.
+    let mut p = pod(0);
+    p.spec = with_tls.spec.as_ref().and_then(|s| s.template.spec.clone());
+    assert_eq!(LiveTls::observe(None, &[p]), Some(running));
+    let none = LiveTls::observe(Some(&plain), &[]).unwrap();
+    assert!(!none.tls && !none.api && none.secret.is_none());
+    assert_eq!(LiveTls::observe(None, &[]), None);
 }

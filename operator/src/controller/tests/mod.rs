@@ -290,7 +290,7 @@ struct ApiServerVerifier {
     /// Claims the reconciler grows, in order, each with the API's refusal (code, message) if any.
     grow: Vec<(&'static str, Option<(u16, &'static str)>)>,
     /// The cluster has neither issued Secret: both are created (with an Event) after the
-    /// StatefulSet is read, and the certificate is read back with the other Secrets.
+    /// StatefulSet and the pods are read, and the certificate is read back with the other Secrets.
     issue_tls: bool,
 }
 
@@ -349,6 +349,12 @@ impl ApiServerVerifier {
                 sts.clone(),
             )
             .await;
+            v.expect(
+                Method::GET,
+                &format!("/api/v1/namespaces/ns/pods?&{MEMBERS}"),
+                Some(json!({"apiVersion":"v1","kind":"PodList","metadata":{},"items":pods})),
+            )
+            .await;
             if v.issue_tls {
                 for name in ["db-ca", "db-tls"] {
                     v.expect(
@@ -370,12 +376,6 @@ impl ApiServerVerifier {
                 }
                 writes.push(v.expect_write(Method::POST, EVENTS).await);
             }
-            v.expect(
-                Method::GET,
-                &format!("/api/v1/namespaces/ns/pods?&{MEMBERS}"),
-                Some(json!({"apiVersion":"v1","kind":"PodList","metadata":{},"items":pods})),
-            )
-            .await;
             for (name, secret) in std::mem::take(&mut v.secrets) {
                 v.expect(
                     Method::GET,
