@@ -960,6 +960,37 @@ fn member_tls_secret_from(
     Ok(ca)
 }
 
+/// Waits until every pod in `before` (three members of `cluster`) was replaced and is Ready,
+/// and fails if more than one was down at any time on the way.
+fn wait_rolled_one_at_a_time(
+    s: &Stack,
+    ns: &str,
+    cluster: &str,
+    before: &std::collections::BTreeMap<String, (String, bool, bool)>,
+    what: &str,
+) -> Result<()> {
+    let mut most_down = 0;
+    s.wait_for(what, Duration::from_secs(300), || {
+        let pods = member_pods(s, ns, cluster)?;
+        let down = (0..3)
+            .filter(|i| {
+                pods.get(&format!("{cluster}-{i}"))
+                    .is_none_or(|p| !p.1 || p.2)
+            })
+            .count();
+        most_down = most_down.max(down);
+        Ok(before
+            .iter()
+            .all(|(n, b)| pods.get(n).is_some_and(|p| p.0 != b.0 && p.1 && !p.2))
+            .then_some(()))
+    })?;
+    ensure!(
+        most_down <= 1,
+        "{most_down} members were down at once during the renewal"
+    );
+    Ok(())
+}
+
 /// A Secret of `ns` as JSON.
 fn secret_json(s: &Stack, ns: &str, name: &str) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(&s.cp.kubectl_ok(&[
@@ -1036,26 +1067,13 @@ fn a_cluster_without_tls_settings_gets_an_issued_certificate_and_a_renewal_rolls
             secret_json(s, ns, "auto-ca")?["data"] == ca["data"],
             "the CA changed"
         );
-        let mut most_down = 0;
-        s.wait_for(
+        wait_rolled_one_at_a_time(
+            s,
+            ns,
+            "auto",
+            &before,
             "every member restarted onto the renewed certificate",
-            Duration::from_secs(300),
-            || {
-                let pods = member_pods(s, ns, "auto")?;
-                let down = (0..3)
-                    .filter(|i| pods.get(&format!("auto-{i}")).is_none_or(|p| !p.1 || p.2))
-                    .count();
-                most_down = most_down.max(down);
-                Ok(before
-                    .iter()
-                    .all(|(n, b)| pods.get(n).is_some_and(|p| p.0 != b.0 && p.1 && !p.2))
-                    .then_some(()))
-            },
         )?;
-        ensure!(
-            most_down <= 1,
-            "{most_down} members were down at once during the renewal"
-        );
         let st = s.wait_ready(ns, "auto", 3, ready_timeout())?;
         let leader = st["leader"].as_str().unwrap_or_default();
         ensure!(query_ints(&member(s, ns, leader)?, "SELECT id FROM t", "strong")? == [1]);
@@ -1134,26 +1152,13 @@ fn tls_cluster_serves_https_with_mutual_tls_between_members_and_rolls_a_renewed_
         // Renewal: a new certificate from the same CA restarts the members one at a time.
         let before = member_pods(s, ns, "sec")?;
         member_tls_secret(s, ns, "sec", 2)?;
-        let mut most_down = 0;
-        s.wait_for(
+        wait_rolled_one_at_a_time(
+            s,
+            ns,
+            "sec",
+            &before,
             "every member restarted with the renewed certificate",
-            Duration::from_secs(300),
-            || {
-                let pods = member_pods(s, ns, "sec")?;
-                let down = (0..3)
-                    .filter(|i| pods.get(&format!("sec-{i}")).is_none_or(|p| !p.1 || p.2))
-                    .count();
-                most_down = most_down.max(down);
-                let replaced = before
-                    .iter()
-                    .all(|(n, b)| pods.get(n).is_some_and(|p| p.0 != b.0 && p.1 && !p.2));
-                Ok(replaced.then_some(()))
-            },
         )?;
-        ensure!(
-            most_down <= 1,
-            "{most_down} members were down at once during the renewal"
-        );
         s.wait_ready(ns, "sec", 3, ready_timeout())?;
         for i in 0..3 {
             let pod = format!("sec-{i}");

@@ -11,13 +11,12 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use tracing::info;
 
-use super::{Context, MANAGER, observe};
+use super::{Context, apply_status, observe};
 use crate::backup::{SqliteBackup, SqliteBackupStatus, phase};
 use crate::crd::SqliteCluster;
 use crate::node_client::BackupOutcome;
@@ -101,7 +100,7 @@ pub async fn reconcile(backup: Arc<SqliteBackup>, ctx: Arc<Context>) -> Result<A
         }
         status.phase = Some(phase::PENDING.into());
         status.message = Some(format!("waiting for SqliteCluster {name} to have a leader"));
-        apply(&backup, &ctx, &ns, &status).await?;
+        apply_status(&ctx, &backup, &ns, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(10)));
     };
     let attempts = status.attempts.unwrap_or(0) + 1;
@@ -112,7 +111,7 @@ pub async fn reconcile(backup: Arc<SqliteBackup>, ctx: Arc<Context>) -> Result<A
     status
         .started_at
         .get_or_insert_with(|| Time(Timestamp::now()));
-    apply(&backup, &ctx, &ns, &status).await?;
+    apply_status(&ctx, &backup, &ns, &status).await?;
     if attempts == 1 {
         publish(
             &backup,
@@ -151,7 +150,7 @@ pub async fn reconcile(backup: Arc<SqliteBackup>, ctx: Arc<Context>) -> Result<A
                 completed_at: Some(Time(Timestamp::now())),
                 ..status
             };
-            apply(&backup, &ctx, &ns, &status).await?;
+            apply_status(&ctx, &backup, &ns, &status).await?;
             ctx.metrics.backup_finished(true);
             let kind = if status.failover == Some(true) {
                 EventType::Warning
@@ -177,7 +176,7 @@ pub async fn reconcile(backup: Arc<SqliteBackup>, ctx: Arc<Context>) -> Result<A
                 )
                 .ok()
                 .map(Time);
-            apply(&backup, &ctx, &ns, &status).await?;
+            apply_status(&ctx, &backup, &ns, &status).await?;
             Ok(Action::requeue(RETRY_WAIT))
         }
         Ok(BackupOutcome::Retry(why)) => {
@@ -213,31 +212,10 @@ async fn fail(
         completed_at: Some(Time(Timestamp::now())),
         ..status
     };
-    apply(backup, ctx, ns, &status).await?;
+    apply_status(ctx, backup, ns, &status).await?;
     ctx.metrics.backup_finished(false);
     publish(backup, ctx, EventType::Warning, "BackupFailed", why).await;
     Ok(Action::await_change())
-}
-
-async fn apply(
-    backup: &SqliteBackup,
-    ctx: &Context,
-    ns: &str,
-    status: &SqliteBackupStatus,
-) -> Result<()> {
-    let body = serde_json::json!({
-        "apiVersion": SqliteBackup::api_version(&()),
-        "kind": SqliteBackup::kind(&()),
-        "status": status,
-    });
-    Api::<SqliteBackup>::namespaced(ctx.client.clone(), ns)
-        .patch_status(
-            &backup.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
-    Ok(())
 }
 
 async fn publish(

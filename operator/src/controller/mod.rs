@@ -38,6 +38,34 @@ pub use maintenance::Maintenance;
 /// Field manager of every server-side apply the operator makes.
 pub const MANAGER: &str = "litecluster-operator";
 
+/// Server-side apply of an object's whole status: fields this manager stops sending are removed.
+pub async fn apply_status<K>(
+    ctx: &Context,
+    obj: &K,
+    ns: &str,
+    status: &impl serde::Serialize,
+) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    Api::<K>::namespaced(ctx.client.clone(), ns)
+        .patch_status(
+            &obj.name_any(),
+            &kube::api::PatchParams::apply(MANAGER).force(),
+            &kube::api::Patch::Apply(&body),
+        )
+        .await?;
+    Ok(())
+}
+
 /// Shared state of all reconciles.
 pub struct Context {
     pub client: Client,

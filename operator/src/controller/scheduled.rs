@@ -10,16 +10,13 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
-use super::{Context, MANAGER};
-use crate::backup::{
-    SCHEDULE_LABEL, SqliteBackup, SqliteBackupSpec, SqliteScheduledBackup,
-    SqliteScheduledBackupStatus,
-};
+use super::{Context, apply_status};
+use crate::backup::{SCHEDULE_LABEL, SqliteBackup, SqliteBackupSpec, SqliteScheduledBackup};
 use crate::schedule::Schedule;
 use crate::{Error, Result};
 
@@ -47,7 +44,7 @@ pub async fn reconcile(sched: Arc<SqliteScheduledBackup>, ctx: Arc<Context>) -> 
         Err(why) => {
             status.message = Some(format!("{why}; no backups are taken until it is fixed"));
             status.next_schedule_time = None;
-            apply(&sched, &ctx, &ns, &status).await?;
+            apply_status(&ctx, sched.as_ref(), &ns, &status).await?;
             publish(&sched, &ctx, EventType::Warning, "InvalidSchedule", why).await;
             return Ok(Action::await_change());
         }
@@ -91,7 +88,7 @@ pub async fn reconcile(sched: Arc<SqliteScheduledBackup>, ctx: Arc<Context>) -> 
             Err(e) => {
                 // Say it where the user looks, then retry.
                 status.message = Some(format!("cannot create SqliteBackup {bname}: {e}"));
-                apply(&sched, &ctx, &ns, &status).await?;
+                apply_status(&ctx, sched.as_ref(), &ns, &status).await?;
                 return Err(e.into());
             }
         }
@@ -120,7 +117,7 @@ pub async fn reconcile(sched: Arc<SqliteScheduledBackup>, ctx: Arc<Context>) -> 
         (false, Some(_)) => None,
     };
     if sched.status.as_ref() != Some(&status) {
-        apply(&sched, &ctx, &ns, &status).await?;
+        apply_status(&ctx, sched.as_ref(), &ns, &status).await?;
     }
     Ok(match next {
         Some(t) => {
@@ -190,27 +187,6 @@ async fn prune(api: &Api<SqliteBackup>, owned: Vec<SqliteBackup>, keep: usize) -
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
-}
-
-async fn apply(
-    sched: &SqliteScheduledBackup,
-    ctx: &Context,
-    ns: &str,
-    status: &SqliteScheduledBackupStatus,
-) -> Result<()> {
-    let body = serde_json::json!({
-        "apiVersion": SqliteScheduledBackup::api_version(&()),
-        "kind": SqliteScheduledBackup::kind(&()),
-        "status": status,
-    });
-    Api::<SqliteScheduledBackup>::namespaced(ctx.client.clone(), ns)
-        .patch_status(
-            &sched.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
     Ok(())
 }
 

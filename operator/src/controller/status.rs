@@ -2,18 +2,17 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Resource, ResourceExt};
+use kube::Resource;
 
 use super::membership::Action;
 use super::observe::{ObservedCluster, raft_members};
-use super::{Context, MANAGER, Maintenance, rollout};
+use super::{Context, Maintenance, rollout};
+use crate::Result;
 use crate::crd::{
     MemberSnapshotStatus, MemberStatus, RemediationStatus, RemediationStep, SqliteCluster,
     SqliteClusterStatus,
 };
 use crate::resources::{Names, selector_string};
-use crate::{Error, Result};
 
 /// Degraded reason while the TLS Secret would cut restarted members off.
 pub const TLS_CHANGE_UNSAFE: &str = "TlsChangeUnsafe";
@@ -29,7 +28,7 @@ pub async fn reconcile_paused(cluster: &SqliteCluster, ctx: &Context, ns: &str) 
     if !differs(&old, &new) {
         return Ok(());
     }
-    apply_status(cluster, ctx, &new, ns).await
+    super::apply_status(ctx, cluster, ns, &new).await
 }
 
 /// `old` with a true `Paused` condition for `generation`.
@@ -56,29 +55,6 @@ pub fn paused_status(
     new
 }
 
-async fn apply_status(
-    cluster: &SqliteCluster,
-    ctx: &Context,
-    status: &SqliteClusterStatus,
-    ns: &str,
-) -> Result<()> {
-    // Server-side apply of the whole status: fields this manager stops sending are removed.
-    let body = serde_json::json!({
-        "apiVersion": SqliteCluster::api_version(&()),
-        "kind": SqliteCluster::kind(&()),
-        "status": status,
-    });
-    let api = Api::<SqliteCluster>::namespaced(ctx.client.clone(), ns);
-    api.patch_status(
-        &cluster.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(Error::Kube)?;
-    Ok(())
-}
-
 /// Compute the status and patch it when it differs (applied indexes and timestamps aside).
 pub async fn reconcile_status(
     cluster: &SqliteCluster,
@@ -101,7 +77,7 @@ pub async fn reconcile_status(
     if !differs(&old, &new) {
         return Ok(());
     }
-    apply_status(cluster, ctx, &new, ns).await
+    super::apply_status(ctx, cluster, ns, &new).await
 }
 
 /// Whether `new` says something `old` does not. Applied indexes move with every write and
