@@ -117,10 +117,20 @@ pub enum Command {
         stmts: Vec<Statement>,
         transaction: bool,
         mode: Mode,
+        /// Leader's wall clock when it proposed the entry (ms since the epoch), for
+        /// point-in-time recovery; never read when applying. Absent in entries of earlier
+        /// versions, which ignore it (serde skips unknown fields).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
     },
     /// Requests that reached the leader together, coalesced into one entry (one pass through
     /// Raft for all of them). Each applies exactly as if it were an entry of its own.
-    Batch { reqs: Vec<Request> },
+    Batch {
+        reqs: Vec<Request>,
+        /// As in [`Command::Statements`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
+    },
     /// Replace the whole database with the given SQLite file image. Written by earlier
     /// versions; a load is now [`Command::LoadChunk`]s and a [`Command::LoadCommit`].
     Load {
@@ -142,10 +152,23 @@ pub enum Command {
         chunks: u32,
         len: u64,
         crc32: u32,
+        /// As in [`Command::Statements`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
     },
 }
 
 impl Command {
+    /// When the leader proposed it, for the entries that change data.
+    pub fn at_ms(&self) -> Option<u64> {
+        match self {
+            Self::Statements { at_ms, .. }
+            | Self::Batch { at_ms, .. }
+            | Self::LoadCommit { at_ms, .. } => *at_ms,
+            Self::Load { .. } | Self::LoadChunk { .. } => None,
+        }
+    }
+
     /// Bytes this command takes in the log and on the wire, without building the encoding.
     pub fn encoded_len(&self) -> usize {
         encoded_len(self)

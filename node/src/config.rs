@@ -68,9 +68,18 @@ pub struct BackupPushArgs {
 pub struct BackupRestoreArgs {
     #[command(flatten)]
     pub common: BackupCommon,
-    /// The backup to restore (default: the newest across all readable storages).
+    /// The backup to restore (default: the newest across all readable storages, or the newest
+    /// before the target). Alone, it restores that backup without the archive after it.
     #[arg(long)]
     pub id: Option<String>,
+    /// Point in time to recover to (RFC 3339 with a zone): the newest backup taken before it,
+    /// plus every archived entry the leader proposed at or before it.
+    #[arg(long, conflicts_with = "to_index")]
+    pub to_time: Option<String>,
+    /// Raft index to recover to: the newest backup at or before it, plus the archived entries
+    /// up to it.
+    #[arg(long)]
+    pub to_index: Option<u64>,
     /// Where to write the restored SQLite file (load it with `/db/load`, or boot a cluster
     /// with `--restore-from` instead).
     #[arg(long)]
@@ -208,6 +217,18 @@ pub struct NodeConfig {
     /// SqliteBackup's status show it) instead of the newest.
     #[arg(long, env = "LITECLUSTER_RESTORE_ID", requires = "restore_from")]
     pub restore_id: Option<String>,
+    /// With `--restore-from`: recover to this time (RFC 3339 with a zone) from the archive.
+    /// Without a target the archive after the backup is replayed to its end.
+    #[arg(
+        long,
+        env = "LITECLUSTER_RESTORE_TO_TIME",
+        requires = "restore_from",
+        conflicts_with = "restore_to_index"
+    )]
+    pub restore_to_time: Option<String>,
+    /// With `--restore-from`: recover to this Raft index from the archive.
+    #[arg(long, env = "LITECLUSTER_RESTORE_TO_INDEX", requires = "restore_from")]
+    pub restore_to_index: Option<u64>,
     /// How long a storage's alive/dead status in the shared status cache holds before a re-check.
     #[arg(long, env = "LITECLUSTER_BACKUP_STATUS_TTL", default_value = "60s", value_parser = parse_duration)]
     pub backup_status_ttl: Duration,

@@ -74,6 +74,7 @@ impl Node {
         let log = LogStore::open(&config.data_dir.join("raft.db"), metrics.clone())
             .context("opening the raft log")?;
         let log_view = log.clone();
+        let archive_log = log.clone();
         let snapshots = Arc::new(SnapshotControl::default());
         let sm = StateMachine::open(
             &db_path,
@@ -229,7 +230,19 @@ impl Node {
         .start()
         .await?;
         if let Some(m) = node.backup.clone() {
-            crate::backup::auto::spawn(m, &node.raft, node.db_path.clone(), node.info.name.clone());
+            crate::backup::auto::spawn(
+                m.clone(),
+                &node.raft,
+                node.db_path.clone(),
+                node.info.name.clone(),
+            );
+            crate::backup::archive::spawn(
+                m,
+                &node.raft,
+                archive_log,
+                node.db_path.clone(),
+                node.info.name.clone(),
+            );
         }
         Ok(node)
     }

@@ -488,6 +488,268 @@ async fn cluster_backs_up_on_interval_and_a_new_cluster_boots_from_it() {
     eprintln!("boot-from-backup scenario took {:?}", started.elapsed());
 }
 
+/// Wall-clock milliseconds, and the RFC 3339 form SQLite prints for them.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn rfc3339(ms: u64) -> String {
+    let conn = rusqlite::Connection::open_in_memory().unwrap();
+    conn.query_row(
+        "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', ?1 / 1000.0, 'unixepoch')",
+        [ms as i64],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+fn ids_in(path: &Path) -> std::collections::BTreeSet<u64> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn.prepare("SELECT id FROM t").unwrap();
+    stmt.query_map([], |r| r.get::<_, i64>(0))
+        .unwrap()
+        .map(|r| r.unwrap() as u64)
+        .collect()
+}
+
+async fn archive_status(c: &Cluster, i: usize) -> Value {
+    c.status(i).await["backup"]["archive"].clone()
+}
+
+/// Waits until the leader has archived everything it applied; returns the leader.
+async fn wait_archived(c: &Cluster) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let leader = c.leader().await;
+        let applied = c.applied(leader).await;
+        let a = archive_status(c, leader).await;
+        if a["archived_index"].as_u64() >= Some(applied) {
+            return leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the archive did not reach index {applied} within 60s: {a}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn archive_survives_leader_kills_and_storage_failover_and_restores_to_a_time_and_an_index() {
+    let started = Instant::now();
+    let root = std::env::temp_dir().join(format!("lc-archive-root-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let mut primary = Weed::start(&root, "primary");
+    let failover = Weed::start(&root, "failover");
+    primary.wait_writable("main").await;
+    failover.wait_writable("spare").await;
+    let cfg = write_config(
+        &root,
+        &[
+            ("primary", primary.endpoint(), "main"),
+            ("failover", failover.endpoint(), "spare"),
+        ],
+        "archive_interval: 200ms\n",
+    );
+    let cfg_s = cfg.to_str().unwrap().to_owned();
+    let mut c = Cluster::start("archive-members", 3, &["--backup-config", &cfg_s]).await;
+    c.execute(0, create_table()).await.unwrap();
+    // The first leader takes a base backup, then archives after it.
+    wait_archived(&c).await;
+    let restart_args = |c: &Cluster, i: usize| -> Vec<String> {
+        let other = (i + 1) % 3;
+        vec!["--join".into(), c.members[other].url()]
+    };
+
+    // Leaders killed while writes go on and segments are being written.
+    let urls: Vec<String> = (0..3).map(|i| c.url(i)).collect();
+    let ws = WriteStream::start(urls, 4);
+    for round in 0..2 {
+        let before = ws.count();
+        wait_for("writes", Duration::from_secs(60), || async {
+            ws.count() >= before + 150
+        })
+        .await;
+        let leader = c.leader().await;
+        c.members[leader].kill();
+        eprintln!(
+            "round {round}: killed leader {leader} at {} acked writes",
+            ws.count()
+        );
+        let after = ws.count();
+        wait_for("writes after the kill", Duration::from_secs(60), || async {
+            ws.count() >= after + 150
+        })
+        .await;
+        let args = restart_args(&c, leader);
+        c.members[leader].start(&args);
+        c.wait_ready(leader).await;
+    }
+
+    // The dangerous point: a leader dies right after a segment is stored, before it records
+    // that it was; the next leader must neither leave a hole nor apply that segment twice.
+    let leader = c.leader().await;
+    let f = (leader + 1) % 3;
+    c.members[f].kill();
+    c.members[f]
+        .env
+        .push(("LITECLUSTER_FAILPOINT".into(), "archive-after-put".into()));
+    let args = restart_args(&c, f);
+    c.members[f].start(&args);
+    c.wait_caught_up(f).await;
+    let name = c.members[f].name.clone();
+    let r = c
+        .http
+        .post(format!("{}/leader", c.url(leader)))
+        .json(&json!({ "id": name }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "leadership transfer: {}",
+        r.status()
+    );
+    assert!(
+        c.members[f].exits_within(Duration::from_secs(60)),
+        "member {f} did not reach the failpoint as leader"
+    );
+    let log = std::fs::read_to_string(&c.members[f].log).unwrap();
+    assert!(
+        log.contains("failpoint archive-after-put"),
+        "{}",
+        tail(&c.members[f].log, 20)
+    );
+    c.members[f].env.clear();
+    c.members[f].start(&args);
+    c.wait_ready(f).await;
+
+    // The primary storage stops: segments go to the failover storage, and the status says so.
+    primary.stop();
+    let before = ws.count();
+    wait_for(
+        "writes with the primary down",
+        Duration::from_secs(60),
+        || async { ws.count() >= before + 100 },
+    )
+    .await;
+    wait_for(
+        "a segment on the failover storage",
+        Duration::from_secs(60),
+        || async {
+            let a = archive_status(&c, c.leader().await).await;
+            a["last_segment"]["storage"] == "failover" && a["last_segment"]["failover"] == true
+        },
+    )
+    .await;
+    let acked = ws.stop().await;
+
+    // Two known writes with a point in time between them.
+    c.execute(
+        0,
+        json!([["INSERT INTO t(id, v) VALUES(?, 'A')", 9_000_001]]),
+    )
+    .await
+    .unwrap();
+    let leader = c.leader().await;
+    let index_a = c.applied(leader).await.to_string();
+    let t = now_ms();
+    while now_ms() <= t + 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    c.execute(
+        0,
+        json!([["INSERT INTO t(id, v) VALUES(?, 'B')", 9_000_002]]),
+    )
+    .await
+    .unwrap();
+    let leader = wait_archived(&c).await;
+    let end = c.applied(leader).await;
+    for i in 0..3 {
+        assert_eq!(
+            archive_status(&c, i).await["gaps"],
+            0,
+            "member {i} found a gap"
+        );
+    }
+    let live_db = c.members[leader].dir.join("db.sqlite");
+    let live = dump_checksum(&live_db);
+    primary.restart();
+    primary.wait_writable("main").await;
+
+    // The archive is one chain from the newest backup to the end, across both storages.
+    let scratch = root.join("restore");
+    let dd = scratch.to_str().unwrap();
+    let list = oneshot(&["list", "--config", &cfg_s, "--data-dir", dd]);
+    assert!(list.ok, "{}", list.stderr);
+    let archive = &list.json()["archive"];
+    assert_eq!(archive["reaches_index"], end, "{archive}");
+    assert_eq!(archive["hole_before"], Value::Null, "{archive}");
+
+    let restore = |out: &str, extra: &[&str]| {
+        let path = root.join(out);
+        let p = path.to_str().unwrap().to_owned();
+        let mut args = vec![
+            "restore",
+            "--config",
+            &cfg_s,
+            "--data-dir",
+            dd,
+            "--output",
+            &p,
+        ];
+        args.extend_from_slice(extra);
+        let o = oneshot(&args);
+        (path, o)
+    };
+    // Latest: the same data as the live cluster, every acknowledged write.
+    let (full, o) = restore("full.db", &[]);
+    assert!(o.ok, "{}", o.stderr);
+    assert_eq!(o.json()["restored"]["index"], end);
+    assert_eq!(dump_checksum(&full), live);
+    let have = ids_in(&full);
+    let missing: Vec<_> = acked.difference(&have).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "restore lost acknowledged writes: {missing:?}"
+    );
+    // To the time between A and B, and to A's index: A and not B.
+    let target = rfc3339(t);
+    for (out, flags) in [
+        ("to-time.db", vec!["--to-time", target.as_str()]),
+        ("to-index.db", vec!["--to-index", index_a.as_str()]),
+    ] {
+        let (db, o) = restore(out, &flags);
+        assert!(o.ok, "{flags:?}: {}", o.stderr);
+        let got = ids_in(&db);
+        assert!(
+            got.contains(&9_000_001) && !got.contains(&9_000_002),
+            "{flags:?}"
+        );
+        assert_eq!(got.len(), have.len() - 1, "{flags:?}");
+        assert_eq!(o.json()["restored"]["target_reached"], true, "{flags:?}");
+    }
+    // Past the end of the archive: refused with where it ends.
+    let past = (end + 1000).to_string();
+    let (_, o) = restore("past.db", &["--to-index", &past]);
+    assert!(!o.ok);
+    assert!(
+        o.stderr.contains(&format!("reaches index {end}")),
+        "{}",
+        o.stderr
+    );
+
+    drop(c);
+    drop(primary);
+    drop(failover);
+    let _ = std::fs::remove_dir_all(&root);
+    eprintln!("archive scenario took {:?}", started.elapsed());
+}
+
 // ---------------------------------------------------------------- Azure (Azurite)
 
 /// Azurite's well-known development account (public, the same in every installation).

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value as Json, json};
 
+use super::archive::Target;
 use super::image::Image;
 use super::{Error, Manager, Result};
 use crate::config::{BackupAction, BackupCommon};
@@ -28,14 +29,27 @@ pub async fn run(action: BackupAction) -> Result<Json> {
             Ok(serde_json::to_value(report).unwrap_or_default())
         }
         BackupAction::List(c) => {
-            let list = manager(&c)?.list().await?;
-            Ok(json!({ "backups": list }))
+            let m = manager(&c)?;
+            let list = m.list().await?;
+            let cat = m.catalog().await?;
+            // How far point-in-time recovery reaches from the newest backup.
+            let archive = list.first().map(|newest| {
+                let base = newest.manifest.raft_index;
+                json!({
+                    "segments": cat.segments.len(),
+                    "from_backup": newest.manifest.id,
+                    "reaches_index": cat.end_from(base),
+                    "hole_before": cat.after_hole(base).map(|(first, _)| first),
+                })
+            });
+            Ok(json!({ "backups": list, "archive": archive }))
         }
         BackupAction::Restore(a) => {
+            let target = Target::from_args(a.to_time.as_deref(), a.to_index)?;
             let m = manager(&a.common)?;
-            let (manifest, db) = m.fetch(a.id.as_deref()).await?;
+            let (restored, db) = m.restore_to(a.id.as_deref(), target).await?;
             write_output(&a.output, &db)?;
-            Ok(json!({"restored": manifest, "output": a.output}))
+            Ok(json!({"restored": restored, "output": a.output}))
         }
     }
 }

@@ -11,6 +11,7 @@ use super::{Error, Result};
 ///
 /// ```yaml
 /// interval: 1h            # auto-backup on the leader; absent or "0" turns it off
+/// archive_interval: 5s    # ship committed Raft entries this often (point-in-time recovery)
 /// retention: {keep: 7, max_age: 30d}
 /// probe_timeout: 5s       # alive checks (list, put+delete of a probe object)
 /// storages:               # writes go to the first writable one, reads look at all
@@ -30,6 +31,10 @@ pub struct BackupConfig {
     pub storages: Vec<StorageConfig>,
     #[serde(default, deserialize_with = "opt_duration")]
     pub interval: Option<Duration>,
+    /// Continuous archiving of committed Raft entries for point-in-time recovery; absent or "0"
+    /// turns it off. The archive trails the log by about this much (the RPO).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub archive_interval: Option<Duration>,
     #[serde(default)]
     pub retention: Retention,
     #[serde(default = "default_probe_timeout", deserialize_with = "duration")]

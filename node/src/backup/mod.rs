@@ -1,5 +1,6 @@
 //! Backups to object storage with ordered failover storages (see `DESIGN.md` beside this file).
 
+pub mod archive;
 pub mod auto;
 pub mod cli;
 pub mod config;
@@ -168,6 +169,13 @@ pub struct Listed {
     pub found_in: String,
 }
 
+/// Where [`Manager::write_first`] wrote, and the note when it passed a storage over.
+pub(crate) struct Written<T> {
+    pub index: usize,
+    pub value: T,
+    pub note: Option<String>,
+}
+
 #[derive(Default)]
 struct State {
     last_success: Option<PushReport>,
@@ -194,6 +202,7 @@ pub struct Manager {
     scratch: PathBuf,
     push_lock: tokio::sync::Mutex<()>,
     state: Mutex<State>,
+    archive: Mutex<archive::ArchiveState>,
     counters: Counters,
 }
 
@@ -216,6 +225,7 @@ impl Manager {
             scratch: data_dir.to_owned(),
             push_lock: tokio::sync::Mutex::new(()),
             state: Mutex::new(State::default()),
+            archive: Mutex::default(),
             counters: Counters::default(),
         })
     }
@@ -231,6 +241,10 @@ impl Manager {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn archive(&self) -> std::sync::MutexGuard<'_, archive::ArchiveState> {
+        self.archive.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Applied index of the last successful push by this process.
@@ -300,81 +314,38 @@ impl Manager {
         })
         .await
         .map_err(|e| Error::Internal(format!("compression task failed: {e}")))??;
-        let mut exclude = Vec::new();
-        let mut passed_over = Vec::new();
-        let (index, manifest) = loop {
-            let choice = failover::writable(&self.storages, &self.cache, self.ttl, &exclude).await;
-            let choice = match choice {
-                Ok(c) => c,
-                Err(Error::NoStorage { mode, tried }) => {
-                    // Name the storages whose upload failed as well as the ones probed dead.
-                    let mut all: Vec<String> = passed_over
-                        .iter()
-                        .map(|(n, w)| format!("{n}: {w}"))
-                        .collect();
-                    if !tried.is_empty() {
-                        all.push(tried);
-                    }
-                    return Err(Error::NoStorage {
-                        mode,
-                        tried: all.join("; "),
-                    });
-                }
-                Err(e) => return Err(e),
-            };
-            passed_over.extend(choice.passed_over);
-            let s = &self.storages[choice.index];
-            let m = Manifest {
-                format: 1,
-                id: id.clone(),
-                created_at: rfc3339_ms(created_at_ms),
-                created_at_ms,
-                raft_index,
-                raft_term,
-                node_id: node_id.to_owned(),
-                node_version: env!("CARGO_PKG_VERSION").to_owned(),
-                storage: s.name().to_owned(),
-                compression: "gzip".into(),
-                object: manifest::OBJECT.into(),
-                size: object.len() as u64,
-                sha256: manifest::sha256_hex(&object),
-                db_size,
-                db_sha256: db_sha256.clone(),
-            };
-            let uploaded = async {
-                s.put(&m.object_name(), object.clone()).await?;
-                let body =
-                    serde_json::to_vec_pretty(&m).map_err(|e| Error::Internal(e.to_string()))?;
-                s.put(&Manifest::manifest_name(&m.id), Bytes::from(body))
-                    .await
-            }
-            .await;
-            let check = Check::now(
-                &uploaded
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|e| Error::Internal(chain(e))),
-            );
-            failover::record(&self.cache, &[(s, None, Some(check))]);
-            match uploaded {
-                Ok(()) => break (choice.index, m),
-                Err(e) => {
-                    let msg = chain(&e);
-                    tracing::warn!(storage = s.name(), error = %msg, "upload failed; trying the next storage");
-                    passed_over.push((s.name().to_owned(), msg));
-                    exclude.push(choice.index);
-                }
-            }
-        };
+        let written = self
+            .write_first("backup", |s| {
+                let m = Manifest {
+                    format: 1,
+                    id: id.clone(),
+                    created_at: rfc3339_ms(created_at_ms),
+                    created_at_ms,
+                    raft_index,
+                    raft_term,
+                    node_id: node_id.to_owned(),
+                    node_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    storage: s.name().to_owned(),
+                    compression: "gzip".into(),
+                    object: manifest::OBJECT.into(),
+                    size: object.len() as u64,
+                    sha256: manifest::sha256_hex(&object),
+                    db_size,
+                    db_sha256: db_sha256.clone(),
+                };
+                let body = Bytes::from(serde_json::to_vec_pretty(&m).unwrap_or_default());
+                // The manifest last: a backup without one is an interrupted upload.
+                (
+                    vec![
+                        (m.object_name(), object.clone()),
+                        (Manifest::manifest_name(&m.id), body),
+                    ],
+                    m,
+                )
+            })
+            .await?;
+        let (index, manifest, note) = (written.index, written.value, written.note);
         let s = &self.storages[index];
-        let note = passed_over.first().map(|(first, why)| {
-            let msg = format!(
-                "storage {first:?} is not writable ({why}); backup written to failover storage {:?}",
-                s.name()
-            );
-            tracing::warn!(storage = s.name(), passed_over = %first, reason = %why, "backup written to a failover storage");
-            msg
-        });
         let deleted = match self.apply_retention(index, &manifest.id).await {
             Ok(d) => d,
             Err(e) => {
@@ -397,6 +368,78 @@ impl Manager {
         };
         tracing::info!(id = %report.id, storage = %report.storage, raft_index, size = report.size, took_ms = report.took_ms, "backup pushed");
         Ok(report)
+    }
+
+    /// Writes objects, in order, to the first writable storage; a storage whose upload fails is
+    /// recorded dead and the next one is tried. `make` builds the objects (and a value
+    /// returned with them) for the chosen storage.
+    pub(crate) async fn write_first<T>(
+        &self,
+        what: &str,
+        make: impl Fn(&Storage) -> (Vec<(String, Bytes)>, T),
+    ) -> Result<Written<T>> {
+        let mut exclude = Vec::new();
+        let mut passed_over: Vec<(String, String)> = Vec::new();
+        loop {
+            let choice = failover::writable(&self.storages, &self.cache, self.ttl, &exclude).await;
+            let choice = match choice {
+                Ok(c) => c,
+                Err(Error::NoStorage { mode, tried }) => {
+                    // Name the storages whose upload failed as well as the ones probed dead.
+                    let mut all: Vec<String> = passed_over
+                        .iter()
+                        .map(|(n, w)| format!("{n}: {w}"))
+                        .collect();
+                    if !tried.is_empty() {
+                        all.push(tried);
+                    }
+                    return Err(Error::NoStorage {
+                        mode,
+                        tried: all.join("; "),
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+            passed_over.extend(choice.passed_over);
+            let s = &self.storages[choice.index];
+            let (objects, value) = make(s);
+            let uploaded = async {
+                for (name, bytes) in objects {
+                    s.put(&name, bytes).await?;
+                }
+                Ok::<(), Error>(())
+            }
+            .await;
+            let check = Check::now(
+                &uploaded
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| Error::Internal(chain(e))),
+            );
+            failover::record(&self.cache, &[(s, None, Some(check))]);
+            match uploaded {
+                Ok(()) => {
+                    let note = passed_over.first().map(|(first, why)| {
+                        tracing::warn!(storage = s.name(), passed_over = %first, reason = %why, "{what} written to a failover storage");
+                        format!(
+                            "storage {first:?} is not writable ({why}); {what} written to failover storage {:?}",
+                            s.name()
+                        )
+                    });
+                    return Ok(Written {
+                        index: choice.index,
+                        value,
+                        note,
+                    });
+                }
+                Err(e) => {
+                    let msg = chain(&e);
+                    tracing::warn!(storage = s.name(), error = %msg, "{what} upload failed; trying the next storage");
+                    passed_over.push((s.name().to_owned(), msg));
+                    exclude.push(choice.index);
+                }
+            }
+        }
     }
 
     /// Manifests on one storage, newest first. Unreadable manifests are skipped with a warning.
@@ -451,7 +494,7 @@ impl Manager {
         Ok(all)
     }
 
-    /// Downloads and verifies the newest backup (or the one named `id`).
+    /// Downloads and verifies the newest backup (or the one named `id`), without the archive.
     pub async fn fetch(&self, id: Option<&str>) -> Result<(Manifest, Vec<u8>)> {
         let list = self.list().await?;
         let chosen = match id {
@@ -468,13 +511,18 @@ impl Manager {
                     .join(", "),
             })?,
         };
+        self.download(&chosen).await
+    }
+
+    /// Downloads a listed backup and verifies it against its manifest.
+    async fn download(&self, chosen: &Listed) -> Result<(Manifest, Vec<u8>)> {
         let s = self
             .storages
             .iter()
             .find(|s| s.name() == chosen.found_in)
             .ok_or_else(|| Error::Internal("listed storage vanished".into()))?;
         let object = s.get(&chosen.manifest.object_name()).await?;
-        let m = chosen.manifest;
+        let m = chosen.manifest.clone();
         let scratch = self.scratch.clone();
         let m2 = m.clone();
         let db = tokio::task::spawn_blocking(move || image::verify(&m2, &object, &scratch))
@@ -546,6 +594,7 @@ impl Manager {
             "failovers": self.counters.failovers.load(Relaxed),
             "skipped": self.counters.skipped.load(Relaxed),
             "storages": storages,
+            "archive": self.archive_json(),
         })
     }
 
@@ -594,6 +643,7 @@ impl Manager {
             last.map_or(0, |r| r.raft_index)
         );
         drop(st);
+        self.archive_metrics(&mut out);
         let file = self.cache.read();
         let _ = writeln!(
             out,

@@ -6,11 +6,20 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::Manager;
+use super::archive::Target;
 use crate::config::NodeConfig;
 use crate::raft::propose::Proposer;
 use crate::{MemberInfo, NodeId, Raft};
 
 const PENDING: &str = "restore-pending";
+/// What the restore that created this data dir restored ([`super::archive::Restored`]).
+pub const RESTORED: &str = "restored.json";
+
+/// What `--restore-from` restored into this data dir, if it was made that way.
+pub fn restored(data_dir: &std::path::Path) -> Option<serde_json::Value> {
+    let bytes = std::fs::read(data_dir.join(RESTORED)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
 
 /// What a restore at start needs of the member.
 pub struct Member<'a> {
@@ -49,18 +58,17 @@ pub async fn at_start(member: Member<'_>) -> anyhow::Result<()> {
     }
     let manager = Manager::new(&cfg, &config.data_dir, config.backup_status_ttl)
         .with_context(|| format!("loading --restore-from {}", cfg.display()))?;
-    let (manifest, db) = match config.restore_id.as_deref() {
-        None => manager
-            .fetch(None)
-            .await
-            .context("fetching the newest backup")?,
-        Some(id) => manager
-            .fetch(Some(id))
-            .await
-            .with_context(|| format!("fetching backup {id} (--restore-id)"))?,
-    };
-    tracing::info!(id = %manifest.id, storage = %manifest.storage, raft_index = manifest.raft_index, "restoring from backup");
-    super::status_cache::write_atomic(&marker, manifest.id.as_bytes())
+    let target = Target::from_args(config.restore_to_time.as_deref(), config.restore_to_index)
+        .context("--restore-to-time / --restore-to-index")?;
+    let (restored, db) = manager
+        .restore_to(config.restore_id.as_deref(), target)
+        .await
+        .with_context(|| match config.restore_id.as_deref() {
+            Some(id) => format!("restoring backup {id} (--restore-id)"),
+            None => "restoring the newest backup and its archive".to_owned(),
+        })?;
+    tracing::info!(id = %restored.backup_id, storage = %restored.storage, backup_index = restored.backup_index, index = restored.index, target = ?restored.target, "restoring from backup");
+    super::status_cache::write_atomic(&marker, restored.backup_id.as_bytes())
         .context("writing the restore marker")?;
     if !initialized {
         let members = std::collections::BTreeMap::from([(id, info.clone())]);
@@ -95,7 +103,12 @@ pub async fn at_start(member: Member<'_>) -> anyhow::Result<()> {
     if snap.is_err() {
         tracing::warn!("snapshot after the restore did not finish within 120s; data is in the log");
     }
+    // What was restored, for /status (and the operator's status of a recovered cluster); kept
+    // for the life of the data dir.
+    let record = serde_json::to_vec_pretty(&restored).unwrap_or_default();
+    super::status_cache::write_atomic(&config.data_dir.join(RESTORED), &record)
+        .context("recording what was restored")?;
     std::fs::remove_file(&marker).context("removing the restore marker")?;
-    tracing::info!(id = %manifest.id, index, "restored from backup");
+    tracing::info!(id = %restored.backup_id, index, "restored from backup");
     Ok(())
 }

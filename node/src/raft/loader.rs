@@ -74,6 +74,7 @@ pub async fn propose(
             chunks: seq,
             len,
             crc32: crc.finalize(),
+            at_ms: Some(crate::backup::status_cache::now_ms()),
         })
         .await?;
     tracing::info!(

@@ -116,15 +116,19 @@ async fn run(mut rx: mpsc::Receiver<Pending>, raft: Arc<Raft>, gate: Arc<RwLock<
 async fn propose(raft: &Raft, gate: &RwLock<()>, batch: Vec<Pending>) {
     let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.reply)).unzip();
     let single = reqs.len() == 1;
+    // The entry's time for point-in-time recovery: taken after the previous entry committed
+    // (one is in flight at a time), so it is no earlier than any request it holds arrived.
+    let at_ms = Some(crate::backup::status_cache::now_ms());
     let cmd = if single {
         let r = reqs.into_iter().next().expect("one request");
         Command::Statements {
             stmts: r.stmts,
             transaction: r.transaction,
             mode: r.mode,
+            at_ms,
         }
     } else {
-        Command::Batch { reqs }
+        Command::Batch { reqs, at_ms }
     };
     let written = {
         let _open = gate.read().await;

@@ -68,13 +68,14 @@ fn works(entry: &Entry) -> Vec<Work<'_>> {
             stmts,
             transaction,
             mode,
+            ..
         }) => vec![Work {
             seed: index,
             stmts,
             transaction: *transaction,
             mode: *mode,
         }],
-        EntryPayload::Normal(Command::Batch { reqs }) => reqs
+        EntryPayload::Normal(Command::Batch { reqs, .. }) => reqs
             .iter()
             .enumerate()
             .map(|(k, r)| Work {
@@ -195,6 +196,7 @@ impl Worker {
                     chunks,
                     len,
                     crc32,
+                    ..
                 }) => {
                     let expect = Expect {
                         load: *load,

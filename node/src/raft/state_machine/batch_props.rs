@@ -96,6 +96,7 @@ fn coalescing_requests_never_changes_rows_or_responses() {
             stmts: vec![crate::command::Statement::new(SCHEMA)],
             transaction: false,
             mode: Mode::Execute,
+            at_ms: None,
         };
         // One request per entry, one entry per apply.
         let mut alone = vec![entry(1, schema.clone())];
@@ -107,6 +108,7 @@ fn coalescing_requests_never_changes_rows_or_responses() {
                     stmts: r.stmts,
                     transaction: r.transaction,
                     mode: r.mode,
+                    at_ms: None,
                 },
             )
         }));
@@ -120,7 +122,10 @@ fn coalescing_requests_never_changes_rows_or_responses() {
             next += size;
             coalesced.push(entry(
                 coalesced.len() as u64 + 1,
-                Command::Batch { reqs: batch },
+                Command::Batch {
+                    reqs: batch,
+                    at_ms: None,
+                },
             ));
         }
         let calls = groups(g, coalesced.len());
