@@ -750,6 +750,92 @@ async fn archive_survives_leader_kills_and_storage_failover_and_restores_to_a_ti
     eprintln!("archive scenario took {:?}", started.elapsed());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hole_the_log_no_longer_holds_is_answered_with_a_new_base_backup() {
+    let root = std::env::temp_dir().join(format!("lc-archive-gap-root-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let mut weed = Weed::start(&root, "weed");
+    weed.wait_writable("main").await;
+    let cfg = write_config(
+        &root,
+        &[("main", weed.endpoint(), "main")],
+        "archive_interval: 200ms\n",
+    );
+    let cfg_s = cfg.to_str().unwrap().to_owned();
+    // Snapshots every 20 entries, keeping none after them: the log forgets quickly.
+    let c = Cluster::start(
+        "archive-gap",
+        1,
+        &[
+            "--backup-config",
+            &cfg_s,
+            "--snapshot-threshold",
+            "20",
+            "--snapshot-trailing-logs",
+            "0",
+        ],
+    )
+    .await;
+    c.execute(0, create_table()).await.unwrap();
+    wait_archived(&c).await;
+    // The storage is away while the log moves past what was archived.
+    weed.stop();
+    for i in 0..100 {
+        c.execute(0, json!([["INSERT INTO t(id, v) VALUES(?, 'x')", i]]))
+            .await
+            .unwrap();
+    }
+    wait_for("the log to be purged", Duration::from_secs(30), || async {
+        let s = c.status(0).await;
+        let archived = s["backup"]["archive"]["archived_index"]
+            .as_u64()
+            .unwrap_or(0);
+        s["store"]["raft"]["purged_index"].as_u64().unwrap_or(0) > archived + 1
+    })
+    .await;
+    weed.restart();
+    weed.wait_writable("main").await;
+    wait_archived(&c).await;
+    let a = archive_status(&c, 0).await;
+    assert_eq!(a["gaps"], 1, "{a}");
+    assert!(a["failures"].as_u64().unwrap() >= 1, "{a}");
+    assert!(c.status(0).await["backup"]["pushes"].as_u64().unwrap() >= 2);
+    // The archive goes on from the new base backup: a restore has everything.
+    c.execute(
+        0,
+        json!([["INSERT INTO t(id, v) VALUES(?, 'after')", 1000]]),
+    )
+    .await
+    .unwrap();
+    wait_archived(&c).await;
+    let out = root.join("restored.db");
+    let dd = root.join("restore");
+    let o = oneshot(&[
+        "restore",
+        "--config",
+        &cfg_s,
+        "--data-dir",
+        dd.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.ok, "{}", o.stderr);
+    assert!(
+        o.json()["restored"]["segments"].as_u64().unwrap() >= 1,
+        "{}",
+        o.stdout
+    );
+    assert_eq!(ids_in(&out).len(), 101);
+    assert_eq!(
+        dump_checksum(&out),
+        dump_checksum(&c.members[0].dir.join("db.sqlite"))
+    );
+    drop(c);
+    drop(weed);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 // ---------------------------------------------------------------- Azure (Azurite)
 
 /// Azurite's well-known development account (public, the same in every installation).

@@ -367,9 +367,8 @@ impl Manager {
         }
         let mut st = self.archive();
         st.pending_since_ms = None;
-        if st.archived_index.is_none() {
-            st.archived_index = Some(end);
-        }
+        // Covered by segments or by a base backup.
+        st.archived_index = Some(end);
         Ok(())
     }
 
@@ -400,12 +399,12 @@ impl Manager {
     /// The log no longer holds entry `want` (a snapshot purged it before it was archived): a
     /// new base backup restarts the chain. Returns the index it covers.
     async fn fill_gap(&self, want: u64, db_path: &Path, node_id: &str) -> Result<u64> {
-        self.archive().gaps += 1;
         tracing::warn!(
             missing = want,
             "entries after the last archived one are no longer in the log; taking a new base backup"
         );
         let report = self.push_db(db_path, node_id).await?;
+        self.archive().gaps += 1;
         if report.raft_index < want {
             return Err(Error::Internal(format!(
                 "the new base backup covers index {} but the log starts after {want}",
@@ -665,6 +664,8 @@ impl Manager {
         let now = now_ms();
         serde_json::json!({
             "enabled": true,
+            // Only the leader archives; a follower shows what it did when it last led.
+            "active": st.position.is_some(),
             "interval": format!("{}ms", every.as_millis()),
             "archived_index": st.archived_index,
             "archived_at": st.archived_at_ms.map(super::rfc3339_ms),
