@@ -317,6 +317,14 @@ pub struct BackupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1").message("backup.retention must keep at least one backup"))]
     pub retention: Option<i32>,
+
+    /// How often the leader ships committed writes to the storages, for point-in-time recovery
+    /// (`bootstrap.recovery.targetTime`): the archive trails the cluster by about this much.
+    /// `0s` turns archiving off (then only backups can be restored).
+    #[serde(default = "default_archive_interval")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("backup.archiveInterval must be a duration such as 5s, or 0s for none"))]
+    pub archive_interval: String,
 }
 
 /// How a new cluster starts. Read only while it bootstraps; changing it later changes nothing.
@@ -330,9 +338,10 @@ pub struct BootstrapSpec {
     pub recovery: Option<RecoverySpec>,
 }
 
-/// Where the backup to recover from is.
+/// Where the backup to recover from is, and how far to recover.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.targetTime) || !has(self.targetIndex)").message("bootstrap.recovery takes targetTime or targetIndex, not both"))]
 pub struct RecoverySpec {
     /// The storages to look in, in the form of `spec.backup.storages` (for example the source
     /// cluster's). Only read: the new cluster backs up to its own `spec.backup`, so give that
@@ -345,10 +354,25 @@ pub struct RecoverySpec {
     pub storages: Vec<BackupStorage>,
 
     /// The backup to restore: its id, as a SqliteBackup's `status.backupId` or
-    /// `litecluster-node backup list` shows it. Default: the newest in any of the storages.
+    /// `litecluster-node backup list` shows it. Default: the newest in any of the storages
+    /// (before the target, if one is given), with the archive after it replayed to its end.
+    /// Named without a target, that backup is restored as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub backup_id: Option<String>,
+
+    /// Recover to this point in time (RFC 3339 with a zone, e.g. `2026-12-02T18:20:38Z`): the
+    /// newest backup taken before it, plus every archived write proposed at or before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$')").message("bootstrap.recovery.targetTime must be an RFC 3339 time with a zone, such as 2026-12-02T18:20:38Z"))]
+    pub target_time: Option<String>,
+
+    /// Recover to this Raft index: the newest backup at or before it, plus the archived writes
+    /// up to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("bootstrap.recovery.targetIndex must be at least 1"))]
+    pub target_index: Option<i64>,
 }
 
 /// One place backups can go.
@@ -483,6 +507,67 @@ pub struct SqliteClusterStatus {
     /// Snapshot remediation in progress (or given up) for one member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remediation: Option<RemediationStatus>,
+
+    /// Continuous archiving for point-in-time recovery, as the leader reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveStatus>,
+
+    /// What this cluster was recovered from (`spec.bootstrap.recovery`), once it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryStatus>,
+}
+
+/// The leader's archive of committed writes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveStatus {
+    /// The last Raft index the archive (with the base backup before it) holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_index: Option<i64>,
+
+    /// When the last segment was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_at: Option<String>,
+
+    /// From a write's proposal to its segment being stored, for the last segment: the data a
+    /// lost cluster could have lost then (the recovery point objective met).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<i64>,
+
+    /// Storage the last segment went to, and whether that was a failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
+    #[serde(default)]
+    pub failover: bool,
+
+    /// Holes the log no longer held, each answered with a new base backup.
+    #[serde(default)]
+    pub gaps: i64,
+
+    /// The last failure, while archiving fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// What a recovered cluster restored.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryStatus {
+    /// The backup it started from, and the Raft index that backup holds.
+    pub backup_id: String,
+    pub backup_index: i64,
+
+    /// The index the restored data reflects (after replaying the archive), and when its last
+    /// write was proposed.
+    pub index: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+
+    /// The target asked for, if any, and whether the archive reached it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub target_reached: bool,
 }
 
 /// A rolling restart of the members onto a new pod template.
@@ -607,6 +692,10 @@ fn default_voters() -> i32 {
 fn default_storage_size() -> String {
     "1Gi".into()
 }
+fn default_archive_interval() -> String {
+    "5s".into()
+}
+
 fn default_backup_interval() -> String {
     "1h".into()
 }

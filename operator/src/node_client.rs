@@ -13,6 +13,74 @@ use crate::{Error, Result};
 pub struct NodeStatus {
     pub node: NodeInfo,
     pub store: StoreStatus,
+    /// Backups and the archive; older nodes report no archive.
+    #[serde(default)]
+    pub backup: NodeBackup,
+    /// What `--restore-from` restored into this member's data dir.
+    #[serde(default)]
+    pub restored: Option<NodeRestored>,
+}
+
+/// `backup` of `/status` (the parts the operator reads).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+pub struct NodeBackup {
+    #[serde(default)]
+    pub archive: Option<NodeArchive>,
+}
+
+/// `backup.archive` of `/status`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+pub struct NodeArchive {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub archived_index: Option<u64>,
+    #[serde(default)]
+    pub archived_at: Option<String>,
+    #[serde(default)]
+    pub last_lag_ms: Option<u64>,
+    #[serde(default)]
+    pub gaps: u64,
+    #[serde(default)]
+    pub last_segment: Option<NodeSegment>,
+    #[serde(default)]
+    pub last_failure: Option<NodeFailure>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+pub struct NodeSegment {
+    #[serde(default)]
+    pub storage: String,
+    #[serde(default)]
+    pub failover: bool,
+    #[serde(default)]
+    pub note: Option<String>,
+    #[serde(default)]
+    pub at: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+pub struct NodeFailure {
+    #[serde(default)]
+    pub at: Option<String>,
+    #[serde(default)]
+    pub error: String,
+}
+
+/// `restored` of `/status`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+pub struct NodeRestored {
+    pub backup_id: String,
+    #[serde(default)]
+    pub backup_index: u64,
+    #[serde(default)]
+    pub index: u64,
+    #[serde(default)]
+    pub time: Option<String>,
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub target_reached: bool,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]

@@ -9,8 +9,8 @@ use super::observe::{ObservedCluster, raft_members};
 use super::{Context, Maintenance, rollout};
 use crate::Result;
 use crate::crd::{
-    MemberSnapshotStatus, MemberStatus, RemediationStatus, RemediationStep, SqliteCluster,
-    SqliteClusterStatus,
+    ArchiveStatus, MemberSnapshotStatus, MemberStatus, RecoveryStatus, RemediationStatus,
+    RemediationStep, SqliteCluster, SqliteClusterStatus,
 };
 use crate::resources::{Names, selector_string};
 
@@ -77,19 +77,108 @@ pub async fn reconcile_status(
     if !differs(&old, &new) {
         return Ok(());
     }
+    publish_archive_events(cluster, ctx, &old, &new).await;
     super::apply_status(ctx, cluster, ns, &new).await
 }
 
+/// Events for what changed in the archive and the recovery.
+async fn publish_archive_events(
+    cluster: &SqliteCluster,
+    ctx: &Context,
+    old: &SqliteClusterStatus,
+    new: &SqliteClusterStatus,
+) {
+    use kube::runtime::events::EventType;
+    if let (None, Some(r)) = (&old.recovery, &new.recovery) {
+        let note = format!(
+            "restored backup {} (index {}) and the archive after it up to index {}{}",
+            r.backup_id,
+            r.backup_index,
+            r.index,
+            r.time
+                .as_ref()
+                .map(|t| format!(", last write at {t}"))
+                .unwrap_or_default()
+        );
+        let (type_, note) = match &r.target {
+            Some(t) if !r.target_reached => (
+                EventType::Warning,
+                format!(
+                    "{note}; the archive ends before the target {t}: everything archived was restored"
+                ),
+            ),
+            _ => (EventType::Normal, note),
+        };
+        ctx.publish(cluster, type_, "Recovered", "Recover", note)
+            .await;
+    }
+    let (Some(o), Some(n)) = (
+        old.archive.clone().or(Some(ArchiveStatus::default())),
+        &new.archive,
+    ) else {
+        return;
+    };
+    if n.failover && !o.failover {
+        let note = format!(
+            "archive segments go to failover storage {:?}: an earlier storage is not writable",
+            n.storage.as_deref().unwrap_or("?")
+        );
+        ctx.publish(
+            cluster,
+            EventType::Warning,
+            "ArchiveFailedOver",
+            "Archive",
+            note,
+        )
+        .await;
+    }
+    if n.gaps > o.gaps {
+        let note = "the log no longer held entries the archive lacked; a new base backup restarted the archive (point-in-time recovery to the time in between is not possible)".to_owned();
+        ctx.publish(cluster, EventType::Warning, "ArchiveGap", "Archive", note)
+            .await;
+    }
+    if let (None, Some(e)) = (&o.last_error, &n.last_error) {
+        ctx.publish(
+            cluster,
+            EventType::Warning,
+            "ArchiveFailing",
+            "Archive",
+            format!("archiving fails: {e}"),
+        )
+        .await;
+    }
+}
+
 /// Whether `new` says something `old` does not. Applied indexes move with every write and
-/// condition times follow their status, so neither alone is worth a write.
+/// condition times follow their status, so neither alone is worth a write; the archive's
+/// position moves every few seconds and is refreshed once a minute.
 pub fn differs(old: &SqliteClusterStatus, new: &SqliteClusterStatus) -> bool {
-    normalized(old) != normalized(new)
+    normalized(old) != normalized(new) || archive_moved(old, new)
+}
+
+fn archive_moved(old: &SqliteClusterStatus, new: &SqliteClusterStatus) -> bool {
+    let at = |s: &SqliteClusterStatus| {
+        s.archive
+            .as_ref()
+            .and_then(|a| a.archived_at.as_deref())
+            .and_then(|t| t.parse::<Timestamp>().ok())
+    };
+    match (at(old), at(new)) {
+        (Some(o), Some(n)) => n.as_millisecond() - o.as_millisecond() >= 60_000,
+        (None, Some(_)) => true,
+        _ => false,
+    }
 }
 
 fn normalized(s: &SqliteClusterStatus) -> SqliteClusterStatus {
     let mut s = s.clone();
     for m in &mut s.members {
         m.applied_index = None;
+    }
+    if let Some(a) = &mut s.archive {
+        a.archived_index = None;
+        a.archived_at = None;
+        a.lag_ms = None;
     }
     for c in &mut s.conditions {
         c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
@@ -365,7 +454,60 @@ pub fn desired_status(
         rollout: rollout_status,
         last_restart,
         remediation,
+        archive: archive_status(cluster, observed, &old),
+        recovery: recovery_status(observed, &old),
     }
+}
+
+/// The leader's archive; without a leader, what was last seen.
+fn archive_status(
+    cluster: &SqliteCluster,
+    observed: &ObservedCluster,
+    old: &SqliteClusterStatus,
+) -> Option<ArchiveStatus> {
+    cluster.spec.backup.as_ref()?;
+    let Some(leader) = observed.leader_status() else {
+        return old.archive.clone();
+    };
+    let a = leader.backup.archive.as_ref().filter(|a| a.enabled)?;
+    let seg = a.last_segment.as_ref();
+    // A failure counts while no segment was stored after it (both times in one format).
+    let last_error = a
+        .last_failure
+        .as_ref()
+        .filter(|f| seg.and_then(|s| s.at.as_ref()) < f.at.as_ref())
+        .map(|f| f.error.clone());
+    Some(ArchiveStatus {
+        archived_index: a.archived_index.map(|i| i as i64),
+        archived_at: a.archived_at.clone(),
+        lag_ms: a.last_lag_ms.map(|l| l as i64),
+        storage: seg.map(|s| s.storage.clone()),
+        failover: seg.is_some_and(|s| s.failover),
+        gaps: a.gaps as i64,
+        last_error,
+    })
+}
+
+/// What a member restored when the cluster was created from a backup; kept once seen.
+fn recovery_status(
+    observed: &ObservedCluster,
+    old: &SqliteClusterStatus,
+) -> Option<RecoveryStatus> {
+    if old.recovery.is_some() {
+        return old.recovery.clone();
+    }
+    let r = observed
+        .pods
+        .iter()
+        .find_map(|p| p.status.as_ref().ok()?.restored.as_ref())?;
+    Some(RecoveryStatus {
+        backup_id: r.backup_id.clone(),
+        backup_index: r.backup_index as i64,
+        index: r.index as i64,
+        time: r.time.clone(),
+        target: r.target.clone(),
+        target_reached: r.target_reached,
+    })
 }
 
 /// "Rolling restart (1/3 updated): restarting member db-2 (image changed to ...)".

@@ -65,7 +65,11 @@ pub fn desired_configmap(c: &SqliteCluster) -> Result<ConfigMap> {
     }
     if let Some(backup) = &c.spec.backup {
         let storages = storages_json(&backup.storages, backup_secret_dir);
-        let mut doc = serde_json::json!({ "storages": storages, "interval": backup.interval });
+        let mut doc = serde_json::json!({
+            "storages": storages,
+            "interval": backup.interval,
+            "archive_interval": backup.archive_interval,
+        });
         if let Some(keep) = backup.retention {
             doc["retention"] = serde_json::json!({ "keep": keep });
         }
@@ -127,6 +131,7 @@ mod tests {
             storages: vec![storage("primary"), storage("fallback")],
             interval: "1h".into(),
             retention: Some(3),
+            archive_interval: "5s".into(),
         });
         let data = desired_configmap(&c).unwrap().data.unwrap();
         let doc: serde_json::Value = serde_json::from_str(&data[BACKUP_CONFIG_KEY]).unwrap();
@@ -137,6 +142,7 @@ mod tests {
             "/etc/litecluster/backup/fallback/secretAccessKey"
         );
         assert_eq!(doc["interval"], "1h");
+        assert_eq!(doc["archive_interval"], "5s");
         assert_eq!(doc["retention"]["keep"], 3);
         assert!(!data[BACKUP_CONFIG_KEY].contains("creds"));
     }

@@ -68,8 +68,16 @@ pub const BOOTSTRAP_ENV: &str = "LITECLUSTER_BOOTSTRAP";
 pub const RESTORE_FROM_ENV: &str = "LITECLUSTER_RESTORE_FROM";
 /// With `spec.bootstrap.recovery.backupId`, while bootstrapping: the backup to restore.
 pub const RESTORE_ID_ENV: &str = "LITECLUSTER_RESTORE_ID";
+pub const RESTORE_TO_TIME_ENV: &str = "LITECLUSTER_RESTORE_TO_TIME";
+pub const RESTORE_TO_INDEX_ENV: &str = "LITECLUSTER_RESTORE_TO_INDEX";
 /// What the template carries only while bootstrapping; the template hash leaves it out.
-const BOOTSTRAP_ONLY_ENV: [&str; 3] = [BOOTSTRAP_ENV, RESTORE_FROM_ENV, RESTORE_ID_ENV];
+const BOOTSTRAP_ONLY_ENV: [&str; 5] = [
+    BOOTSTRAP_ENV,
+    RESTORE_FROM_ENV,
+    RESTORE_ID_ENV,
+    RESTORE_TO_TIME_ENV,
+    RESTORE_TO_INDEX_ENV,
+];
 
 pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Result<StatefulSet> {
     let ns = c.namespace().unwrap_or_default();
@@ -244,12 +252,19 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Result<S
                 value: Some(format!("/etc/litecluster/config/{RECOVERY_CONFIG_KEY}")),
                 ..Default::default()
             });
-            if let Some(id) = &r.backup_id {
-                env.push(EnvVar {
-                    name: RESTORE_ID_ENV.into(),
-                    value: Some(id.clone()),
-                    ..Default::default()
-                });
+            let targets = [
+                (RESTORE_ID_ENV, r.backup_id.clone()),
+                (RESTORE_TO_TIME_ENV, r.target_time.clone()),
+                (RESTORE_TO_INDEX_ENV, r.target_index.map(|i| i.to_string())),
+            ];
+            for (name, value) in targets {
+                if let Some(value) = value {
+                    env.push(EnvVar {
+                        name: name.into(),
+                        value: Some(value),
+                        ..Default::default()
+                    });
+                }
             }
         }
     }
@@ -529,6 +544,7 @@ mod tests {
         c.spec.bootstrap = Some(
             serde_json::from_value(serde_json::json!({"recovery": {
                 "backupId": "b-1",
+                "targetTime": "2026-12-02T18:20:38Z",
                 "storages": [{"name": "old", "endpoint": "http://s3", "bucket": "b",
                     "credentialsSecret": {"name": "old-s3"}}]}}))
             .unwrap(),
@@ -544,8 +560,14 @@ mod tests {
             env(&b, RESTORE_ID_ENV).unwrap().value.as_deref(),
             Some("b-1")
         );
+        assert_eq!(
+            env(&b, RESTORE_TO_TIME_ENV).unwrap().value.as_deref(),
+            Some("2026-12-02T18:20:38Z")
+        );
+        assert!(env(&b, RESTORE_TO_INDEX_ENV).is_none());
         let a = container(&after);
         assert!(env(&a, RESTORE_FROM_ENV).is_none() && env(&a, RESTORE_ID_ENV).is_none());
+        assert!(env(&a, RESTORE_TO_TIME_ENV).is_none());
         // The credentials stay mounted, and member 0 is not restarted for the change.
         for s in [&boot, &after] {
             let mounts = container(s).volume_mounts.unwrap();

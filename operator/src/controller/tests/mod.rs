@@ -150,6 +150,8 @@ fn nodes(voters: &[u32], learners: &[u32], outsiders: &[u32]) -> FakeNodes {
             },
             ..Default::default()
         },
+        backup: Default::default(),
+        restored: None,
     };
     let mut statuses = HashMap::new();
     for &o in voters.iter().chain(learners).chain(outsiders) {
@@ -679,6 +681,7 @@ fn template_hash(sts: &Value) -> String {
         .to_string()
 }
 
+mod archive;
 mod backups;
 mod certificates;
 mod conditions;
