@@ -2,7 +2,9 @@
 //! reach: an on-demand SqliteBackup completes while writes go on, to the first storage; with
 //! that storage stopped the next one goes to the failover storage and says so; the kubectl
 //! plugin takes one; a new cluster recovers from a backup with the same rows; a schedule makes
-//! backups and prunes the old ones; a cluster without storages fails with what to do.
+//! backups and prunes the old ones; a cluster without storages fails with what to do; the
+//! archive goes to the failover storage too, and a new cluster recovers to a time between two
+//! known writes.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -224,6 +226,103 @@ fn scenario(s: &Stack, primary: &mut Weed, failover: &Weed) -> Result<()> {
         )?;
     }
     eprintln!("[backups] restored {source} (count, sum) from {id}");
+
+    // Point-in-time recovery: two known writes with a time between them; a new cluster
+    // recovered to that time has the first and not the second, from the archive in the
+    // failover storage (the primary is still stopped, and the status says so).
+    let now_ms = || k8s_openapi::jiff::Timestamp::now().as_millisecond();
+    let (code, body) = call(
+        &ep,
+        "POST",
+        "/db/execute",
+        Some(r#"[["INSERT INTO t(id) VALUES(?)", 9000001]]"#),
+    )?;
+    ensure!(code == 200 && !body.contains("error"), "{code} {body}");
+    let t = now_ms();
+    while now_ms() <= t + 1 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (code, body) = call(
+        &ep,
+        "POST",
+        "/db/execute",
+        Some(r#"[["INSERT INTO t(id) VALUES(?)", 9000002]]"#),
+    )?;
+    ensure!(code == 200 && !body.contains("error"), "{code} {body}");
+    let target = k8s_openapi::jiff::Timestamp::from_millisecond(t)?.to_string();
+    let (code, body) = call(&ep, "GET", "/status", None)?;
+    ensure!(code == 200, "{code} {body}");
+    let applied =
+        serde_json::from_str::<serde_json::Value>(&body)?["store"]["raft"]["applied_index"]
+            .as_u64()
+            .context("no applied index")?;
+    s.wait_for(
+        "the archive past the second write",
+        Duration::from_secs(120),
+        || {
+            let (_, body) = call(&ep, "GET", "/status", None)?;
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            let a = &v["backup"]["archive"];
+            Ok((a["archived_index"].as_u64() >= Some(applied)).then_some(()))
+        },
+    )?;
+    let archive = s.wait_for(
+        "status.archive on the failover storage",
+        Duration::from_secs(120),
+        || {
+            let st = s.cluster(NS, "bk")?;
+            let a = st["status"]["archive"].clone();
+            Ok((a["storage"] == "failover" && a["failover"] == true).then_some(a))
+        },
+    )?;
+    ensure!(
+        archive["archivedIndex"].as_u64().unwrap_or(0) > 0 && archive["lagMs"].is_number(),
+        "{archive}"
+    );
+    ensure!(
+        !events(s, "bk", "ArchiveFailedOver")?.is_empty(),
+        "no ArchiveFailedOver event"
+    );
+    let before = query(
+        s,
+        "bk",
+        "SELECT count(*), sum(id) FROM t WHERE id <> 9000002",
+    )?;
+    let primary_endpoint = primary.endpoint();
+    s.apply_yaml(
+        NS,
+        &format!(
+            "apiVersion: litecluster.io/v1alpha1\nkind: SqliteCluster\nmetadata:\n  name: pitr\nspec:\n  replicas: 3\n  voters: 3\n  storage:\n    size: 1Gi\n  bootstrap:\n    recovery:\n      targetTime: \"{target}\"\n      storages:\n        - name: primary\n          endpoint: {primary_endpoint}\n          bucket: backups\n          region: us-east-1\n          credentialsSecret:\n            name: s3\n        - name: failover\n          endpoint: {failover_endpoint}\n          bucket: backups\n          region: us-east-1\n          credentialsSecret:\n            name: s3\n"
+        ),
+    )?;
+    s.wait_ready(NS, "pitr", 3, Duration::from_secs(300))?;
+    let got = query(s, "pitr", "SELECT count(*), sum(id) FROM t")?;
+    ensure!(
+        got == before,
+        "recovered to {target}: {got}, the source before it had {before}"
+    );
+    let a_and_b = query(
+        s,
+        "pitr",
+        "SELECT count(*) FROM t WHERE id IN (9000001, 9000002)",
+    )?;
+    ensure!(a_and_b == "[[1]]", "the first write only, got {a_and_b}");
+    let recovery = s.wait_for("status.recovery", Duration::from_secs(60), || {
+        let st = s.cluster(NS, "pitr")?;
+        Ok(st["status"]["recovery"]
+            .is_object()
+            .then(|| st["status"]["recovery"].clone()))
+    })?;
+    ensure!(
+        recovery["targetReached"] == true
+            && recovery["index"].as_u64() > recovery["backupIndex"].as_u64(),
+        "{recovery}"
+    );
+    ensure!(
+        !events(s, "pitr", "Recovered")?.is_empty(),
+        "no Recovered event"
+    );
+    eprintln!("[backups] recovered to {target}: {got} (count, sum); {recovery}");
 
     // A schedule every minute, with a backup at once, keeping two: a third is made on the
     // schedule and the oldest pruned.
