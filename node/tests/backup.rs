@@ -760,7 +760,7 @@ async fn a_hole_the_log_no_longer_holds_is_answered_with_a_new_base_backup() {
     let cfg = write_config(
         &root,
         &[("main", weed.endpoint(), "main")],
-        "archive_interval: 200ms\n",
+        "archive_interval: 200ms\nretention: {keep: 1}\n",
     );
     let cfg_s = cfg.to_str().unwrap().to_owned();
     // Snapshots every 20 entries, keeping none after them: the log forgets quickly.
@@ -778,7 +778,15 @@ async fn a_hole_the_log_no_longer_holds_is_answered_with_a_new_base_backup() {
     )
     .await;
     c.execute(0, create_table()).await.unwrap();
-    wait_archived(&c).await;
+    for i in 0..5 {
+        c.execute(
+            0,
+            json!([["INSERT INTO t(id, v) VALUES(?, 'before')", 2000 + i]]),
+        )
+        .await
+        .unwrap();
+        wait_archived(&c).await;
+    }
     // The storage is away while the log moves past what was archived.
     weed.stop();
     for i in 0..100 {
@@ -826,7 +834,24 @@ async fn a_hole_the_log_no_longer_holds_is_answered_with_a_new_base_backup() {
         "{}",
         o.stdout
     );
-    assert_eq!(ids_in(&out).len(), 101);
+    assert_eq!(ids_in(&out).len(), 106);
+    // Retention kept the new backup only, and the segments before it went with the old one.
+    let list = oneshot(&[
+        "list",
+        "--config",
+        &cfg_s,
+        "--data-dir",
+        dd.to_str().unwrap(),
+    ]);
+    let list = list.json();
+    let base = list["backups"][0]["raft_index"].as_u64().unwrap();
+    assert_eq!(list["backups"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["archive"]["first_index"], base + 1, "{list}");
+    assert_eq!(
+        list["archive"]["reaches_index"],
+        c.applied(0).await,
+        "{list}"
+    );
     assert_eq!(
         dump_checksum(&out),
         dump_checksum(&c.members[0].dir.join("db.sqlite"))

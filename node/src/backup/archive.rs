@@ -300,8 +300,9 @@ pub(super) struct ArchiveState {
 }
 
 impl Manager {
-    /// Segment ranges on every readable storage.
-    pub async fn catalog(&self) -> Result<Catalog> {
+    /// Segment ranges on every readable storage. `strict`: a readable storage whose listing
+    /// fails is an error (a restore must not stop early for it) rather than skipped.
+    pub async fn catalog(&self, strict: bool) -> Result<Catalog> {
         let readable = super::failover::readable(&self.storages, &self.cache, self.ttl).await?;
         let mut cat = Catalog::default();
         for i in readable {
@@ -311,12 +312,40 @@ impl Manager {
                         cat.segments.entry(r).or_insert(i);
                     }
                 }
+                Err(e) if strict => return Err(e),
                 Err(e) => {
                     tracing::warn!(storage = self.storages[i].name(), error = %chain(&e), "cannot list archived segments");
                 }
             }
         }
         Ok(cat)
+    }
+
+    /// Deletes the segments that end at or before the oldest backup on any storage: no kept
+    /// backup's recovery needs them. Only when every storage answers, since one that does not
+    /// may hold an older backup that does need them. Returns how many were deleted.
+    pub async fn prune_archive(&self) -> Result<usize> {
+        let readable = super::failover::readable(&self.storages, &self.cache, self.ttl).await?;
+        if readable.len() != self.storages.len() {
+            return Ok(0);
+        }
+        let mut oldest: Option<u64> = None;
+        for i in 0..self.storages.len() {
+            if let Some(m) = self.manifests(i).await?.last() {
+                oldest = Some(oldest.map_or(m.raft_index, |o| o.min(m.raft_index)));
+            }
+        }
+        let Some(oldest) = oldest else { return Ok(0) };
+        let mut deleted = 0;
+        for s in &self.storages {
+            for name in s.list(DIR).await? {
+                if parse_name(&name).is_some_and(|(_, last)| last <= oldest) {
+                    s.delete(&name).await?;
+                    deleted += 1;
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     /// One archiving pass on the leader: ships the entries from the last archived one up to
@@ -375,7 +404,7 @@ impl Manager {
     /// Where the archive ends as the storages show it, continuing the newest base backup (one
     /// is taken first when there is none).
     async fn resume_point(&self, db_path: &Path, node_id: &str) -> Result<u64> {
-        let newest = self.list().await?.into_iter().next();
+        let newest = self.list_strict().await?.into_iter().next();
         let base = match newest {
             Some(b) => b.manifest.raft_index,
             None => {
@@ -383,7 +412,7 @@ impl Manager {
                 self.push_db(db_path, node_id).await?.raft_index
             }
         };
-        let cat = self.catalog().await?;
+        let cat = self.catalog(false).await?;
         let end = cat.end_from(base);
         if let Some(after) = cat.after_hole(base) {
             tracing::warn!(
@@ -514,7 +543,7 @@ impl Manager {
         let cat = if id.is_some() && target == Target::Latest {
             Catalog::default()
         } else {
-            self.catalog().await?
+            self.catalog(true).await?
         };
         let chain = cat.chain_from(manifest.raft_index);
         let target_text = match target {

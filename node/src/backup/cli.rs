@@ -31,12 +31,13 @@ pub async fn run(action: BackupAction) -> Result<Json> {
         BackupAction::List(c) => {
             let m = manager(&c)?;
             let list = m.list().await?;
-            let cat = m.catalog().await?;
+            let cat = m.catalog(false).await?;
             // How far point-in-time recovery reaches from the newest backup.
             let archive = list.first().map(|newest| {
                 let base = newest.manifest.raft_index;
                 json!({
                     "segments": cat.segments.len(),
+                    "first_index": cat.segments.keys().next().map(|(first, _)| first),
                     "from_backup": newest.manifest.id,
                     "reaches_index": cat.end_from(base),
                     "hole_before": cat.after_hole(base).map(|(first, _)| first),

@@ -353,6 +353,18 @@ impl Manager {
                 Vec::new()
             }
         };
+        if !deleted.is_empty() {
+            match self.prune_archive().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    segments = n,
+                    "archive segments no kept backup needs were deleted"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %chain(&e), "pruning the archive failed; old segments were kept")
+                }
+            }
+        }
         let report = PushReport {
             id: manifest.id.clone(),
             storage: s.name().to_owned(),
@@ -475,6 +487,16 @@ impl Manager {
 
     /// Backups across every readable storage, newest first.
     pub async fn list(&self) -> Result<Vec<Listed>> {
+        self.list_from(false).await
+    }
+
+    /// As [`Self::list`], but a readable storage whose listing then fails is an error rather
+    /// than skipped: for callers to whom "no backup" means "take one".
+    pub async fn list_strict(&self) -> Result<Vec<Listed>> {
+        self.list_from(true).await
+    }
+
+    async fn list_from(&self, strict: bool) -> Result<Vec<Listed>> {
         let readable = failover::readable(&self.storages, &self.cache, self.ttl).await?;
         let mut all = Vec::new();
         for i in readable {
@@ -487,6 +509,9 @@ impl Manager {
                     tracing::warn!(storage = self.storages[i].name(), error = %chain(&e), "cannot list backups");
                     let check = Check::now(&Err(Error::Internal(chain(&e))));
                     failover::record(&self.cache, &[(&self.storages[i], Some(check), None)]);
+                    if strict {
+                        return Err(e);
+                    }
                 }
             }
         }
