@@ -5,7 +5,7 @@
 set -euo pipefail
 bin=$1; shift
 work=$(mktemp -d /tmp/lc-restore-XXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "dir=$work/weed" || true; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; pkill -KILL -f "dir=$work/weed" || true; rm -rf "$work"' EXIT
 mkdir -p "$work/weed"
 cat > "$work/s3.json" <<EOF
 {"identities":[{"name":"b","credentials":[{"accessKey":"K","secretKey":"S"}],"actions":["Admin","Read","Write","List"]}]}

@@ -330,6 +330,40 @@ fn render_status(c: &SqliteCluster, backups: &[SqliteBackup]) -> String {
             let _ = writeln!(out, "Backups: none configured (spec.backup)");
         }
     }
+    if let Some(a) = &s.archive {
+        let _ = writeln!(
+            out,
+            "Archive: up to index {} at {}, lag {} ms, to {}{}{}",
+            a.archived_index.map_or("-".to_owned(), |i| i.to_string()),
+            a.archived_at.as_deref().unwrap_or("-"),
+            a.lag_ms.map_or("-".to_owned(), |l| l.to_string()),
+            a.storage.as_deref().unwrap_or("-"),
+            if a.failover { " (a failover)" } else { "" },
+            a.last_error
+                .as_ref()
+                .map(|e| format!("; FAILING: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(r) = &s.recovery {
+        let _ = writeln!(
+            out,
+            "Recovered from backup {} (index {}) up to index {}{}{}",
+            r.backup_id,
+            r.backup_index,
+            r.index,
+            r.time
+                .as_ref()
+                .map(|t| format!(", last write {t}"))
+                .unwrap_or_default(),
+            match (&r.target, r.target_reached) {
+                (Some(t), true) => format!(", target {t}"),
+                (Some(t), false) =>
+                    format!(", target {t} NOT reached: the archive ended before it"),
+                (None, _) => String::new(),
+            }
+        );
+    }
     for b in backups {
         let st = b.status.clone().unwrap_or_default();
         let _ = writeln!(
@@ -356,4 +390,34 @@ fn render_status(c: &SqliteCluster, backups: &[SqliteBackup]) -> String {
         let _ = writeln!(out, "Pending requests: {}", pending.join(", "));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_the_archive_and_what_a_recovery_restored() {
+        let c: SqliteCluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "litecluster.io/v1alpha1", "kind": "SqliteCluster",
+            "metadata": {"name": "db", "namespace": "ns"},
+            "spec": {"replicas": 3, "storage": {"size": "1Gi"}},
+            "status": {
+                "archive": {"archivedIndex": 40, "archivedAt": "2026-12-02T10:00:00.000Z", "lagMs": 900,
+                    "storage": "spare", "failover": true, "gaps": 0, "lastError": "no writable storage"},
+                "recovery": {"backupId": "b-1", "backupIndex": 7, "index": 42,
+                    "target": "2026-12-02T09:00:00.000Z", "targetReached": false}
+            }
+        }))
+        .unwrap();
+        let out = render_status(&c, &[]);
+        assert!(
+            out.contains("Archive: up to index 40 at 2026-12-02T10:00:00.000Z, lag 900 ms, to spare (a failover); FAILING: no writable storage"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Recovered from backup b-1 (index 7) up to index 42, target 2026-12-02T09:00:00.000Z NOT reached"),
+            "{out}"
+        );
+    }
 }
