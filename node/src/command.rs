@@ -158,6 +158,13 @@ pub enum Command {
     },
 }
 
+/// Wall-clock milliseconds since the epoch, as entries record it (`at_ms`).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 impl Command {
     /// When the leader proposed it, for the entries that change data.
     pub fn at_ms(&self) -> Option<u64> {

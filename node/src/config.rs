@@ -209,6 +209,14 @@ pub struct NodeConfig {
     /// Enables `POST /backup` and interval backups on the leader.
     #[arg(long, env = "LITECLUSTER_BACKUP_CONFIG")]
     pub backup_config: Option<PathBuf>,
+    /// Ship committed entries to the backup storages this often, for point-in-time recovery
+    /// (`0s`: off); overrides the backup config's `archive_interval`.
+    #[arg(long, env = "LITECLUSTER_ARCHIVE_INTERVAL", value_parser = parse_duration, requires = "backup_config")]
+    pub archive_interval: Option<Duration>,
+    /// Keeps this cluster's archive apart from others' in shared storages; overrides the
+    /// backup config's `archive_id`.
+    #[arg(long, env = "LITECLUSTER_ARCHIVE_ID", requires = "backup_config")]
+    pub archive_id: Option<String>,
     /// Backup config file to boot an empty member from: the newest backup across its storages
     /// is loaded through Raft after bootstrapping.
     #[arg(long, env = "LITECLUSTER_RESTORE_FROM")]

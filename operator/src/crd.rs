@@ -540,9 +540,10 @@ pub struct ArchiveStatus {
     #[serde(default)]
     pub failover: bool,
 
-    /// Holes the log no longer held, each answered with a new base backup.
-    #[serde(default)]
-    pub gaps: i64,
+    /// When the leader last found a hole the log no longer held and answered it with a new
+    /// base backup: recovery to a time inside it is not possible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_gap_at: Option<String>,
 
     /// The last failure, while archiving fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]

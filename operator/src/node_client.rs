@@ -39,8 +39,11 @@ pub struct NodeArchive {
     pub archived_at: Option<String>,
     #[serde(default)]
     pub last_lag_ms: Option<u64>,
+    /// Whether this member archives now (it leads and has found where the archive ends).
     #[serde(default)]
-    pub gaps: u64,
+    pub active: bool,
+    #[serde(default)]
+    pub last_gap_at: Option<String>,
     #[serde(default)]
     pub last_segment: Option<NodeSegment>,
     #[serde(default)]

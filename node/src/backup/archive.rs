@@ -26,14 +26,24 @@ const MAGIC: &[u8] = b"litecluster-segment\n";
 const MAX_ENTRIES: u64 = 20_000;
 const MAX_BYTES: usize = 16 << 20;
 
-/// `archive/<first>-<last>.seg`, indexes zero-padded so names sort by position.
-pub fn segment_name(first: u64, last: u64) -> String {
-    format!("{DIR}/{first:020}-{last:020}.seg")
+/// Where the segments of one archive live: `archive/<id>`, or `archive` without an id.
+/// Clusters that share storages keep apart by id (the operator uses the cluster's UID).
+pub fn dir(id: Option<&str>) -> String {
+    match id {
+        Some(id) => format!("{DIR}/{id}"),
+        None => DIR.to_owned(),
+    }
 }
 
-/// The range in a segment's object name.
-pub fn parse_name(name: &str) -> Option<(u64, u64)> {
-    let rest = name.strip_prefix(DIR)?.strip_prefix('/')?;
+/// `<dir>/<first>-<last>.seg`, indexes zero-padded so names sort by position.
+pub fn segment_name(dir: &str, first: u64, last: u64) -> String {
+    format!("{dir}/{first:020}-{last:020}.seg")
+}
+
+/// The range in a segment's object name directly below `dir` (not in a sub-directory, which
+/// is another archive's).
+pub fn parse_name(dir: &str, name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix(dir)?.strip_prefix('/')?;
     let (a, b) = rest.strip_suffix(".seg")?.split_once('-')?;
     let (first, last) = (a.parse().ok()?, b.parse().ok()?);
     (first <= last).then_some((first, last))
@@ -102,7 +112,10 @@ pub fn encode(entries: &[Entry], node_id: &str, term: u64, level: u32) -> Result
 
 /// Decodes and checks a segment object named for `range`: its checksum, and that it holds
 /// exactly the entries `range` names, in order.
-pub fn decode(range: (u64, u64), object: &[u8]) -> std::result::Result<Vec<Entry>, String> {
+pub fn decode(
+    range: (u64, u64),
+    object: &[u8],
+) -> std::result::Result<(Header, Vec<Entry>), String> {
     let rest = object
         .strip_prefix(MAGIC)
         .ok_or("not a litecluster segment")?;
@@ -150,13 +163,15 @@ pub fn decode(range: (u64, u64), object: &[u8]) -> std::result::Result<Vec<Entry
             header.count
         ));
     }
-    Ok(entries)
+    Ok((header, entries))
 }
 
 /// The segments found across storages: range → index of a storage holding it.
 #[derive(Debug, Default, Clone)]
 pub struct Catalog {
     pub segments: BTreeMap<(u64, u64), usize>,
+    /// Storages that could not be read (their segments are missing here), comma-separated.
+    pub unreadable: String,
 }
 
 impl Catalog {
@@ -197,6 +212,27 @@ impl Catalog {
     pub fn after_hole(&self, base: u64) -> Option<(u64, u64)> {
         let end = self.end_from(base);
         self.segments.keys().find(|(f, _)| *f > end + 1).copied()
+    }
+}
+
+/// Why an archive may end before the cluster did: a hole, or storages that could not be read.
+fn why_short(cat: &Catalog, base: u64) -> String {
+    let mut why = Vec::new();
+    if let Some((first, _)) = cat.after_hole(base) {
+        why.push(format!(
+            "the archive has a hole before index {first} (segments after it are not used)"
+        ));
+    }
+    if !cat.unreadable.is_empty() {
+        why.push(format!(
+            "storages {} could not be read (their segments are missing)",
+            cat.unreadable
+        ));
+    }
+    if why.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", why.join("; "))
     }
 }
 
@@ -243,20 +279,25 @@ pub fn parse_time(t: &str) -> Result<u64> {
             "target time {t:?} is not an RFC 3339 time with a zone, e.g. 2026-12-02T18:20:38Z or 2026-12-02T19:20:38.250+01:00"
         ))
     };
-    let has_zone = t.ends_with('Z') || t.ends_with('z') || {
-        let tail = t.get(t.len().saturating_sub(6)..).unwrap_or("");
-        tail.len() == 6 && (tail.starts_with('+') || tail.starts_with('-')) && &tail[3..4] == ":"
-    };
-    if !has_zone || !t.contains('T') && !t.contains('t') {
+    // SQLite reads only an upper-case T and Z.
+    let t = t.trim().to_ascii_uppercase();
+    let b = t.as_bytes();
+    let zoned = t.ends_with('Z')
+        || (b.len() > 6 && matches!(b[b.len() - 6], b'+' | b'-') && b[b.len() - 3] == b':');
+    if !t.is_ascii() || !zoned || b.get(10) != Some(&b'T') {
         return Err(bad());
     }
     let conn = rusqlite::Connection::open_in_memory()?;
-    let ms: Option<i64> = conn.query_row(
-        "SELECT CAST(round(unixepoch(?1, 'subsec') * 1000) AS INTEGER)",
-        [t],
-        |r| r.get(0),
+    // SQLite rolls an impossible day over (02-30 is 03-02): the date must read back the same.
+    let (ms, same_day): (Option<i64>, bool) = conn.query_row(
+        "SELECT CAST(round(unixepoch(?1, 'subsec') * 1000) AS INTEGER),
+                coalesce(date(substr(?1, 1, 10)) = substr(?1, 1, 10), 0)",
+        [&t],
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    ms.and_then(|m| u64::try_from(m).ok()).ok_or_else(bad)
+    ms.filter(|_| same_day)
+        .and_then(|m| u64::try_from(m).ok())
+        .ok_or_else(bad)
 }
 
 /// What a restore gave: the backup it started from and how far the archive took it.
@@ -297,18 +338,26 @@ pub(super) struct ArchiveState {
     pub failures: u64,
     pub failovers: u64,
     pub gaps: u64,
+    pub last_gap_at_ms: Option<u64>,
 }
 
 impl Manager {
     /// Segment ranges on every readable storage. `strict`: a readable storage whose listing
     /// fails is an error (a restore must not stop early for it) rather than skipped.
-    pub async fn catalog(&self, strict: bool) -> Result<Catalog> {
+    pub async fn catalog(&self, dir: &str, strict: bool) -> Result<Catalog> {
         let readable = super::failover::readable(&self.storages, &self.cache, self.ttl).await?;
         let mut cat = Catalog::default();
+        if strict && readable.len() < self.storages.len() {
+            let gone: Vec<&str> = (0..self.storages.len())
+                .filter(|i| !readable.contains(i))
+                .map(|i| self.storages[i].name())
+                .collect();
+            cat.unreadable = gone.join(", ");
+        }
         for i in readable {
-            match self.storages[i].list(DIR).await {
+            match self.storages[i].list(dir).await {
                 Ok(names) => {
-                    for r in names.iter().filter_map(|n| parse_name(n)) {
+                    for r in names.iter().filter_map(|n| parse_name(dir, n)) {
                         cat.segments.entry(r).or_insert(i);
                     }
                 }
@@ -329,17 +378,21 @@ impl Manager {
         if readable.len() != self.storages.len() {
             return Ok(0);
         }
+        let id = self.config.archive_id.as_deref();
         let mut oldest: Option<u64> = None;
         for i in 0..self.storages.len() {
-            if let Some(m) = self.manifests(i).await?.last() {
-                oldest = Some(oldest.map_or(m.raft_index, |o| o.min(m.raft_index)));
+            for m in self.manifests_strict(i).await? {
+                if m.archive_id.as_deref() == id {
+                    oldest = Some(oldest.map_or(m.raft_index, |o| o.min(m.raft_index)));
+                }
             }
         }
         let Some(oldest) = oldest else { return Ok(0) };
+        let dir = dir(id);
         let mut deleted = 0;
         for s in &self.storages {
-            for name in s.list(DIR).await? {
-                if parse_name(&name).is_some_and(|(_, last)| last <= oldest) {
+            for name in s.list(&dir).await? {
+                if parse_name(&dir, &name).is_some_and(|(_, last)| last <= oldest) {
                     s.delete(&name).await?;
                     deleted += 1;
                 }
@@ -364,7 +417,7 @@ impl Manager {
         let mut end = match known {
             Some((_, end)) => end,
             None => {
-                let end = self.resume_point(db_path, node_id).await?;
+                let end = self.resume_point(log, db_path, node_id).await?;
                 self.archive().position = Some((term, end));
                 end
             }
@@ -381,14 +434,16 @@ impl Manager {
                 self.archive().position = Some((term, end));
                 continue;
             }
+            // Contiguous from `want`, and within the size limit.
             let mut bytes = 0;
             let keep = entries
                 .iter()
-                .position(|e| {
+                .enumerate()
+                .position(|(k, e)| {
                     bytes += crate::command::encoded_len(e);
-                    bytes > MAX_BYTES
+                    e.log_id.index != want + k as u64 || (k > 0 && bytes > MAX_BYTES)
                 })
-                .map_or(entries.len(), |p| p.max(1));
+                .unwrap_or(entries.len());
             entries.truncate(keep);
             self.archive().pending_since_ms = entries.iter().find_map(entry_ms);
             end = self.write_segment(&entries, term, node_id).await?;
@@ -396,32 +451,49 @@ impl Manager {
         }
         let mut st = self.archive();
         st.pending_since_ms = None;
+        st.last_failure = None;
         // Covered by segments or by a base backup.
         st.archived_index = Some(end);
         Ok(())
     }
 
-    /// Where the archive ends as the storages show it, continuing the newest base backup (one
-    /// is taken first when there is none).
-    async fn resume_point(&self, db_path: &Path, node_id: &str) -> Result<u64> {
-        let newest = self.list_strict().await?.into_iter().next();
-        let base = match newest {
-            Some(b) => b.manifest.raft_index,
-            None => {
-                tracing::info!("no base backup yet; taking one before archiving");
-                self.push_db(db_path, node_id).await?.raft_index
-            }
+    /// Where the archive ends as the storages show it. From the oldest backup of this archive
+    /// the segments are followed to their first hole; a hole the log can still fill is where
+    /// archiving resumes (so a backup taken meanwhile never leaves the time before it out),
+    /// otherwise the chain goes on from the next backup after the hole. Without any backup one
+    /// is taken first.
+    async fn resume_point(&self, log: &mut LogStore, db_path: &Path, node_id: &str) -> Result<u64> {
+        let id = self.config.archive_id.as_deref();
+        let mut bases: Vec<u64> = self
+            .list_strict()
+            .await?
+            .into_iter()
+            .filter(|l| l.manifest.archive_id.as_deref() == id)
+            .map(|l| l.manifest.raft_index)
+            .collect();
+        bases.sort_unstable();
+        bases.dedup();
+        let Some(&oldest) = bases.first() else {
+            tracing::info!("no base backup of this archive yet; taking one before archiving");
+            return Ok(self.push_db(db_path, node_id).await?.raft_index);
         };
-        let cat = self.catalog(false).await?;
-        let end = cat.end_from(base);
-        if let Some(after) = cat.after_hole(base) {
-            tracing::warn!(
-                end,
-                next_segment = ?after,
-                "the archive has a hole after index {end}; archiving again from there"
-            );
+        let cat = self.catalog(&dir(id), false).await?;
+        let mut end = cat.end_from(oldest);
+        while let Some(&next_base) = bases.iter().find(|&&b| b > end) {
+            let in_log = log
+                .try_get_log_entries(end + 1..=end + 1)
+                .await
+                .map_err(|e| Error::Internal(format!("reading the Raft log: {e}")))?;
+            if !in_log.is_empty() {
+                tracing::warn!(
+                    end,
+                    "the archive has a hole after index {end}; filling it from the log"
+                );
+                break;
+            }
+            end = end.max(cat.end_from(next_base));
         }
-        tracing::info!(base, end, "archiving resumes after index {end}");
+        tracing::info!(end, "archiving resumes after index {end}");
         Ok(end)
     }
 
@@ -433,7 +505,10 @@ impl Manager {
             "entries after the last archived one are no longer in the log; taking a new base backup"
         );
         let report = self.push_db(db_path, node_id).await?;
-        self.archive().gaps += 1;
+        let mut st = self.archive();
+        st.gaps += 1;
+        st.last_gap_at_ms = Some(now_ms());
+        drop(st);
         if report.raft_index < want {
             return Err(Error::Internal(format!(
                 "the new base backup covers index {} but the log starts after {want}",
@@ -451,7 +526,11 @@ impl Manager {
             tokio::task::spawn_blocking(move || encode(&owned, &node, term, level))
                 .await
                 .map_err(|e| Error::Internal(format!("segment task failed: {e}")))??;
-        let name = segment_name(header.first, header.last);
+        let name = segment_name(
+            &dir(self.config.archive_id.as_deref()),
+            header.first,
+            header.last,
+        );
         crate::failpoint("archive-before-put");
         let written = self
             .write_first("archive segment", |_| {
@@ -530,20 +609,31 @@ impl Manager {
                 .find(|l| l.manifest.created_at_ms <= t)
                 .ok_or_else(|| Error::Source(format!("no backup taken at or before {}; `backup list` shows when each was taken", super::rfc3339_ms(t))))?,
         };
-        if let Target::Index(n) = target
-            && chosen.manifest.raft_index > n
-        {
-            return Err(Error::Source(format!(
-                "backup {} is at index {}, after the target index {n}",
-                chosen.manifest.id, chosen.manifest.raft_index
-            )));
+        match target {
+            Target::Index(n) if chosen.manifest.raft_index > n => {
+                return Err(Error::Source(format!(
+                    "backup {} is at index {}, after the target index {n}",
+                    chosen.manifest.id, chosen.manifest.raft_index
+                )));
+            }
+            Target::Time(t) if chosen.manifest.created_at_ms > t => {
+                return Err(Error::Source(format!(
+                    "backup {} was taken at {}, after the target time {}",
+                    chosen.manifest.id,
+                    chosen.manifest.created_at,
+                    super::rfc3339_ms(t)
+                )));
+            }
+            _ => {}
         }
         let (manifest, db) = self.download(&chosen).await?;
-        // A backup named without a target is restored as it is.
+        // Only the archive this backup started: another cluster's in the same storages never
+        // mixes in. A backup named without a target is restored as it is.
+        let dir = dir(manifest.archive_id.as_deref());
         let cat = if id.is_some() && target == Target::Latest {
             Catalog::default()
         } else {
-            self.catalog(true).await?
+            self.catalog(&dir, true).await?
         };
         let chain = cat.chain_from(manifest.raft_index);
         let target_text = match target {
@@ -570,7 +660,9 @@ impl Manager {
             std::process::id(),
             rand::random::<u32>()
         ));
-        let result = self.replay(&work, db, &chain, target, &mut restored).await;
+        let result = self
+            .replay(&work, db, &dir, &chain, target, &mut restored)
+            .await;
         let _ = std::fs::remove_dir_all(&work);
         let db = result?;
         match target {
@@ -586,10 +678,19 @@ impl Manager {
             }
             Target::Time(_) if !restored.target_reached => {
                 // Nothing after the target was seen: the archive may simply end before it.
+                // An entry after the target proves every one before it is in; without one the
+                // cluster may have been idle since, or the archive ends early.
                 restored.note = Some(format!(
-                    "the archive ends at index {} before the target time; everything archived was restored",
-                    restored.index
+                    "no write after the target time is archived (the cluster may have been idle since, or the archive ends at index {} before it{}); everything archived was restored",
+                    restored.index,
+                    why_short(&cat, manifest.raft_index)
                 ));
+            }
+            Target::Latest if id.is_none() => {
+                let why = why_short(&cat, manifest.raft_index);
+                if !why.is_empty() {
+                    restored.note = Some(format!("restored up to index {}{why}", restored.index));
+                }
             }
             _ => {}
         }
@@ -605,6 +706,7 @@ impl Manager {
         &self,
         work: &Path,
         db: Vec<u8>,
+        dir: &str,
         chain: &[((u64, u64), usize)],
         target: Target,
         restored: &mut Restored,
@@ -630,9 +732,9 @@ impl Manager {
         let total = chain.len();
         'segments: for (n, (range, storage)) in chain.iter().enumerate() {
             let s = &self.storages[*storage];
-            let name = segment_name(range.0, range.1);
+            let name = segment_name(dir, range.0, range.1);
             let object = s.get(&name).await?;
-            let entries = decode(*range, &object).map_err(|reason| Error::Corrupt {
+            let (_, entries) = decode(*range, &object).map_err(|reason| Error::Corrupt {
                 id: name.clone(),
                 storage: s.name().to_owned(),
                 reason,
@@ -708,6 +810,8 @@ impl Manager {
             "failures": st.failures,
             "failovers": st.failovers,
             "gaps": st.gaps,
+            "last_gap_at": st.last_gap_at_ms.map(super::rfc3339_ms),
+            "archive_id": self.config.archive_id,
         })
     }
 
@@ -846,8 +950,20 @@ mod tests {
         let (h, obj) = encode(&entries, "n1", 3, 6).unwrap();
         assert_eq!((h.first, h.last, h.count), (5, 9, 5));
         assert_eq!((h.first_ms, h.last_ms), (Some(1005), Some(1009)));
-        assert_eq!(parse_name(&segment_name(5, 9)), Some((5, 9)));
-        let back = decode((5, 9), &obj).unwrap();
+        assert_eq!(
+            parse_name("archive", &segment_name("archive", 5, 9)),
+            Some((5, 9))
+        );
+        // Another cluster's archive below ours is not ours.
+        let theirs = segment_name(&dir(Some("uid-2")), 5, 9);
+        assert_eq!(
+            theirs,
+            "archive/uid-2/00000000000000000005-00000000000000000009.seg"
+        );
+        assert_eq!(parse_name(&dir(None), &theirs), None);
+        assert_eq!(parse_name("archive/uid-2", &theirs), Some((5, 9)));
+        let (header, back) = decode((5, 9), &obj).unwrap();
+        assert_eq!(header, h);
         assert_eq!(
             back.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
             vec![5, 6, 7, 8, 9]
@@ -858,8 +974,8 @@ mod tests {
         flipped[last] ^= 1;
         assert!(decode((5, 9), &flipped).unwrap_err().contains("SHA-256"));
         assert!(decode((5, 9), b"garbage").is_err());
-        assert_eq!(parse_name("archive/x-y.seg"), None);
-        assert_eq!(parse_name(&segment_name(9, 5)), None);
+        assert_eq!(parse_name("archive", "archive/x-y.seg"), None);
+        assert_eq!(parse_name("archive", &segment_name("archive", 9, 5)), None);
     }
 
     #[test]
@@ -899,7 +1015,13 @@ mod tests {
             parse_time("2026-01-02T04:04:05.678+01:00").unwrap(),
             1_767_323_045_678
         );
+        assert_eq!(
+            parse_time("2026-01-02t03:04:05.678z").unwrap(),
+            1_767_323_045_678
+        );
         assert!(parse_time("2026-01-02T03:04:05").is_err());
+        assert!(parse_time("2026-02-30T03:04:05Z").is_err());
+        assert!(parse_time("2026-01-02T03:04:05+01:0é").is_err());
         assert!(parse_time("yesterday").is_err());
         let t = Target::Time(1500);
         assert!(t.allows(&entry(1, Some(1500))));

@@ -31,8 +31,10 @@ pub async fn run(action: BackupAction) -> Result<Json> {
         BackupAction::List(c) => {
             let m = manager(&c)?;
             let list = m.list().await?;
-            let cat = m.catalog(false).await?;
             // How far point-in-time recovery reaches from the newest backup.
+            let dir =
+                super::archive::dir(list.first().and_then(|b| b.manifest.archive_id.as_deref()));
+            let cat = m.catalog(&dir, false).await?;
             let archive = list.first().map(|newest| {
                 let base = newest.manifest.raft_index;
                 json!({

@@ -12,6 +12,7 @@ use super::{Error, Result};
 /// ```yaml
 /// interval: 1h            # auto-backup on the leader; absent or "0" turns it off
 /// archive_interval: 5s    # ship committed Raft entries this often (point-in-time recovery)
+/// archive_id: 3f2a...     # keeps this cluster's archive apart in shared storages
 /// retention: {keep: 7, max_age: 30d}
 /// probe_timeout: 5s       # alive checks (list, put+delete of a probe object)
 /// storages:               # writes go to the first writable one, reads look at all
@@ -35,6 +36,11 @@ pub struct BackupConfig {
     /// turns it off. The archive trails the log by about this much (the RPO).
     #[serde(default, deserialize_with = "opt_duration")]
     pub archive_interval: Option<Duration>,
+    /// Keeps this cluster's archive apart from others' in the same storages
+    /// (`archive/<id>/`); the operator sets the cluster's UID. Without it the archive is
+    /// `archive/`, and the storages (or their prefix) must be this cluster's alone.
+    #[serde(default)]
+    pub archive_id: Option<String>,
     #[serde(default)]
     pub retention: Retention,
     #[serde(default = "default_probe_timeout", deserialize_with = "duration")]
@@ -250,6 +256,9 @@ impl BackupConfig {
         if self.storages.is_empty() {
             return Err("`storages` is empty: list at least one storage".into());
         }
+        if let Some(id) = &self.archive_id {
+            check_archive_id(id)?;
+        }
         let mut names = std::collections::BTreeSet::new();
         for s in &self.storages {
             if s.name.is_empty()
@@ -297,6 +306,23 @@ impl BackupConfig {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     crate::config::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// An archive id is one path segment: letters, digits, '-', '_' and '.', at most 128.
+pub fn check_archive_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "archive_id {id:?} must be 1-128 letters, digits, '-', '_' or '.', not starting with '.'"
+        ))
+    }
 }
 
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

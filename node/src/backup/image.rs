@@ -35,34 +35,60 @@ pub fn from_db(db: &Path, scratch_dir: &Path) -> Result<Image> {
         )));
     }
     let tmp = scratch(scratch_dir, "copy");
-    let result = (|| -> Result<Image> {
-        let src = crate::sqlite::open_reader(db)?;
-        src.backup(
-            rusqlite::MAIN_DB,
-            &tmp,
-            None::<fn(rusqlite::backup::Progress)>,
-        )?;
-        drop(src);
-        let copy = rusqlite::Connection::open(&tmp)?;
-        copy.pragma_update(None, "journal_mode", "DELETE")?;
-        // A database last written by an earlier version keeps its progress in the legacy table.
-        crate::sqlite::ensure_meta(&copy)?;
-        let applied: Option<crate::LogId> = crate::sqlite::read_meta(&copy, "applied")
-            .ok()
-            .flatten()
-            .and_then(|s| serde_json::from_str::<Option<crate::LogId>>(&s).ok())
-            .flatten();
-        crate::sqlite::clear_meta(&copy)?;
-        drop(copy);
-        let bytes = std::fs::read(&tmp).map_err(|e| Error::io("reading the database copy", e))?;
-        Ok(Image {
-            db: bytes,
-            raft_index: applied.map_or(0, |l| l.index),
-            raft_term: applied.map_or(0, |l| l.leader_id.term),
-        })
-    })();
+    // A copy taken while a batch entry is committed part way (a statement rolled the apply
+    // transaction back; `partial` names the requests done) holds some of entry `applied + 1`:
+    // replaying the archive onto it would apply those twice. The state lasts one apply call,
+    // so such a copy is taken again.
+    let mut attempts = 0;
+    let result = loop {
+        let copied = copy_once(db, &tmp);
+        match copied {
+            Ok(None) if attempts < 200 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(None) => {
+                break Err(Error::Source(
+                    "the database stayed part way through a batch for 2 s; retry the backup".into(),
+                ));
+            }
+            Ok(Some(image)) => break Ok(image),
+            Err(e) => break Err(e),
+        }
+    };
     let _ = std::fs::remove_file(&tmp);
     result
+}
+
+/// One copy of `db` into `tmp`; `None` when it caught a batch committed part way.
+fn copy_once(db: &Path, tmp: &Path) -> Result<Option<Image>> {
+    let src = crate::sqlite::open_reader(db)?;
+    src.backup(
+        rusqlite::MAIN_DB,
+        tmp,
+        None::<fn(rusqlite::backup::Progress)>,
+    )?;
+    drop(src);
+    let copy = rusqlite::Connection::open(tmp)?;
+    copy.pragma_update(None, "journal_mode", "DELETE")?;
+    // A database last written by an earlier version keeps its progress in the legacy table.
+    crate::sqlite::ensure_meta(&copy)?;
+    let meta = |key: &str| crate::sqlite::read_meta(&copy, key).ok().flatten();
+    let partial = meta("partial").filter(|p| p != "null");
+    if partial.is_some() {
+        return Ok(None);
+    }
+    let applied: Option<crate::LogId> = meta("applied")
+        .and_then(|s| serde_json::from_str::<Option<crate::LogId>>(&s).ok())
+        .flatten();
+    crate::sqlite::clear_meta(&copy)?;
+    drop(copy);
+    let bytes = std::fs::read(tmp).map_err(|e| Error::io("reading the database copy", e))?;
+    Ok(Some(Image {
+        db: bytes,
+        raft_index: applied.map_or(0, |l| l.index),
+        raft_term: applied.map_or(0, |l| l.leader_id.term),
+    }))
 }
 
 pub fn compress(db: &[u8], level: u32) -> Result<Vec<u8>> {

@@ -29,6 +29,9 @@ pub struct Manifest {
     /// Size and SHA-256 of the SQLite file inside.
     pub db_size: u64,
     pub db_sha256: String,
+    /// The archive (`archive_id` of the config) this backup starts; its segments continue it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_id: Option<String>,
 }
 
 impl Manifest {

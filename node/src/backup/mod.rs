@@ -232,11 +232,21 @@ impl Manager {
 
     /// The manager of a node started with `--backup-config`, if any.
     pub fn for_node(config: &crate::config::NodeConfig) -> Result<Option<Arc<Self>>> {
-        config
-            .backup_config
-            .as_deref()
-            .map(|p| Self::new(p, &config.data_dir, config.backup_status_ttl).map(Arc::new))
-            .transpose()
+        let Some(path) = config.backup_config.as_deref() else {
+            return Ok(None);
+        };
+        let mut m = Self::new(path, &config.data_dir, config.backup_status_ttl)?;
+        if let Some(every) = config.archive_interval {
+            m.config.archive_interval = (!every.is_zero()).then_some(every);
+        }
+        if let Some(id) = &config.archive_id {
+            config::check_archive_id(id).map_err(|msg| Error::Config {
+                path: path.to_owned(),
+                msg: format!("--archive-id: {msg}"),
+            })?;
+            m.config.archive_id = Some(id.clone());
+        }
+        Ok(Some(Arc::new(m)))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -332,6 +342,7 @@ impl Manager {
                     sha256: manifest::sha256_hex(&object),
                     db_size,
                     db_sha256: db_sha256.clone(),
+                    archive_id: self.config.archive_id.clone(),
                 };
                 let body = Bytes::from(serde_json::to_vec_pretty(&m).unwrap_or_default());
                 // The manifest last: a backup without one is an interrupted upload.
@@ -456,31 +467,45 @@ impl Manager {
 
     /// Manifests on one storage, newest first. Unreadable manifests are skipped with a warning.
     async fn manifests(&self, i: usize) -> Result<Vec<Manifest>> {
+        self.manifests_from(i, false).await
+    }
+
+    /// As [`Self::manifests`], but a manifest that cannot be read (as opposed to one that is
+    /// not valid) is an error: for pruning, where a missed backup would lose what it needs.
+    pub(crate) async fn manifests_strict(&self, i: usize) -> Result<Vec<Manifest>> {
+        self.manifests_from(i, true).await
+    }
+
+    async fn manifests_from(&self, i: usize, strict: bool) -> Result<Vec<Manifest>> {
         let s = &self.storages[i];
         let names = s.list(manifest::DIR).await?;
         let ids: Vec<String> = names
             .iter()
             .filter_map(|n| manifest::id_of_manifest(n).map(str::to_owned))
             .collect();
-        let mut found: Vec<Manifest> = futures::stream::iter(ids)
+        let read: Vec<Result<Option<Manifest>>> = futures::stream::iter(ids)
             .map(|id| async move {
                 let name = Manifest::manifest_name(&id);
                 match s.get(&name).await.map(|b| serde_json::from_slice::<Manifest>(&b)) {
-                    Ok(Ok(m)) if m.id == id => Some(m),
+                    Ok(Ok(m)) if m.id == id => Ok(Some(m)),
                     Ok(Ok(_)) | Ok(Err(_)) => {
                         tracing::warn!(storage = s.name(), backup = %id, "manifest is not valid; ignoring that backup");
-                        None
+                        Ok(None)
                     }
+                    Err(e) if strict => Err(e),
                     Err(e) => {
                         tracing::warn!(storage = s.name(), backup = %id, error = %chain(&e), "cannot read manifest; ignoring that backup");
-                        None
+                        Ok(None)
                     }
                 }
             })
             .buffer_unordered(8)
-            .filter_map(|m| async move { m })
             .collect()
             .await;
+        let mut found = Vec::new();
+        for m in read {
+            found.extend(m?);
+        }
         found.sort_by(|a, b| b.order_key().cmp(&a.order_key()));
         Ok(found)
     }
@@ -500,7 +525,7 @@ impl Manager {
         let readable = failover::readable(&self.storages, &self.cache, self.ttl).await?;
         let mut all = Vec::new();
         for i in readable {
-            match self.manifests(i).await {
+            match self.manifests_from(i, strict).await {
                 Ok(ms) => all.extend(ms.into_iter().map(|m| Listed {
                     manifest: m,
                     found_in: self.storages[i].name().to_owned(),

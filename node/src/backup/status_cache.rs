@@ -81,11 +81,7 @@ impl CacheFile {
     }
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::command::now_ms;
 
 /// Handle to the cache file of one data dir.
 #[derive(Debug)]

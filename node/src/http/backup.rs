@@ -301,7 +301,7 @@ pub async fn load(
         stmts: vec![Statement::new(sql)],
         transaction: true,
         mode: Mode::Execute,
-        at_ms: Some(crate::backup::status_cache::now_ms()),
+        at_ms: Some(crate::command::now_ms()),
     };
     if let Some(resp) = super::entry_too_large(&node, &cmd) {
         return resp;

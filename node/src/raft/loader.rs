@@ -74,7 +74,7 @@ pub async fn propose(
             chunks: seq,
             len,
             crc32: crc.finalize(),
-            at_ms: Some(crate::backup::status_cache::now_ms()),
+            at_ms: Some(crate::command::now_ms()),
         })
         .await?;
     tracing::info!(

@@ -118,7 +118,7 @@ async fn propose(raft: &Raft, gate: &RwLock<()>, batch: Vec<Pending>) {
     let single = reqs.len() == 1;
     // The entry's time for point-in-time recovery: taken after the previous entry committed
     // (one is in flight at a time), so it is no earlier than any request it holds arrived.
-    let at_ms = Some(crate::backup::status_cache::now_ms());
+    let at_ms = Some(crate::command::now_ms());
     let cmd = if single {
         let r = reqs.into_iter().next().expect("one request");
         Command::Statements {

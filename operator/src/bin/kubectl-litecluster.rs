@@ -404,7 +404,7 @@ mod tests {
             "spec": {"replicas": 3, "storage": {"size": "1Gi"}},
             "status": {
                 "archive": {"archivedIndex": 40, "archivedAt": "2026-12-02T10:00:00.000Z", "lagMs": 900,
-                    "storage": "spare", "failover": true, "gaps": 0, "lastError": "no writable storage"},
+                    "storage": "spare", "failover": true, "lastError": "no writable storage"},
                 "recovery": {"backupId": "b-1", "backupIndex": 7, "index": 42,
                     "target": "2026-12-02T09:00:00.000Z", "targetReached": false}
             }

@@ -132,7 +132,7 @@ async fn publish_archive_events(
         )
         .await;
     }
-    if n.gaps > o.gaps {
+    if n.last_gap_at.is_some() && n.last_gap_at != o.last_gap_at {
         let note = "the log no longer held entries the archive lacked; a new base backup restarted the archive (point-in-time recovery to the time in between is not possible)".to_owned();
         ctx.publish(cluster, EventType::Warning, "ArchiveGap", "Archive", note)
             .await;
@@ -470,22 +470,34 @@ fn archive_status(
         return old.archive.clone();
     };
     let a = leader.backup.archive.as_ref().filter(|a| a.enabled)?;
+    if !a.active && a.last_failure.is_none() {
+        // A new leader that has not looked yet: what the last one reported still holds.
+        return old.archive.clone();
+    }
     let seg = a.last_segment.as_ref();
-    // A failure counts while no segment was stored after it (both times in one format).
-    let last_error = a
-        .last_failure
-        .as_ref()
-        .filter(|f| seg.and_then(|s| s.at.as_ref()) < f.at.as_ref())
-        .map(|f| f.error.clone());
+    // The node clears its failure after a pass that succeeds. Counters are per process, so
+    // the gap time is kept from before when this leader has seen none (or an older one).
+    let last_gap_at = match (
+        &a.last_gap_at,
+        old.archive.as_ref().and_then(|o| o.last_gap_at.clone()),
+    ) {
+        (Some(new), Some(old)) if parse_ts(&old) >= parse_ts(new) => Some(old),
+        (None, old) => old,
+        (new, _) => new.clone(),
+    };
     Some(ArchiveStatus {
         archived_index: a.archived_index.map(|i| i as i64),
         archived_at: a.archived_at.clone(),
         lag_ms: a.last_lag_ms.map(|l| l as i64),
         storage: seg.map(|s| s.storage.clone()),
         failover: seg.is_some_and(|s| s.failover),
-        gaps: a.gaps as i64,
-        last_error,
+        last_gap_at,
+        last_error: a.last_failure.as_ref().map(|f| f.error.clone()),
     })
+}
+
+fn parse_ts(t: &str) -> Option<Timestamp> {
+    t.parse().ok()
 }
 
 /// What a member restored when the cluster was created from a backup; kept once seen.

@@ -65,11 +65,7 @@ pub fn desired_configmap(c: &SqliteCluster) -> Result<ConfigMap> {
     }
     if let Some(backup) = &c.spec.backup {
         let storages = storages_json(&backup.storages, backup_secret_dir);
-        let mut doc = serde_json::json!({
-            "storages": storages,
-            "interval": backup.interval,
-            "archive_interval": backup.archive_interval,
-        });
+        let mut doc = serde_json::json!({ "storages": storages, "interval": backup.interval });
         if let Some(keep) = backup.retention {
             doc["retention"] = serde_json::json!({ "keep": keep });
         }
@@ -142,7 +138,8 @@ mod tests {
             "/etc/litecluster/backup/fallback/secretAccessKey"
         );
         assert_eq!(doc["interval"], "1h");
-        assert_eq!(doc["archive_interval"], "5s");
+        // Archiving goes by env (statefulset.rs), so older members still read this file.
+        assert!(doc.get("archive_interval").is_none());
         assert_eq!(doc["retention"]["keep"], 3);
         assert!(!data[BACKUP_CONFIG_KEY].contains("creds"));
     }

@@ -69,6 +69,8 @@ pub const RESTORE_FROM_ENV: &str = "LITECLUSTER_RESTORE_FROM";
 /// With `spec.bootstrap.recovery.backupId`, while bootstrapping: the backup to restore.
 pub const RESTORE_ID_ENV: &str = "LITECLUSTER_RESTORE_ID";
 pub const RESTORE_TO_TIME_ENV: &str = "LITECLUSTER_RESTORE_TO_TIME";
+pub const ARCHIVE_INTERVAL_ENV: &str = "LITECLUSTER_ARCHIVE_INTERVAL";
+pub const ARCHIVE_ID_ENV: &str = "LITECLUSTER_ARCHIVE_ID";
 pub const RESTORE_TO_INDEX_ENV: &str = "LITECLUSTER_RESTORE_TO_INDEX";
 /// What the template carries only while bootstrapping; the template hash leaves it out.
 const BOOTSTRAP_ONLY_ENV: [&str; 5] = [
@@ -215,6 +217,22 @@ pub fn desired_statefulset(c: &SqliteCluster, p: &StatefulSetParams) -> Result<S
         args.push(format!(
             "--backup-config=/etc/litecluster/config/{BACKUP_CONFIG_KEY}"
         ));
+        // Env rather than config lines: a member on an older image ignores them (and does not
+        // archive) instead of refusing the config. The UID keeps this cluster's archive apart
+        // from any other's in the same storages, a later one of the same name included.
+        let archive = [
+            (ARCHIVE_INTERVAL_ENV, Some(backup.archive_interval.clone())),
+            (ARCHIVE_ID_ENV, c.metadata.uid.clone()),
+        ];
+        for (name, value) in archive {
+            if let Some(value) = value {
+                env.push(EnvVar {
+                    name: name.into(),
+                    value: Some(value),
+                    ..Default::default()
+                });
+            }
+        }
         for s in &backup.storages {
             secret_mount(
                 format!("backup-{}", s.name),
@@ -536,6 +554,29 @@ mod tests {
         assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
         assert_eq!(spec.service_name.as_deref(), Some("db-headless"));
         assert_eq!(s.metadata.owner_references.as_ref().unwrap()[0].name, "db");
+    }
+
+    #[test]
+    fn a_cluster_with_backups_archives_under_its_uid() {
+        let mut c = cluster();
+        c.metadata.uid = Some("0f1e2d3c".into());
+        c.spec.backup = Some(
+            serde_json::from_value(serde_json::json!({"storages": [
+                {"name": "main", "endpoint": "http://s3", "bucket": "b", "credentialsSecret": {"name": "s3"}}]}))
+            .unwrap(),
+        );
+        let s = desired_statefulset(&c, &params(1, false)).unwrap();
+        let k = container(&s);
+        assert_eq!(
+            env(&k, ARCHIVE_INTERVAL_ENV).unwrap().value.as_deref(),
+            Some("5s")
+        );
+        assert_eq!(
+            env(&k, ARCHIVE_ID_ENV).unwrap().value.as_deref(),
+            Some("0f1e2d3c")
+        );
+        let plain = desired_statefulset(&cluster(), &params(1, false)).unwrap();
+        assert!(env(&container(&plain), ARCHIVE_INTERVAL_ENV).is_none());
     }
 
     #[test]

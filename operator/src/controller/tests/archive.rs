@@ -36,7 +36,8 @@ fn archive(index: u64, at: &str, storage: &str, failover: bool) -> NodeArchive {
         archived_index: Some(index),
         archived_at: Some(at.into()),
         last_lag_ms: Some(1200),
-        gaps: 0,
+        active: true,
+        last_gap_at: None,
         last_segment: Some(NodeSegment {
             storage: storage.into(),
             failover,
@@ -55,18 +56,12 @@ fn set_leader_archive(f: &mut FakeNodes, a: NodeArchive) {
 fn the_leaders_archive_is_shown_with_its_failover_and_a_failure_only_while_it_lasts() {
     let c = with_backup();
     let s = status_of(&c, |f| {
-        let mut a = archive(40, "2026-12-02T10:00:05.000Z", "spare", true);
-        a.last_failure = Some(NodeFailure {
-            at: Some("2026-12-02T10:00:01.000Z".into()),
-            error: "storage main: put failed".into(),
-        });
-        set_leader_archive(f, a);
+        set_leader_archive(f, archive(40, "2026-12-02T10:00:05.000Z", "spare", true));
     });
     let a = s.archive.clone().unwrap();
     assert_eq!(a.archived_index, Some(40));
     assert_eq!(a.lag_ms, Some(1200));
     assert_eq!((a.storage.as_deref(), a.failover), (Some("spare"), true));
-    // The failure was before the last stored segment: archiving works again.
     assert_eq!(a.last_error, None);
 
     let failing = status_of(&c, |f| {
@@ -94,6 +89,46 @@ fn the_leaders_archive_is_shown_with_its_failover_and_a_failure_only_while_it_la
         set_leader_archive(f, NodeArchive::default());
     });
     assert!(off.archive.is_none());
+    // A leader that has not looked yet leaves the last status as it was.
+    let mut later = c.clone();
+    later.status = Some(s.clone());
+    let fresh = status_of(&later, |f| {
+        let mut a = archive(0, "2026-12-02T10:09:00.000Z", "main", false);
+        a.active = false;
+        a.last_segment = None;
+        set_leader_archive(f, a);
+    });
+    assert_eq!(fresh.archive, s.archive);
+}
+
+#[test]
+fn a_gap_is_kept_across_leaders_until_a_newer_one() {
+    let c = with_backup();
+    let gap = |at: Option<&str>| {
+        let mut a = archive(50, "2026-12-02T10:00:05.000Z", "main", false);
+        a.last_gap_at = at.map(Into::into);
+        a
+    };
+    let s = status_of(&c, |f| {
+        set_leader_archive(f, gap(Some("2026-12-02T10:00:00.000Z")))
+    });
+    let mut later = c.clone();
+    later.status = Some(s);
+    // A new leader's process has seen no gap, or an older one: the known gap stays.
+    for seen in [None, Some("2026-12-02T09:00:00.000Z")] {
+        let s = status_of(&later, |f| set_leader_archive(f, gap(seen)));
+        assert_eq!(
+            s.archive.unwrap().last_gap_at.as_deref(),
+            Some("2026-12-02T10:00:00.000Z")
+        );
+    }
+    let newer = status_of(&later, |f| {
+        set_leader_archive(f, gap(Some("2026-12-02T11:00:00Z")))
+    });
+    assert_eq!(
+        newer.archive.unwrap().last_gap_at.as_deref(),
+        Some("2026-12-02T11:00:00Z")
+    );
 }
 
 #[test]
