@@ -861,6 +861,72 @@ async fn a_hole_the_log_no_longer_holds_is_answered_with_a_new_base_backup() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clusters_sharing_storages_keep_their_archives_apart() {
+    let root = std::env::temp_dir().join(format!("lc-archive-shared-root-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("store")).unwrap();
+    let cfg = root.join("backup.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "archive_interval: 200ms\nstorages:\n  - {{name: shared, type: file, path: {}}}\n",
+            root.join("store").display()
+        ),
+    )
+    .unwrap();
+    let cfg_s = cfg.to_str().unwrap().to_owned();
+    // Two clusters one after the other in the same storage, as a cluster deleted and created
+    // again with the same spec is: the same Raft indexes, different archive ids.
+    let mut ids_of = Vec::new();
+    let mut t_between = 0;
+    for (name, first) in [("x", 1u64), ("y", 100)] {
+        let c = Cluster::start(
+            &format!("archive-shared-{name}"),
+            1,
+            &["--backup-config", &cfg_s, "--archive-id", name],
+        )
+        .await;
+        c.execute(0, create_table()).await.unwrap();
+        for id in first..first + 5 {
+            c.execute(0, json!([["INSERT INTO t(id, v) VALUES(?, 'x')", id]]))
+                .await
+                .unwrap();
+        }
+        wait_archived(&c).await;
+        ids_of.push((first..first + 5).collect::<std::collections::BTreeSet<u64>>());
+        drop(c);
+        if t_between == 0 {
+            t_between = now_ms();
+            while now_ms() <= t_between + 1 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+    let dd = root.join("restore");
+    let restore = |out: &str, extra: &[&str]| {
+        let path = root.join(out);
+        let mut args = vec![
+            "restore",
+            "--config",
+            &cfg_s,
+            "--data-dir",
+            dd.to_str().unwrap(),
+            "--output",
+            path.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = oneshot(&args);
+        assert!(o.ok, "{extra:?}: {}", o.stderr);
+        ids_in(&path)
+    };
+    // The newest backup is y's: its archive only. Before y existed: x's backup and archive.
+    assert_eq!(restore("latest.db", &[]), ids_of[1]);
+    let t = rfc3339(t_between);
+    assert_eq!(restore("x.db", &["--to-time", &t]), ids_of[0]);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 // ---------------------------------------------------------------- Azure (Azurite)
 
 /// Azurite's well-known development account (public, the same in every installation).

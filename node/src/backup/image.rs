@@ -163,3 +163,28 @@ pub fn check_sqlite(db: &[u8], scratch_dir: &Path) -> Result<(), String> {
     let _ = std::fs::remove_file(&tmp);
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_caught_part_way_through_a_batch_is_taken_again() {
+        let dir = std::env::temp_dir().join(format!("lc-image-partial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("db.sqlite");
+        let conn = crate::sqlite::open_writer(&db).unwrap();
+        conn.execute_batch("CREATE TABLE t (x)").unwrap();
+        let applied = r#"{"leader_id":{"term":2,"node_id":1},"index":7}"#;
+        crate::sqlite::write_meta(&conn, "applied", applied).unwrap();
+        // Entry 8's first request is in, the rest not yet: a copy now would double it on replay.
+        crate::sqlite::write_meta(&conn, "partial", "[8,1]").unwrap();
+        let tmp = dir.join("copy");
+        assert!(copy_once(&db, &tmp).unwrap().is_none());
+        crate::sqlite::write_meta(&conn, "partial", "null").unwrap();
+        let image = copy_once(&db, &tmp).unwrap().expect("a settled copy");
+        assert_eq!((image.raft_index, image.raft_term), (7, 2));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
