@@ -197,14 +197,15 @@ fn scenario(s: &Stack, primary: &mut Weed, failover: &Weed) -> Result<()> {
         "status lacks the backups:\n{status}"
     );
 
-    // A new cluster recovers from the second backup (in the failover storage): the same rows.
+    // A new cluster recovers from the second SqliteBackup, named (its backup is in the
+    // failover storage; the operator finds it from the backup's cluster): the same rows.
     let source = query(s, "bk", "SELECT count(*), sum(id) FROM t")?;
     let failover_endpoint = failover.endpoint();
     let id = second["backupId"].as_str().context("no backupId")?;
     s.apply_yaml(
         NS,
         &format!(
-            "apiVersion: litecluster.io/v1alpha1\nkind: SqliteCluster\nmetadata:\n  name: restored\nspec:\n  replicas: 3\n  voters: 3\n  storage:\n    size: 1Gi\n  bootstrap:\n    recovery:\n      backupId: {id}\n      storages:\n        - name: source\n          endpoint: {failover_endpoint}\n          bucket: backups\n          region: us-east-1\n          credentialsSecret:\n            name: s3\n"
+            "apiVersion: litecluster.io/v1alpha1\nkind: SqliteCluster\nmetadata:\n  name: restored\nspec:\n  replicas: 3\n  voters: 3\n  storage:\n    size: 1Gi\n  bootstrap:\n    recovery:\n      backup:\n        name: {name}\n"
         ),
     )?;
     s.wait_ready(NS, "restored", 3, Duration::from_secs(240))?;
@@ -225,6 +226,26 @@ fn scenario(s: &Stack, primary: &mut Weed, failover: &Weed) -> Result<()> {
             },
         )?;
     }
+    let restored = s.wait_for(
+        "status.recovery of restored",
+        Duration::from_secs(60),
+        || {
+            let st = s.cluster(NS, "restored")?;
+            Ok(st["status"]["recovery"].is_object().then_some(st))
+        },
+    )?;
+    let src = &restored["status"]["recoverySource"];
+    ensure!(
+        src["backupId"] == id
+            && src["backup"] == name.as_str()
+            && src["storages"][1]["name"] == "failover",
+        "status.recoverySource: {src}"
+    );
+    ensure!(
+        restored["status"]["recovery"]["backupId"] == id,
+        "status.recovery: {}",
+        restored["status"]["recovery"]
+    );
     eprintln!("[backups] restored {source} (count, sum) from {id}");
 
     // Point-in-time recovery: two known writes with a time between them; a new cluster

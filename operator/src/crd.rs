@@ -341,14 +341,24 @@ pub struct BootstrapSpec {
 /// Where the backup to recover from is, and how far to recover.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.targetTime) || !has(self.targetIndex)").message("bootstrap.recovery takes targetTime or targetIndex, not both"))]
+#[x_kube(
+    validation = Rule::new("!has(self.targetTime) || !has(self.targetIndex)").message("bootstrap.recovery takes targetTime or targetIndex, not both"),
+    validation = Rule::new("has(self.backup) != (has(self.storages) && size(self.storages) > 0)").message("bootstrap.recovery needs either storages or backup (a SqliteBackup's name)"),
+    validation = Rule::new("!has(self.backup) || !has(self.backupId)").message("bootstrap.recovery.backup names the backup already; leave backupId out")
+)]
 pub struct RecoverySpec {
+    /// A SqliteBackup in this namespace: its backup, read from the storages of the cluster it
+    /// backed up (that cluster must still exist when this one is created). Instead of
+    /// `storages` and `backupId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupRef>,
+
     /// The storages to look in, in the form of `spec.backup.storages` (for example the source
     /// cluster's). Only read: the new cluster backs up to its own `spec.backup`, so give that
     /// another bucket or prefix, or its retention would prune the source cluster's backups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     #[x_kube(
-        validation = Rule::new("size(self) >= 1").message("bootstrap.recovery.storages needs at least one storage"),
         validation = Rule::new("self.all(s, self.exists_one(t, t.name == s.name))").message("bootstrap.recovery.storages names must be unique")
     )]
     pub storages: Vec<BackupStorage>,
@@ -373,6 +383,24 @@ pub struct RecoverySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1").message("bootstrap.recovery.targetIndex must be at least 1"))]
     pub target_index: Option<i64>,
+}
+
+/// A SqliteBackup by name, in the cluster's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct BackupRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// What `bootstrap.recovery.backup` named, as resolved when the cluster was created.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoverySource {
+    /// The SqliteBackup.
+    pub backup: String,
+    /// Its backup id, and the storages of the cluster it backed up.
+    pub backup_id: String,
+    pub storages: Vec<BackupStorage>,
 }
 
 /// One place backups can go.
@@ -515,6 +543,11 @@ pub struct SqliteClusterStatus {
     /// What this cluster was recovered from (`spec.bootstrap.recovery`), once it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<RecoveryStatus>,
+
+    /// The backup and storages `bootstrap.recovery.backup` stood for when the cluster was
+    /// created, so that the members' template stays the same if that SqliteBackup goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_source: Option<RecoverySource>,
 }
 
 /// The leader's archive of committed writes.

@@ -31,6 +31,9 @@ pub enum Error {
     #[error("tls secret {secret}: {what}")]
     TlsSecret { secret: String, what: String },
 
+    #[error("bootstrap.recovery.backup: {0}")]
+    RecoverySource(String),
+
     #[error("cannot build the node http client")]
     NodeClient(#[source] reqwest::Error),
 
@@ -48,6 +51,7 @@ impl Error {
             Error::Serialize { .. } => "serialize",
             Error::AuthSecret { .. } => "auth_secret",
             Error::TlsSecret { .. } => "tls_secret",
+            Error::RecoverySource(_) => "recovery_source",
             Error::NodeClient(_) => "node_client",
             Error::LeaseRenewer(_) => "lease_renewer",
         }

@@ -9,6 +9,7 @@ pub mod labels;
 pub mod maintenance;
 pub mod membership;
 pub mod observe;
+pub mod recovery;
 pub mod remediation;
 pub mod rollout;
 pub mod scale;
@@ -177,6 +178,20 @@ pub async fn reconcile(cluster: Arc<SqliteCluster>, ctx: Arc<Context>) -> Result
         Ok((resolved, o, n)) => (Arc::new(resolved), o, n),
         // A Secret the cluster names is unusable: nothing can be reconciled until it is fixed.
         // Say so where `kubectl describe` shows it, once per problem.
+        Err(e @ Error::RecoverySource(_)) => {
+            let note = format!("{e}; the cluster is created once it can be");
+            let key = format!("RecoveryWaiting/{ns}/{}/{e}", cluster.name_any());
+            ctx.publish_once(
+                key,
+                &cluster,
+                EventType::Warning,
+                "RecoveryWaiting",
+                "Reconcile",
+                note,
+            )
+            .await;
+            return Err(e);
+        }
         Err(e @ (Error::TlsSecret { .. } | Error::AuthSecret { .. })) => {
             let note = format!("{e}; nothing is reconciled until the Secret is fixed");
             let key = format!("SecretInvalid/{ns}/{}/{e}", cluster.name_any());

@@ -298,6 +298,7 @@ pub async fn observe(
     // From here on `spec.tls` names the Secret members use, issued or the user's.
     let live = super::certificates::LiveTls::observe(statefulset.as_ref(), &pods.items);
     let resolved = super::certificates::resolve(cluster, ctx, ns, live.as_ref()).await?;
+    let resolved = super::recovery::resolve(resolved, ctx, ns).await?;
     let cluster = &resolved;
     // A terminating pod counts as gone: its member is on its way out or being restarted.
     let mut found: Vec<ObservedPod> = pods

@@ -456,6 +456,10 @@ pub fn desired_status(
         remediation,
         archive: archive_status(cluster, observed, &old),
         recovery: recovery_status(observed, &old),
+        recovery_source: old
+            .recovery_source
+            .clone()
+            .or_else(|| recovery_source(cluster)),
     }
 }
 
@@ -493,6 +497,17 @@ fn archive_status(
         failover: seg.is_some_and(|s| s.failover),
         last_gap_at,
         last_error: a.last_failure.as_ref().map(|f| f.error.clone()),
+    })
+}
+
+/// What `bootstrap.recovery.backup` was resolved to (`controller/recovery.rs`), to keep.
+fn recovery_source(cluster: &SqliteCluster) -> Option<crate::crd::RecoverySource> {
+    let r = cluster.spec.bootstrap.as_ref()?.recovery.as_ref()?;
+    let backup = r.backup.as_ref()?;
+    (!r.storages.is_empty()).then(|| crate::crd::RecoverySource {
+        backup: backup.name.clone(),
+        backup_id: r.backup_id.clone().unwrap_or_default(),
+        storages: r.storages.clone(),
     })
 }
 

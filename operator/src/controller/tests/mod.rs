@@ -687,6 +687,7 @@ mod certificates;
 mod conditions;
 mod labels;
 mod lifecycle;
+mod recovery;
 mod remediation;
 mod rollouts;
 mod storage;
