@@ -397,9 +397,12 @@ pub struct BackupRef {
 #[serde(rename_all = "camelCase")]
 pub struct RecoverySource {
     /// The SqliteBackup.
+    #[schemars(length(max = 253))]
     pub backup: String,
     /// Its backup id, and the storages of the cluster it backed up.
+    #[schemars(length(max = 253))]
     pub backup_id: String,
+    #[schemars(length(max = 8))]
     pub storages: Vec<BackupStorage>,
 }
 
