@@ -912,6 +912,38 @@ mod tests {
     }
 
     /// Every SqliteCluster in examples/ parses, and no field is misspelled (a round trip keeps the spec).
+    /// The API server estimates each CEL rule's cost from the bounds around it: a rule under an
+    /// array without `maxItems` is costed as if the array were endless, and the CRD refused.
+    /// Caught on a real API server once (status.recoverySource.storages).
+    #[test]
+    fn every_rule_sits_under_bounded_arrays() {
+        fn walk(v: &serde_json::Value, path: &str, unbounded_array: bool, bad: &mut Vec<String>) {
+            let Some(o) = v.as_object() else { return };
+            if o.contains_key("x-kubernetes-validations") && unbounded_array {
+                bad.push(format!("{path}: a rule under an array without maxItems"));
+            }
+            if let Some(props) = o.get("properties").and_then(|p| p.as_object()) {
+                for (k, p) in props {
+                    walk(p, &format!("{path}.{k}"), unbounded_array, bad);
+                }
+            }
+            if let Some(items) = o.get("items") {
+                let unbounded = unbounded_array || !o.contains_key("maxItems");
+                walk(items, &format!("{path}[]"), unbounded, bad);
+            }
+        }
+        for crd in [
+            serde_json::to_value(SqliteCluster::crd()).unwrap(),
+            serde_json::to_value(crate::backup::SqliteBackup::crd()).unwrap(),
+            serde_json::to_value(crate::backup::SqliteScheduledBackup::crd()).unwrap(),
+        ] {
+            let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+            let mut bad = Vec::new();
+            walk(schema, "", false, &mut bad);
+            assert!(bad.is_empty(), "{}: {bad:#?}", crd["metadata"]["name"]);
+        }
+    }
+
     #[test]
     fn examples_are_valid_clusters() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
