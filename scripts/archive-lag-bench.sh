@@ -7,23 +7,14 @@
 set -euo pipefail
 bindir=$1 seconds=$2 clients=$3; shift 3
 work=$(mktemp -d /tmp/lc-archive-bench-XXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; pkill -KILL -f "dir=$work/weed" || true; pkill -f "data-dir $work/" || true; rm -rf "$work"' EXIT
-mkdir -p "$work/weed"
-cat > "$work/s3.json" <<JSON
-{"identities":[{"name":"b","credentials":[{"accessKey":"K","secretKey":"S"}],"actions":["Admin","Read","Write","List"]}]}
-JSON
-weed server -dir="$work/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port=29433 -master.port.grpc=29434 \
-  -volume.port=29435 -volume.port.grpc=29436 -filer.port=29437 -filer.port.grpc=29438 -s3 -s3.port=29439 \
-  -s3.port.grpc=29440 -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$work/s3.json" -s3.autoCreateBucket \
-  -master.volumeSizeLimitMB=1024 -volume.max=16 > "$work/weed.log" 2>&1 &
-printf K > "$work/ak"; printf S > "$work/sk"
-until curl -s -o /dev/null --aws-sigv4 aws:amz:us-east-1:s3 --user K:S -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' \
-  -X PUT --data-binary x -w '%{http_code}' http://127.0.0.1:29439/bench/probe | grep -q 200; do sleep 0.5; done
+. "$(dirname "$0")/weed-loopback.sh"
+trap 'kill $(jobs -p) 2>/dev/null || true; weed_down "$work"; pkill -f "data-dir $work/" || true; rm -rf "$work"' EXIT
+weed_up "$work" 29433
 run=0
 for interval in "$@"; do
   run=$((run + 1))
   cat > "$work/cfg-$run.json" <<JSON
-{"archive_interval":"$interval","storages":[{"name":"s3","type":"s3","endpoint":"http://127.0.0.1:29439","bucket":"bench",
+{"archive_interval":"$interval","storages":[{"name":"s3","type":"s3","endpoint":"$WEED_S3","bucket":"bench",
  "prefix":"run-$run","region":"us-east-1","access_key_id_file":"$work/ak","secret_access_key_file":"$work/sk"}]}
 JSON
   urls=()

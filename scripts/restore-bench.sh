@@ -5,21 +5,13 @@
 set -euo pipefail
 bin=$1; shift
 work=$(mktemp -d /tmp/lc-restore-XXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; pkill -KILL -f "dir=$work/weed" || true; rm -rf "$work"' EXIT
-mkdir -p "$work/weed"
-cat > "$work/s3.json" <<EOF
-{"identities":[{"name":"b","credentials":[{"accessKey":"K","secretKey":"S"}],"actions":["Admin","Read","Write","List"]}]}
-EOF
-weed server -dir="$work/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port=29333 -master.port.grpc=29334 \
-  -volume.port=29335 -volume.port.grpc=29336 -filer.port=29337 -filer.port.grpc=29338 -s3 -s3.port=29339 \
-  -s3.port.grpc=29340 -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$work/s3.json" -s3.autoCreateBucket \
-  -master.volumeSizeLimitMB=1024 -volume.max=16 > "$work/weed.log" 2>&1 &
-printf K > "$work/ak"; printf S > "$work/sk"
+. "$(dirname "$0")/weed-loopback.sh"
+trap 'kill $(jobs -p) 2>/dev/null || true; weed_down "$work"; rm -rf "$work"' EXIT
+weed_up "$work" 29333
 cat > "$work/cfg.json" <<EOF
-{"storages":[{"name":"s3","type":"s3","endpoint":"http://127.0.0.1:29339","bucket":"bench","region":"us-east-1",
+{"storages":[{"name":"s3","type":"s3","endpoint":"$WEED_S3","bucket":"bench","region":"us-east-1",
  "access_key_id_file":"$work/ak","secret_access_key_file":"$work/sk"}]}
 EOF
-until curl -s -o /dev/null --aws-sigv4 aws:amz:us-east-1:s3 --user K:S -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -X PUT --data-binary x -w '%{http_code}' http://127.0.0.1:29339/bench/probe | grep -q 200; do sleep 0.5; done
 for mib in "$@"; do
   src="$work/src-$mib"; mkdir -p "$src"
   python3 - "$src/db.sqlite" "$mib" <<'PY'

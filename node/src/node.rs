@@ -34,6 +34,8 @@ pub struct Node {
     pub leader_contact_ms: Arc<AtomicU64>,
     /// Backups to object storage (`--backup-config`).
     pub backup: Option<Arc<crate::backup::Manager>>,
+    /// What `--restore-from` restored into this data dir (read once, after the restore).
+    pub restored: std::sync::OnceLock<Option<serde_json::Value>>,
     /// Snapshot health and requests for full snapshots.
     pub snapshots: Arc<SnapshotControl>,
     /// Serialises membership changes made through this member: Raft allows one at a time, and
@@ -184,6 +186,7 @@ impl Node {
             db_path,
             leader_contact_ms,
             backup,
+            restored: std::sync::OnceLock::new(),
             snapshots,
             membership_lock: tokio::sync::Mutex::new(()),
             handover: crate::raft::handover::HandOver {
@@ -218,6 +221,9 @@ impl Node {
             config: &node.config,
         })
         .await?;
+        let _ = node
+            .restored
+            .set(crate::backup::restore::restored(&node.config.data_dir));
         crate::raft::join::Joiner {
             id: node.id,
             info: node.info.clone(),

@@ -187,6 +187,14 @@ impl Out {
     }
 }
 
+/// An empty directory for one test's files, named for this process.
+fn fresh_root(name: &str) -> PathBuf {
+    let root = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    root
+}
+
 /// Runs `litecluster-node backup <args>` as a fresh process.
 fn oneshot(args: &[&str]) -> Out {
     let out = Command::new(BIN)
@@ -412,9 +420,7 @@ async fn one_shot_push_list_restore_failover_and_status_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_backs_up_on_interval_and_a_new_cluster_boots_from_it() {
     let started = Instant::now();
-    let root = std::env::temp_dir().join(format!("lc-backup-boot-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).unwrap();
+    let root = fresh_root("lc-backup-boot");
     let weed = Weed::start(&root, "weed");
     weed.wait_writable("main").await;
     let cfg = write_config(
@@ -540,9 +546,7 @@ async fn wait_archived(c: &Cluster) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn archive_survives_leader_kills_and_storage_failover_and_restores_to_a_time_and_an_index() {
     let started = Instant::now();
-    let root = std::env::temp_dir().join(format!("lc-archive-root-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).unwrap();
+    let root = fresh_root("lc-archive-root");
     let mut primary = Weed::start(&root, "primary");
     let failover = Weed::start(&root, "failover");
     primary.wait_writable("main").await;
@@ -752,9 +756,7 @@ async fn archive_survives_leader_kills_and_storage_failover_and_restores_to_a_ti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hole_the_log_no_longer_holds_is_answered_with_a_new_base_backup() {
-    let root = std::env::temp_dir().join(format!("lc-archive-gap-root-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).unwrap();
+    let root = fresh_root("lc-archive-gap-root");
     let mut weed = Weed::start(&root, "weed");
     weed.wait_writable("main").await;
     let cfg = write_config(
@@ -863,8 +865,7 @@ async fn a_hole_the_log_no_longer_holds_is_answered_with_a_new_base_backup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clusters_sharing_storages_keep_their_archives_apart() {
-    let root = std::env::temp_dir().join(format!("lc-archive-shared-root-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let root = fresh_root("lc-archive-shared-root");
     std::fs::create_dir_all(root.join("store")).unwrap();
     let cfg = root.join("backup.yaml");
     std::fs::write(
@@ -888,6 +889,8 @@ async fn clusters_sharing_storages_keep_their_archives_apart() {
         )
         .await;
         c.execute(0, create_table()).await.unwrap();
+        // The base backup first, so that the rows go into segments.
+        wait_archived(&c).await;
         for id in first..first + 5 {
             c.execute(0, json!([["INSERT INTO t(id, v) VALUES(?, 'x')", id]]))
                 .await
@@ -921,9 +924,40 @@ async fn clusters_sharing_storages_keep_their_archives_apart() {
         ids_in(&path)
     };
     // The newest backup is y's: its archive only. Before y existed: x's backup and archive.
+    for id in ["x", "y"] {
+        let segments = std::fs::read_dir(root.join("store/archive").join(id)).unwrap().count();
+        assert!(segments >= 1, "no segments of {id}");
+    }
     assert_eq!(restore("latest.db", &[]), ids_of[1]);
     let t = rfc3339(t_between);
     assert_eq!(restore("x.db", &["--to-time", &t]), ids_of[0]);
+    // A damaged segment stops the replay with what to do instead; nothing is written.
+    let seg = std::fs::read_dir(root.join("store/archive/y"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let last = bytes.len() - 5;
+    bytes[last] ^= 0xff;
+    std::fs::write(&seg, bytes).unwrap();
+    let out = root.join("damaged.db");
+    let o = oneshot(&[
+        "restore",
+        "--config",
+        &cfg_s,
+        "--data-dir",
+        dd.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.ok);
+    assert!(
+        o.stderr.contains("is corrupt") && o.stderr.contains("--to-index"),
+        "{}",
+        o.stderr
+    );
+    assert!(!out.exists());
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -734,10 +734,11 @@ impl Manager {
             let s = &self.storages[*storage];
             let name = segment_name(dir, range.0, range.1);
             let object = s.get(&name).await?;
-            let (_, entries) = decode(*range, &object).map_err(|reason| Error::Corrupt {
-                id: name.clone(),
+            let (_, entries) = decode(*range, &object).map_err(|reason| Error::CorruptSegment {
+                name: name.clone(),
                 storage: s.name().to_owned(),
                 reason,
+                before: restored.index,
             })?;
             let mut batch = Vec::new();
             let mut stop = false;

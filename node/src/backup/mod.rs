@@ -76,6 +76,15 @@ pub enum Error {
         storage: String,
         reason: String,
     },
+    #[error(
+        "archive segment {name} on storage {storage} is corrupt: {reason}; refusing to replay past it (restore to a point before it with --to-index {before}, or the backup alone with --id)"
+    )]
+    CorruptSegment {
+        name: String,
+        storage: String,
+        reason: String,
+        before: u64,
+    },
     #[error("backup source: {0}")]
     Source(String),
     #[error("sqlite")]
@@ -117,6 +126,7 @@ impl Error {
             Self::NoBackups { .. } => "no_backups",
             Self::NotFound { .. } => "not_found",
             Self::Corrupt { .. } => "corrupt",
+            Self::CorruptSegment { .. } => "corrupt_segment",
             Self::Source(_) => "source",
             Self::Sqlite(_) => "sqlite",
             Self::Io { .. } => "io",
@@ -542,26 +552,6 @@ impl Manager {
         }
         all.sort_by(|a, b| b.manifest.order_key().cmp(&a.manifest.order_key()));
         Ok(all)
-    }
-
-    /// Downloads and verifies the newest backup (or the one named `id`), without the archive.
-    pub async fn fetch(&self, id: Option<&str>) -> Result<(Manifest, Vec<u8>)> {
-        let list = self.list().await?;
-        let chosen = match id {
-            Some(id) => list
-                .into_iter()
-                .find(|l| l.manifest.id == id)
-                .ok_or_else(|| Error::NotFound { id: id.to_owned() })?,
-            None => list.into_iter().next().ok_or_else(|| Error::NoBackups {
-                storages: self
-                    .storages
-                    .iter()
-                    .map(|s| s.name().to_owned())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?,
-        };
-        self.download(&chosen).await
     }
 
     /// Downloads a listed backup and verifies it against its manifest.

@@ -98,7 +98,7 @@ pub async fn status(State(node): State<AppState>, RawQuery(raw): RawQuery) -> Re
             "members": members,
         },
         "backup": crate::backup::status_json(node.backup.as_deref()),
-        "restored": crate::backup::restore::restored(&node.config.data_dir),
+        "restored": node.restored.get().cloned().flatten(),
         "runtime": {"num_cpu": std::thread::available_parallelism().map_or(1, |n| n.get()), "os": std::env::consts::OS, "arch": std::env::consts::ARCH},
         "cluster": {
             "addr": node.info.raft_addr,
