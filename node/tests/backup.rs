@@ -925,7 +925,9 @@ async fn clusters_sharing_storages_keep_their_archives_apart() {
     };
     // The newest backup is y's: its archive only. Before y existed: x's backup and archive.
     for id in ["x", "y"] {
-        let segments = std::fs::read_dir(root.join("store/archive").join(id)).unwrap().count();
+        let segments = std::fs::read_dir(root.join("store/archive").join(id))
+            .unwrap()
+            .count();
         assert!(segments >= 1, "no segments of {id}");
     }
     assert_eq!(restore("latest.db", &[]), ids_of[1]);
